@@ -1,0 +1,141 @@
+"""``MSDeformAttn``: the multi-scale deformable attention layer."""
+import math
+import warnings
+from typing import Optional
+
+import torch
+from mmengine.model import BaseModule
+from torch import nn
+
+from mmdeform.registry import MODELS
+
+from .ms_deform_attn import ms_deform_attn
+
+
+@MODELS.register_module()
+class MSDeformAttn(BaseModule):
+    """Multi-scale deformable attention (Zhu et al., 2020, Eq. 2).
+
+    Each query predicts, from its own feature, ``n_heads * n_levels * n_points``
+    sampling offsets around its reference point and as many attention weights
+    (softmax over the ``n_levels * n_points`` samples of each head). Values are
+    read by bilinear interpolation; there is no query-key product.
+
+    Args:
+        d_model (int): Channels of queries, values and output.
+        n_heads (int): Attention heads M. ``d_model`` must be divisible by it.
+        n_levels (int): Feature levels L.
+        n_points (int): Sampling points P per head and level.
+        init_cfg (dict, optional): mmengine initialization config.
+    """
+
+    def __init__(self, d_model: int = 256, n_heads: int = 8, n_levels: int = 4,
+                 n_points: int = 4, init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if d_model % n_heads != 0:
+            raise ValueError(f'MSDeformAttn: d_model ({d_model}) must be divisible by '
+                             f'n_heads ({n_heads})')
+        head_dim = d_model // n_heads
+        if head_dim & (head_dim - 1) != 0:
+            warnings.warn(
+                f'MSDeformAttn: d_model / n_heads = {head_dim} is not a power of two; '
+                'the CUDA kernel is most efficient with power-of-two head sizes.',
+                stacklevel=2)
+        self.d_model, self.n_heads = d_model, n_heads
+        self.n_levels, self.n_points = n_levels, n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The initialization of the paper's code.
+
+        Offsets start on a ring: head ``m`` points in direction ``2*pi*m/M``
+        (scaled so the larger of |cos|, |sin| is 1), point ``p`` at distance
+        ``p + 1``, the same for every level. Attention weights start uniform
+        (zero projection), value/output projections are Xavier-uniform.
+        """
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2 * math.pi / self.n_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2)
+        directions = directions / directions.abs().max(dim=-1, keepdim=True).values
+        scale = torch.arange(1, self.n_points + 1, dtype=torch.float32)
+        # (M, 1, 1, 2) * (1, 1, P, 1) -> (M, L, P, 2), the bias' layout
+        bias = directions[:, None, None, :] * scale[None, None, :, None]
+        bias = bias.expand(self.n_heads, self.n_levels, self.n_points, 2)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(bias.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def sampling(self, query: torch.Tensor, reference_points: torch.Tensor,
+                 spatial_shapes: torch.Tensor) -> tuple:
+        """Sampling locations and attention weights predicted by the queries.
+
+        Args:
+            query (Tensor): (N, Lq, C) queries (position embedding included).
+            reference_points (Tensor): (N, Lq, L, 2) normalized (x, y) points,
+                or (N, Lq, L, 4) normalized (cx, cy, w, h) boxes.
+            spatial_shapes (Tensor): (L, 2) int64 rows (H_l, W_l).
+
+        Returns:
+            tuple[Tensor, Tensor]: locations (N, Lq, M, L, P, 2) normalized
+            (x, y) and weights (N, Lq, M, L, P), softmaxed over L*P per head.
+        """
+        n, num_query, _ = query.shape
+        m, lv, p = self.n_heads, self.n_levels, self.n_points
+        if spatial_shapes.shape[0] != lv:
+            raise ValueError(f'MSDeformAttn: built for {lv} levels but spatial_shapes '
+                             f'has {spatial_shapes.shape[0]} rows')
+        if reference_points.shape[:3] != (n, num_query, lv) or \
+                reference_points.shape[-1] not in (2, 4):
+            raise ValueError(
+                'MSDeformAttn: reference_points must be (N, Lq, L, 2 or 4) = '
+                f'({n}, {num_query}, {lv}, 2|4), got {tuple(reference_points.shape)}')
+        offsets = self.sampling_offsets(query).view(n, num_query, m, lv, p, 2)
+        weights = self.attention_weights(query).view(n, num_query, m, lv * p)
+        weights = weights.softmax(-1).view(n, num_query, m, lv, p)
+        if reference_points.shape[-1] == 2:
+            # offsets are in pixels of each level: divide by (W_l, H_l)
+            normalizer = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1)
+            locations = (reference_points[:, :, None, :, None, :]
+                         + offsets / normalizer[None, None, None, :, None, :])
+        else:
+            # offsets are in units of half the box size per point
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)
+        return locations, weights
+
+    def forward(self, query: torch.Tensor, reference_points: torch.Tensor,
+                value: torch.Tensor, spatial_shapes: torch.Tensor,
+                level_start_index: torch.Tensor,
+                value_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attend from ``query`` to the multi-scale ``value`` tokens.
+
+        Args:
+            query (Tensor): (N, Lq, C) queries (position embedding included).
+            reference_points (Tensor): (N, Lq, L, 2) points or (N, Lq, L, 4)
+                boxes, normalized to each level's valid region.
+            value (Tensor): (N, S, C) flattened features of all levels.
+            spatial_shapes (Tensor): (L, 2) int64 rows (H_l, W_l).
+            level_start_index (Tensor): (L,) int64 first token of each level.
+            value_padding_mask (Tensor, optional): (N, S) bool, True = padding;
+                padded values are zeroed before sampling.
+
+        Returns:
+            Tensor: (N, Lq, C).
+        """
+        n, num_value, _ = value.shape
+        value = self.value_proj(value)
+        if value_padding_mask is not None:
+            value = value.masked_fill(value_padding_mask[..., None], 0.0)
+        # (N, S, C) -> (N, S, M, D)
+        value = value.view(n, num_value, self.n_heads, self.d_model // self.n_heads)
+        locations, weights = self.sampling(query, reference_points, spatial_shapes)
+        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+        return self.output_proj(out)
