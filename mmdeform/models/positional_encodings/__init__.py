@@ -1,0 +1,1 @@
+"""mmdeform.models.positional_encodings."""
