@@ -33,44 +33,46 @@ BUILD_HINT = ('build it with `pip install --no-build-isolation -e .` in the '
               'mmdeform checkout (or `make build`)')
 
 
-@functools.lru_cache(maxsize=None)
-def _load_extension():
+def _import_extension():
     """Import ``mmdeform._C``; returns the ImportError or None."""
     try:
         from mmdeform import _C  # noqa: F401  (registers torch.ops.mmdeform)
     except ImportError as error:
         return error
-    _register_python_parts()
     return None
+
+
+def _has_kernel(device_type: str) -> bool:
+    key = {'cpu': 'CPU', 'cuda': 'CUDA'}[device_type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key(
+        'mmdeform::ms_deform_attn_forward', key)
+
+
+# Resolved once at import, so that torch.compile traces a plain set lookup.
+_EXTENSION_ERROR = _import_extension()
+_COMPILED_DEVICE_TYPES = frozenset() if _EXTENSION_ERROR is not None else frozenset(
+    device_type for device_type in ('cpu', 'cuda') if _has_kernel(device_type))
 
 
 def extension_available() -> bool:
     """Whether the compiled op library ``mmdeform._C`` could be imported."""
-    return _load_extension() is None
-
-
-def _has_kernel(device_type: str) -> bool:
-    key = {'cpu': 'CPU', 'cuda': 'CUDA'}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        'mmdeform::ms_deform_attn_forward', key)
+    return _EXTENSION_ERROR is None
 
 
 def get_backend(device: torch.device) -> str:
-    """Name of the backend ``ms_deform_attn`` uses on ``device``.
+    """Name of the backend ``ms_deform_attn`` uses for tensors on ``device``.
 
     Returns:
         str: ``'compiled'`` or ``'reference'``.
     """
-    if extension_available() and _has_kernel(torch.device(device).type):
-        return 'compiled'
-    return 'reference'
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return 'compiled' if device_type in _COMPILED_DEVICE_TYPES else 'reference'
 
 
 @functools.lru_cache(maxsize=None)
 def _warn_reference_fallback(device_type: str) -> None:
-    error = _load_extension()
-    if error is not None:
-        reason = f'the compiled extension mmdeform._C is not importable ({error})'
+    if _EXTENSION_ERROR is not None:
+        reason = f'the compiled extension mmdeform._C is not importable ({_EXTENSION_ERROR})'
     else:
         reason = f'mmdeform._C was built without a {device_type} kernel'
     print_log(
@@ -232,3 +234,7 @@ def _register_python_parts() -> None:
 
     torch.library.register_autograd('mmdeform::ms_deform_attn_forward', _backward,
                                     setup_context=_setup_context)
+
+
+if _EXTENSION_ERROR is None:
+    _register_python_parts()
