@@ -69,7 +69,7 @@ def get_backend(device: torch.device) -> str:
     return 'compiled' if device_type in _COMPILED_DEVICE_TYPES else 'reference'
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_reference_fallback(device_type: str) -> None:
     if _EXTENSION_ERROR is not None:
         reason = f'the compiled extension mmdeform._C is not importable ({_EXTENSION_ERROR})'

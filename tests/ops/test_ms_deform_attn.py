@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from mmdeform.ops import (extension_available, get_backend, ms_deform_attn,
-                          ms_deform_attn_reference)
+from mmdeform.ops import extension_available, get_backend, ms_deform_attn, ms_deform_attn_reference
 
 pytestmark = pytest.mark.skipif(
     not extension_available(), reason='mmdeform._C is not built')
