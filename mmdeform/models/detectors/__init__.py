@@ -1,1 +1,4 @@
 """mmdeform.models.detectors."""
+from .deformable_detr import DeformableDETR
+
+__all__ = ['DeformableDETR']
