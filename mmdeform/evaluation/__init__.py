@@ -1,1 +1,4 @@
-"""mmdeform.evaluation."""
+"""Evaluation metrics."""
+from .coco_metric import CocoMetric
+
+__all__ = ['CocoMetric']

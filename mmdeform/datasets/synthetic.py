@@ -1,0 +1,237 @@
+"""A deterministic COCO-format dataset of simple shapes on noisy backgrounds.
+
+Made for demos and tests that must learn something in minutes on a CPU:
+four clearly different filled shapes (``SYNTHETIC_CLASSES``) in random
+colours that contrast with a random gradient background, sides uniform
+from ``min_object_size`` (8 px) to ``max_object_fraction`` (half) of the
+image side, so about 60 % of the objects are COCO-"small" (area below
+32 * 32; none is "large" at the default 128 px). Objects may overlap a
+little (each covers at most a quarter of another's pixels); every box is
+the tight box of the object's visible pixels and ``area`` is that pixel
+count (COCO's segment area).
+
+Layout written under ``out_dir``: ``train.json``, ``val.json`` and the
+images ``train/000001.png``, ``val/000001.png``, ... (``file_name`` in the
+json is relative to the split folder). The same arguments give
+byte-identical json and images.
+"""
+import json
+import math
+import os.path as osp
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+from mmengine.utils import ProgressBar, mkdir_or_exist
+
+SYNTHETIC_CLASSES = ('circle', 'square', 'triangle', 'cross')
+
+_SPLITS = ('train', 'val')
+# Largest fraction of an existing object's (or the new one's) pixels that a new object may cover.
+_MAX_COVER = 0.25
+_PLACEMENT_TRIES = 30
+_MIN_COLOUR_DISTANCE = 150  # L1 distance over B, G, R between object and background colour
+_NOISE_STD = 8.0
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float32 linear gradient between two random colours."""
+    colour_a, colour_b = rng.uniform(0, 255, size=(2, 3))
+    angle = rng.uniform(0, 2 * math.pi)
+    coords = np.arange(size, dtype=np.float32) / max(size - 1, 1)
+    ramp = np.cos(angle) * coords[None, :] + np.sin(angle) * coords[:, None]
+    ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
+    return (colour_a + (colour_b - colour_a) * ramp[..., None]).astype(np.float32)
+
+
+def _shape_mask(label: int, box: Tuple[int, int, int, int], size: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """Filled shape ``SYNTHETIC_CLASSES[label]`` inscribed in ``box``.
+
+    Args:
+        box: (x, y, w, h) integer pixels, inside the image.
+
+    Returns:
+        (size, size) bool mask.
+    """
+    x, y, w, h = box
+    mask = np.zeros((size, size), dtype=np.uint8)
+    name = SYNTHETIC_CLASSES[label]
+    if name == 'circle':
+        centre = (x + (w - 1) // 2, y + (h - 1) // 2)
+        cv2.ellipse(mask, centre, ((w - 1) // 2, (h - 1) // 2), 0, 0, 360, 1, -1)
+    elif name == 'square':
+        mask[y:y + h, x:x + w] = 1
+    elif name == 'triangle':
+        apex, base = (y, y + h - 1) if rng.random() < 0.5 else (y + h - 1, y)
+        points = np.array([[x, base], [x + w - 1, base], [x + (w - 1) // 2, apex]], np.int32)
+        cv2.fillPoly(mask, [points], 1)
+    else:  # cross: two bars a third of the box thick
+        bar_w, bar_h = max(w // 3, 1), max(h // 3, 1)
+        mask[y:y + h, x + (w - bar_w) // 2:x + (w - bar_w) // 2 + bar_w] = 1
+        mask[y + (h - bar_h) // 2:y + (h - bar_h) // 2 + bar_h, x:x + w] = 1
+    return mask.astype(bool)
+
+
+def _sample_box(rng: np.random.Generator, size: int, min_size: float,
+                max_size: float) -> Tuple[int, int, int, int]:
+    """(x, y, w, h) with uniform scale and log-uniform aspect ratio in [0.8, 1.25]."""
+    scale = rng.uniform(min_size, max_size)
+    aspect = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
+    w = int(round(min(max(scale * math.sqrt(aspect), min_size), size)))
+    h = int(round(min(max(scale / math.sqrt(aspect), min_size), size)))
+    x = int(rng.integers(0, size - w + 1))
+    y = int(rng.integers(0, size - h + 1))
+    return x, y, w, h
+
+
+def _pick_colour(rng: np.random.Generator, background_colour: np.ndarray) -> np.ndarray:
+    """A random colour at least ``_MIN_COLOUR_DISTANCE`` from the background."""
+    colour = rng.uniform(0, 255, size=3)
+    for _ in range(20):
+        if np.abs(colour - background_colour).sum() >= _MIN_COLOUR_DISTANCE:
+            break
+        colour = rng.uniform(0, 255, size=3)
+    else:  # fall back to the background's complement
+        colour = 255.0 - background_colour
+    return colour
+
+
+def _place_objects(rng: np.random.Generator, size: int, num_objects: int, min_size: float,
+                   max_size: float) -> List[Tuple[int, np.ndarray]]:
+    """Labels and masks of objects that cover at most ``_MAX_COVER`` of each other."""
+    objects: List[Tuple[int, np.ndarray]] = []
+    for _ in range(num_objects):
+        for _ in range(_PLACEMENT_TRIES):
+            label = int(rng.integers(len(SYNTHETIC_CLASSES)))
+            mask = _shape_mask(label, _sample_box(rng, size, min_size, max_size), size, rng)
+            area = mask.sum()
+            if all((mask & other).sum() <= _MAX_COVER * min(area, other.sum())
+                   for _, other in objects):
+                objects.append((label, mask))
+                break
+    return objects
+
+
+def render_image(rng: np.random.Generator, size: int, max_objects: int, min_size: float,
+                 max_size: float) -> Tuple[np.ndarray, List[dict]]:
+    """Draw one image.
+
+    Returns:
+        tuple: (size, size, 3) uint8 BGR image and its objects as
+        ``dict(label, bbox=[x, y, w, h], area)`` (visible pixels only).
+    """
+    img = _background(rng, size)
+    objects = _place_objects(rng, size, int(rng.integers(1, max_objects + 1)), min_size,
+                             max_size)
+    visible = [mask.copy() for _, mask in objects]
+    for i, (_, mask) in enumerate(objects):
+        ys, xs = np.nonzero(mask)
+        img[mask] = _pick_colour(rng, img[int(ys.mean()), int(xs.mean())])
+        for earlier in visible[:i]:
+            earlier &= ~mask
+    img += rng.normal(0.0, _NOISE_STD, size=img.shape).astype(np.float32)
+    annotations = []
+    for (label, _), mask in zip(objects, visible):
+        ys, xs = np.nonzero(mask)
+        x1, y1 = int(xs.min()), int(ys.min())
+        annotations.append(dict(label=label, area=int(mask.sum()),
+                                bbox=[x1, y1, int(xs.max()) + 1 - x1, int(ys.max()) + 1 - y1]))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), annotations
+
+
+def _make_split(out_dir: str, split: str, num_images: int, seed: int, image_size: int,
+                ext: str, object_sizes: Tuple[float, float], max_objects: int,
+                progress: bool) -> dict:
+    mkdir_or_exist(osp.join(out_dir, split))
+    images, annotations = [], []
+    bar = ProgressBar(num_images) if progress else None
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, _SPLITS.index(split), index])
+        img, objects = render_image(rng, image_size, max_objects, *object_sizes)
+        file_name = f'{index + 1:06d}.{ext}'
+        if not cv2.imwrite(osp.join(out_dir, split, file_name), img):
+            raise OSError(f'could not write {osp.join(out_dir, split, file_name)}')
+        images.append(dict(id=index + 1, file_name=file_name, height=image_size,
+                           width=image_size))
+        for obj in objects:
+            annotations.append(dict(id=len(annotations) + 1, image_id=index + 1,
+                                    category_id=obj['label'] + 1, bbox=obj['bbox'],
+                                    area=obj['area'], iscrowd=0))
+        if bar is not None:
+            bar.update()
+    categories = [dict(id=i + 1, name=name, supercategory='shape')
+                  for i, name in enumerate(SYNTHETIC_CLASSES)]
+    content = dict(info=dict(description='mmdeform synthetic shapes', seed=seed,
+                             image_size=image_size),
+                   images=images, annotations=annotations, categories=categories)
+    with open(osp.join(out_dir, f'{split}.json'), 'w') as f:
+        json.dump(content, f, separators=(',', ':'))
+    return content
+
+
+def make_synthetic_coco(out_dir: str, num_train: int = 2000, num_val: int = 200,
+                        image_size: int = 128, seed: int = 0, ext: str = 'png',
+                        min_object_size: float = 8, max_object_fraction: float = 0.5,
+                        max_objects: int = 5, progress: bool = True) -> dict:
+    """Write the synthetic shapes dataset (see the module docstring).
+
+    Args:
+        out_dir (str): Output folder (created).
+        num_train (int): Number of training images.
+        num_val (int): Number of validation images.
+        image_size (int): Side of the square images, in pixels.
+        seed (int): Random seed; image ``i`` of a split depends only on
+            (seed, split, i).
+        ext (str): Image format, ``'png'`` (lossless) or ``'jpg'``.
+        min_object_size (float): Smallest object side, in pixels.
+        max_object_fraction (float): Largest object side as a fraction of
+            ``image_size``.
+        max_objects (int): Each image holds 1..max_objects objects (fewer when
+            placement fails).
+        progress (bool): Show a progress bar.
+
+    Returns:
+        dict: per split, ``num_images``, ``num_objects`` and the number of
+        COCO ``small`` / ``medium`` / ``large`` objects.
+    """
+    if ext not in ('png', 'jpg'):
+        raise ValueError(f'ext must be "png" or "jpg", got {ext!r}')
+    max_size = max_object_fraction * image_size
+    if not 1 <= min_object_size <= max_size <= image_size:
+        raise ValueError(f'need 1 <= min_object_size ({min_object_size}) <= max_object_fraction '
+                         f'* image_size ({max_size}) <= image_size ({image_size})')
+    if max_objects < 1:
+        raise ValueError(f'max_objects must be >= 1, got {max_objects}')
+    summary = {}
+    for split, num_images in zip(_SPLITS, (num_train, num_val)):
+        content = _make_split(out_dir, split, num_images, seed, image_size, ext,
+                              (min_object_size, max_size), max_objects, progress)
+        areas = np.array([ann['area'] for ann in content['annotations']])
+        summary[split] = dict(num_images=num_images, num_objects=len(areas),
+                              small=int((areas < 32**2).sum()),
+                              medium=int(((areas >= 32**2) & (areas < 96**2)).sum()),
+                              large=int((areas >= 96**2).sum()))
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    """Command line entry point used by ``tools/make_synthetic_coco.py``."""
+    import argparse
+    import time
+    parser = argparse.ArgumentParser(description='Write the synthetic shapes COCO dataset.')
+    parser.add_argument('out_dir')
+    parser.add_argument('--num-train', type=int, default=2000)
+    parser.add_argument('--num-val', type=int, default=200)
+    parser.add_argument('--image-size', type=int, default=128)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--ext', choices=('png', 'jpg'), default='png')
+    parser.add_argument('--max-objects', type=int, default=5)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    summary = make_synthetic_coco(args.out_dir, args.num_train, args.num_val, args.image_size,
+                                  args.seed, args.ext, max_objects=args.max_objects)
+    print(f'\nwrote {args.out_dir} in {time.perf_counter() - start:.1f} s')
+    for split, stats in summary.items():
+        print(f'  {split}: {stats}')
+    return summary

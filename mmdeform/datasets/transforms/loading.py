@@ -1,0 +1,95 @@
+"""Loading transforms: ``LoadImage`` (mmcv's loader with clear errors) and
+``LoadDetAnnotations`` (mmcv's annotation loader plus ignore flags)."""
+import logging
+from typing import Optional
+
+import mmcv
+import mmengine.fileio as fileio
+import numpy as np
+from mmcv.transforms import LoadAnnotations, LoadImageFromFile
+from mmengine.logging import print_log
+
+from mmdeform.registry import TRANSFORMS
+
+
+@TRANSFORMS.register_module()
+class LoadImage(LoadImageFromFile):
+    """Load ``results['img_path']`` as a (H, W, 3) uint8 BGR image.
+
+    mmcv's ``LoadImageFromFile`` with the same arguments (``color_type``,
+    ``imdecode_backend``, ``backend_args``, ``ignore_empty``, ``to_float32``)
+    and these guarantees: with the default ``color_type='color'`` (OpenCV's
+    ``IMREAD_COLOR``) grayscale images come back with 3 channels, an alpha
+    channel is dropped and 16-bit images are scaled to uint8 (value / 256).
+    OpenCV also applies an EXIF orientation tag, so if the decoded size
+    differs from the annotation's ``height``/``width`` a warning names the
+    file (``color_type='color_ignore_orientation'`` keeps the stored pixel
+    order).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be decoded as an image (corrupt, empty,
+            not an image).
+
+    Adds ``img``, ``img_shape`` and ``ori_shape`` ((h, w)).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if self.file_client_args is not None:
+            raise ValueError('LoadImage: file_client_args is deprecated in mmcv and not '
+                             'supported here; pass backend_args instead')
+
+    def transform(self, results: dict) -> Optional[dict]:
+        path = results['img_path']
+        try:
+            img_bytes = fileio.get(path, backend_args=self.backend_args)
+            img = self._decode(img_bytes, path)
+        except (OSError, ValueError):
+            if self.ignore_empty:
+                return None
+            raise
+        if self.to_float32:
+            img = img.astype(np.float32)
+        expected = (results.get('height'), results.get('width'))
+        if None not in expected and tuple(img.shape[:2]) != expected:
+            print_log(f'{path}: decoded size (h, w)={img.shape[:2]} differs from the '
+                      f'annotation {expected} (EXIF rotation?); boxes may not match',
+                      logger='current', level=logging.WARNING)
+        results['img'] = img
+        results['img_shape'] = img.shape[:2]
+        results['ori_shape'] = img.shape[:2]
+        return results
+
+    def _decode(self, img_bytes: bytes, path: str) -> np.ndarray:
+        if len(img_bytes) == 0:
+            raise ValueError(f'cannot decode image {path}: the file is empty')
+        try:
+            img = mmcv.imfrombytes(img_bytes, flag=self.color_type,
+                                   backend=self.imdecode_backend)
+        except Exception as err:  # decoders raise assorted exception types
+            raise ValueError(f'cannot decode image {path}: {err}') from None
+        if img is None:
+            raise ValueError(f'cannot decode image {path} ({len(img_bytes)} bytes): '
+                             'corrupt or not an image file')
+        return img
+
+
+@TRANSFORMS.register_module()
+class LoadDetAnnotations(LoadAnnotations):
+    """mmcv's ``LoadAnnotations`` plus ``gt_ignore_flags``.
+
+    Reads ``results['instances']`` (``bbox`` xyxy, ``bbox_label``,
+    ``ignore_flag``) into ``gt_bboxes`` float32 (n, 4) absolute xyxy,
+    ``gt_bboxes_labels`` int64 (n,) and ``gt_ignore_flags`` bool (n,)
+    (an instance without ``ignore_flag`` is not ignored). Arguments are
+    those of :class:`mmcv.transforms.LoadAnnotations`.
+    """
+
+    def transform(self, results: dict) -> dict:
+        results = super().transform(results)
+        if self.with_bbox:
+            results['gt_ignore_flags'] = np.array(
+                [bool(inst.get('ignore_flag', 0)) for inst in results['instances']],
+                dtype=bool)
+        return results
