@@ -1,1 +1,4 @@
-"""mmdeform.models.data_preprocessors."""
+"""Data preprocessors (registered in ``MODELS``)."""
+from .det_data_preprocessor import DetDataPreprocessor
+
+__all__ = ['DetDataPreprocessor']

@@ -1,1 +1,7 @@
-"""mmdeform.models.task_modules."""
+"""Assigners and match costs (registered in ``TASK_UTILS``)."""
+from .assign_result import AssignResult
+from .hungarian_assigner import HungarianAssigner
+from .match_costs import BBoxL1Cost, FocalLossCost, GIoUCost, check_match_inputs
+
+__all__ = ['AssignResult', 'BBoxL1Cost', 'FocalLossCost', 'GIoUCost', 'HungarianAssigner',
+           'check_match_inputs']
