@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Tuple
 import mmengine.fileio as fileio
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
+from mmengine.registry import DefaultScope
 
 from mmdeform.registry import DATASETS
 
@@ -141,7 +142,11 @@ class CocoDataset(BaseDataset):
         self._issues = defaultdict(list)
         if filter_cfg is None:
             filter_cfg = dict(filter_empty_gt=False, min_size=0)
-        super().__init__(*args, filter_cfg=filter_cfg, **kwargs)
+        # Without a default scope (outside a Runner), plain transform names in
+        # ``pipeline`` resolve in mmdeform's registry (then mmcv's).
+        scope = None if DefaultScope.get_current_instance() is not None else 'mmdeform'
+        with DefaultScope.overwrite_default_scope(scope):
+            super().__init__(*args, filter_cfg=filter_cfg, **kwargs)
 
     def load_data_list(self) -> List[dict]:
         """Read ``self.ann_file`` and return one data info per image."""
