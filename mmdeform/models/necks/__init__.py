@@ -1,1 +1,4 @@
 """mmdeform.models.necks."""
+from .multi_scale_projection import MultiScaleProjection
+
+__all__ = ['MultiScaleProjection']
