@@ -2,6 +2,7 @@
 
 Usage: python tools/make_synthetic_coco.py OUT_DIR [--num-train N] [--num-val N]
        [--image-size S] [--seed K] [--ext png|jpg] [--max-objects M]
+       [--min-object-size PX] [--max-object-fraction F]
 """
 from mmdeform.datasets.synthetic import main
 

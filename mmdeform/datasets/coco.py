@@ -154,6 +154,13 @@ class CocoDataset(BaseDataset):
         cat_to_label = map_categories(
             content['categories'], tuple(self._metainfo['classes']), self.ann_file)
         images = {img['id']: img for img in content['images']}
+        if len(images) != len(content['images']):
+            counts = Counter(img['id'] for img in content['images'])
+            raise ValueError(f'{self.ann_file}: duplicate image ids '
+                             f'{[i for i, n in counts.items() if n > 1][:_NUM_EXAMPLES]}')
+        # Resolve the image folder's file backend once, not per image.
+        self._img_backend = fileio.get_file_backend(self.data_prefix['img_path'],
+                                                    backend_args=self.backend_args)
         anns_of_image = defaultdict(list)
         for ann in content['annotations']:
             self._check_ids(ann, cat_to_label, images)
@@ -202,7 +209,8 @@ class CocoDataset(BaseDataset):
             if bbox is not None:
                 instances.append(dict(bbox=bbox, bbox_label=label,
                                       ignore_flag=int(bool(ann.get('iscrowd', 0)))))
-        return dict(img_path=fileio.join_path(self.data_prefix['img_path'], img['file_name']),
+        img_path = self._img_backend.join_path(self.data_prefix['img_path'], img['file_name'])
+        return dict(img_path=img_path,
                     img_id=img['id'], height=height, width=width, instances=instances)
 
     def _parse_bbox(self, ann: dict, width: int, height: int) -> Optional[List[float]]:

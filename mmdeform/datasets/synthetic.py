@@ -227,10 +227,16 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--ext', choices=('png', 'jpg'), default='png')
     parser.add_argument('--max-objects', type=int, default=5)
+    parser.add_argument('--min-object-size', type=float, default=8,
+                        help='smallest object side in pixels')
+    parser.add_argument('--max-object-fraction', type=float, default=0.5,
+                        help='largest object side as a fraction of the image side')
     args = parser.parse_args(argv)
     start = time.perf_counter()
     summary = make_synthetic_coco(args.out_dir, args.num_train, args.num_val, args.image_size,
-                                  args.seed, args.ext, max_objects=args.max_objects)
+                                  args.seed, args.ext, min_object_size=args.min_object_size,
+                                  max_object_fraction=args.max_object_fraction,
+                                  max_objects=args.max_objects)
     print(f'\nwrote {args.out_dir} in {time.perf_counter() - start:.1f} s')
     for split, stats in summary.items():
         print(f'  {split}: {stats}')

@@ -318,3 +318,23 @@ def test_paper_test_pipeline(boxes_image):
     np.testing.assert_allclose(sample.gt_instances.bboxes.numpy(),
                                np.array(BOXES, np.float32) * (1200 / 90), rtol=1e-5)
     assert sample.flip is False
+
+
+def test_collate_and_preprocess_batch(write_coco):
+    """pseudo_collate + the model's DetDataPreprocessor batch our samples."""
+    from mmengine.dataset import pseudo_collate
+    from torch.utils.data import DataLoader
+
+    from mmdeform.registry import MODELS
+    ann_file = write_coco([(1, 20, 30), (2, 24, 16)],
+                          [ann(1, 1, 1, [2, 3, 4, 5]), ann(2, 2, 1, [1, 1, 5, 5])],
+                          [dict(id=1, name='a')])
+    dataset = CocoDataset(ann_file=ann_file, metainfo=dict(classes=('a',)), test_mode=True,
+                          data_prefix=dict(img_path=ann_file.rsplit('/', 1)[0] + '/img'),
+                          pipeline=[dict(type='LoadImage'), dict(type='LoadDetAnnotations'),
+                                    dict(type='PackDetInputs')])
+    batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=pseudo_collate)))
+    out = MODELS.build(dict(type='DetDataPreprocessor'))(batch)
+    assert tuple(out['inputs'].shape) == (2, 3, 24, 30)
+    assert [s.batch_input_shape for s in out['data_samples']] == [(24, 30), (24, 30)]
+    assert [s.img_shape for s in out['data_samples']] == [(20, 30), (24, 16)]
