@@ -1,4 +1,5 @@
 """Tests of DeformableEncoder and its layer (tiny dims, float64, CPU)."""
+import numpy as np
 import pytest
 import torch
 from mmengine.model import BaseModule
@@ -62,38 +63,44 @@ def test_output_shapes_and_metadata():
     assert out.valid_ratios.dtype == torch.float32
 
 
+def independent_valid_ratios():
+    """(B, L, 2) float32 (x, y) ratios from the valid sizes (float32 division)."""
+    f32 = np.float32
+    return np.array([[[f32(vw) / f32(w), f32(vh) / f32(h)]
+                      for (vh, vw), (h, w) in zip(VALID[b], SHAPES)] for b in range(2)],
+                    dtype=f32)
+
+
 def test_valid_ratios_match_mask_counts():
     _, masks, _ = make_inputs()
-    for level, mask in enumerate(masks):
-        ratios = get_valid_ratios(mask)
-        h, w = SHAPES[level]
-        for b in range(2):
-            vh, vw = VALID[b][level]
-            assert ratios[b].tolist() == pytest.approx([vw / w, vh / h], abs=1e-7)
-        assert ratios.dtype == torch.float32
+    ratios = torch.stack([get_valid_ratios(mask) for mask in masks], 1)
+    assert ratios.dtype == torch.float32
+    assert np.array_equal(ratios.numpy(), independent_valid_ratios())
 
 
 def test_reference_points_match_independent_computation():
-    _, masks, _ = make_inputs()
-    valid_ratios = torch.stack([get_valid_ratios(m) for m in masks], 1)
-    shapes = torch.tensor(SHAPES)
-    ref = get_encoder_reference_points(shapes, valid_ratios)
+    """Bit-exact float32 island: centre / (ratio * size) of its own level,
+    then times the ratio of every level, all in float32 (official order)."""
+    f32 = np.float32
+    ratios = independent_valid_ratios()
+    ref = get_encoder_reference_points(torch.tensor(SHAPES), torch.from_numpy(ratios))
     assert ref.dtype == torch.float32
     assert ref.shape == (2, sum(h * w for h, w in SHAPES), 2, 2)
+    expected = np.zeros(ref.shape, dtype=f32)
     for b in range(2):
         token = 0
         for level, (h, w) in enumerate(SHAPES):
-            vh, vw = VALID[b][level]
+            rx, ry = ratios[b, level]
             for i in range(h):
                 for j in range(w):
-                    # centre normalized to the valid region of its own level,
-                    # then scaled into every level's valid region
-                    x, y = (j + 0.5) / vw, (i + 0.5) / vh
-                    for other, (oh, ow) in enumerate(SHAPES):
-                        ovh, ovw = VALID[b][other]
-                        expected = [x * ovw / ow, y * ovh / oh]
-                        assert ref[b, token, other].tolist() == pytest.approx(expected, rel=1e-6)
+                    x = f32(j + 0.5) / (rx * f32(w))
+                    y = f32(i + 0.5) / (ry * f32(h))
+                    expected[b, token] = np.array([x, y], dtype=f32) * ratios[b]
                     token += 1
+    assert np.array_equal(ref.numpy(), expected)
+    # and in exact arithmetic: the cell centre normalized to the valid region
+    x_exact = (0 + 0.5) / VALID[1][1][1] * VALID[1][0][1] / SHAPES[0][1]
+    assert ref[1, SHAPES[0][0] * SHAPES[0][1], 0, 0].item() == pytest.approx(x_exact, rel=1e-6)
 
 
 def test_padded_positions_do_not_change_valid_outputs():

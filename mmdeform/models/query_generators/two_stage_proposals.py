@@ -22,8 +22,9 @@ def make_proposals(padding_mask: torch.Tensor,
     columns / rows of that level (from its first row / column). A proposal
     is valid when all four numbers lie strictly inside (0.01, 0.99). Valid
     ones are mapped to ``log(p / (1 - p))`` (no clamping); padded tokens and
-    invalid proposals get ``+inf``. Everything is float32, as in the
-    official model (a float32 island).
+    invalid proposals get ``+inf``. Boxes and ratios are float32, as in the
+    official model (a float32 island); the logit is the correctly rounded
+    float32 value.
 
     Args:
         padding_mask (Tensor): (B, S) bool, True at padded tokens.
@@ -55,7 +56,10 @@ def make_proposals(padding_mask: torch.Tensor,
     proposals = torch.cat(proposals, 1)
     valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1)
     unusable = padding_mask | ~valid
-    proposals = torch.log(proposals / (1 - proposals))
+    # The float32 logit, correctly rounded: the log runs in float64 on the
+    # float32 ratio and is rounded back. torch's float32 CPU log can be 1 ulp
+    # off, which moved the boxes by ~3e-8 against the official fixtures.
+    proposals = torch.log((proposals / (1 - proposals)).to(torch.float64)).to(torch.float32)
     proposals = proposals.masked_fill(unusable[..., None], float('inf'))
     return proposals, unusable
 
