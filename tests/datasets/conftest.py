@@ -41,7 +41,3 @@ def log_messages(caplog):
     yield lambda: [record.getMessage() for record in caplog.records]
     logger.removeHandler(caplog.handler)
 
-
-def ann(ann_id, img_id, cat_id, bbox, iscrowd=0):
-    """One COCO annotation; ``bbox`` is [x, y, w, h]."""
-    return dict(id=ann_id, image_id=img_id, category_id=cat_id, bbox=bbox, iscrowd=iscrowd)

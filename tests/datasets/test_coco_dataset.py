@@ -1,6 +1,6 @@
 """CocoDataset: parsing, class mapping, filtering and bad annotations."""
 import pytest
-from conftest import ann
+from coco_files import ann
 
 from mmdeform.datasets import COCO_CLASSES, CocoDataset
 from mmdeform.registry import DATASETS

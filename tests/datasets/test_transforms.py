@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ann
+from coco_files import ann
 from mmcv.transforms import Compose, RandomChoice
 from mmengine.registry import DefaultScope
 
