@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,18 @@ def load_weights_module():
     spec = importlib.util.spec_from_file_location('official_parity_weights', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # make_tensor is a pure function of its arguments and the variants share
+    # most tensors (the whole backbone): memoize it (make_state_dict clones
+    # what it returns). box_wh_bias only affects the first box head's last
+    # bias (weights.py docstring), so elsewhere it is not part of the key.
+    cached = functools.cache(module.make_tensor)
+
+    def make_tensor(name, shape, dtype, spec_seed, box_wh_bias=module.BOX_HEAD_WH_BIAS):
+        if not re.search(r'(^|\.)bbox_embed\.0\.layers\.2\.bias$', name):
+            box_wh_bias = module.BOX_HEAD_WH_BIAS
+        return cached(name, tuple(shape), str(dtype), int(spec_seed), float(box_wh_bias))
+
+    module.make_tensor = make_tensor
     return module
 
 
