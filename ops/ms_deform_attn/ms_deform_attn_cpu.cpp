@@ -1,18 +1,16 @@
-// CPU kernels of multi-scale deformable attention (see ms_deform_attn.h).
-//
-// Forward: parallel over (batch, query) blocks; each (n, q, m) accumulates its
-// D channels in a private buffer of the accumulation type.
-// Backward: parallel over (batch, head) pairs. A pair owns its slice of
-// grad_value, so the scatter of value gradients needs no atomics and is done in
-// a fixed order: results are bitwise identical from run to run whatever the
-// number of threads. grad_sampling_locations and grad_attention_weights are
-// written once per sample by the pair that owns it.
+// CPU implementation of multi-scale deformable attention (see ms_deform_attn.h):
+// input checks, dispatch and operator registration. The kernel bodies are in
+// ms_deform_attn_cpu_kernel.h, compiled twice: for the baseline instruction set
+// and, on x86-64 with GCC/Clang, for AVX2+FMA, chosen once at run time from the
+// CPU's features. Both are deterministic (see the kernel header).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "ms_deform_attn.h"
@@ -20,50 +18,6 @@
 namespace mmdeform {
 
 namespace {
-
-// Bilinear footprint of one sampling location on one level: up to four
-// corners, each a token offset inside the level and a weight. Corners outside
-// the level get weight 0 and offset -1. dw_* / dh_* are the derivatives of the
-// corner weights with respect to the pixel coordinates w_im and h_im.
-template <typename acc_t>
-struct Footprint {
-  int64_t offset[4];
-  acc_t weight[4];
-  acc_t dw[4];
-  acc_t dh[4];
-  bool any;
-};
-
-template <typename acc_t>
-inline Footprint<acc_t> bilinear_footprint(acc_t loc_x, acc_t loc_y, int64_t height,
-                                           int64_t width) {
-  Footprint<acc_t> f;
-  // Half-pixel convention: pixel i has its centre at (i + 0.5) / size.
-  const acc_t w_im = loc_x * static_cast<acc_t>(width) - acc_t(0.5);
-  const acc_t h_im = loc_y * static_cast<acc_t>(height) - acc_t(0.5);
-  f.any = h_im > acc_t(-1) && w_im > acc_t(-1) && h_im < static_cast<acc_t>(height) &&
-          w_im < static_cast<acc_t>(width);
-  if (!f.any) return f;
-  const int64_t h_low = static_cast<int64_t>(std::floor(h_im));
-  const int64_t w_low = static_cast<int64_t>(std::floor(w_im));
-  const acc_t lh = h_im - static_cast<acc_t>(h_low);
-  const acc_t lw = w_im - static_cast<acc_t>(w_low);
-  const acc_t hh = acc_t(1) - lh;
-  const acc_t hw = acc_t(1) - lw;
-  const int64_t ys[4] = {h_low, h_low, h_low + 1, h_low + 1};
-  const int64_t xs[4] = {w_low, w_low + 1, w_low, w_low + 1};
-  const acc_t weights[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
-  const acc_t dws[4] = {-hh, hh, -lh, lh};
-  const acc_t dhs[4] = {-hw, -lw, hw, lw};
-  for (int c = 0; c < 4; ++c) {
-    const bool inside = ys[c] >= 0 && ys[c] < height && xs[c] >= 0 && xs[c] < width;
-    f.offset[c] = inside ? ys[c] * width + xs[c] : -1;
-    f.weight[c] = weights[c];
-    f.dw[c] = dws[c];
-    f.dh[c] = dhs[c];
-  }
-  return f;
-}
 
 struct Dims {
   int64_t batch, num_value, heads, channels, num_query, levels, points;
@@ -79,93 +33,47 @@ Dims read_dims(const at::Tensor& value, const at::Tensor& sampling_locations) {
               sampling_locations.size(4)};
 }
 
+namespace baseline {
+#include "ms_deform_attn_cpu_kernel.h"
+}  // namespace baseline
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MMDEFORM_HAVE_AVX2_KERNEL 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "ms_deform_attn_cpu_kernel.h"
+}  // namespace avx2
+#pragma GCC pop_options
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
 template <typename scalar_t>
-void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                    const scalar_t* locs, const scalar_t* attn, scalar_t* out, const Dims& d) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t row = d.heads * d.channels;  // stride between value tokens
-  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, d.heads * d.levels));
-  at::parallel_for(0, d.batch * d.num_query, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(d.channels);
-    for (int64_t nq = begin; nq < end; ++nq) {
-      const int64_t n = nq / d.num_query;
-      const scalar_t* value_n = value + n * d.num_value * row;
-      for (int64_t m = 0; m < d.heads; ++m) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        const int64_t sample0 = (nq * d.heads + m) * d.levels * d.points;
-        for (int64_t l = 0; l < d.levels; ++l) {
-          const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
-          const scalar_t* level = value_n + starts[l] * row + m * d.channels;
-          for (int64_t p = 0; p < d.points; ++p) {
-            const int64_t s = sample0 + l * d.points + p;
-            const auto f = bilinear_footprint<acc_t>(locs[2 * s], locs[2 * s + 1], height, width);
-            if (!f.any) continue;
-            const acc_t a = attn[s];
-            for (int c = 0; c < 4; ++c) {
-              if (f.offset[c] < 0) continue;
-              const acc_t w = a * f.weight[c];
-              const scalar_t* v = level + f.offset[c] * row;
-              for (int64_t k = 0; k < d.channels; ++k) acc[k] += w * static_cast<acc_t>(v[k]);
-            }
-          }
-        }
-        scalar_t* o = out + (nq * d.heads + m) * d.channels;
-        for (int64_t k = 0; k < d.channels; ++k) o[k] = static_cast<scalar_t>(acc[k]);
-      }
-    }
-  });
+void run_forward(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                 const scalar_t* locs, const scalar_t* attn, scalar_t* out, const Dims& d) {
+#ifdef MMDEFORM_HAVE_AVX2_KERNEL
+  if (cpu_has_avx2()) return avx2::forward<scalar_t>(value, shapes, starts, locs, attn, out, d);
+#endif
+  baseline::forward<scalar_t>(value, shapes, starts, locs, attn, out, d);
 }
 
-// grad_value_acc has the layout of value, in the accumulation type.
 template <typename scalar_t, typename acc_t>
-void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                     const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
-                     acc_t* grad_value_acc, scalar_t* grad_locs, scalar_t* grad_attn,
-                     const Dims& d) {
-  const int64_t row = d.heads * d.channels;
-  at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> go(d.channels);
-    for (int64_t nm = begin; nm < end; ++nm) {
-      const int64_t n = nm / d.heads, m = nm % d.heads;
-      const int64_t base = n * d.num_value * row + m * d.channels;
-      for (int64_t q = 0; q < d.num_query; ++q) {
-        const int64_t nqm = (n * d.num_query + q) * d.heads + m;
-        const scalar_t* g = grad_out + nqm * d.channels;
-        for (int64_t k = 0; k < d.channels; ++k) go[k] = static_cast<acc_t>(g[k]);
-        for (int64_t l = 0; l < d.levels; ++l) {
-          const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
-          const int64_t level = base + starts[l] * row;
-          for (int64_t p = 0; p < d.points; ++p) {
-            const int64_t s = (nqm * d.levels + l) * d.points + p;
-            const auto f = bilinear_footprint<acc_t>(locs[2 * s], locs[2 * s + 1], height, width);
-            acc_t g_attn = 0, g_w = 0, g_h = 0;
-            if (f.any) {
-              const acc_t a = attn[s];
-              for (int c = 0; c < 4; ++c) {
-                if (f.offset[c] < 0) continue;
-                const scalar_t* v = value + level + f.offset[c] * row;
-                acc_t* gv = grad_value_acc + level + f.offset[c] * row;
-                const acc_t w = a * f.weight[c];
-                acc_t dot = 0;
-                for (int64_t k = 0; k < d.channels; ++k) {
-                  dot += go[k] * static_cast<acc_t>(v[k]);
-                  gv[k] += w * go[k];
-                }
-                g_attn += f.weight[c] * dot;
-                g_w += f.dw[c] * dot;
-                g_h += f.dh[c] * dot;
-              }
-              g_w *= a * static_cast<acc_t>(width);
-              g_h *= a * static_cast<acc_t>(height);
-            }
-            grad_attn[s] = static_cast<scalar_t>(g_attn);
-            grad_locs[2 * s] = static_cast<scalar_t>(g_w);
-            grad_locs[2 * s + 1] = static_cast<scalar_t>(g_h);
-          }
-        }
-      }
-    }
-  });
+void run_backward(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                  const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
+                  acc_t* grad_value_acc, scalar_t* grad_locs, scalar_t* grad_attn,
+                  const Dims& d) {
+#ifdef MMDEFORM_HAVE_AVX2_KERNEL
+  if (cpu_has_avx2()) {
+    return avx2::backward<scalar_t, acc_t>(value, shapes, starts, locs, attn, grad_out,
+                                           grad_value_acc, grad_locs, grad_attn, d);
+  }
+#endif
+  baseline::backward<scalar_t, acc_t>(value, shapes, starts, locs, attn, grad_out,
+                                      grad_value_acc, grad_locs, grad_attn, d);
 }
 
 }  // namespace
@@ -242,9 +150,9 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in, const at::Tens
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-        forward_kernel<scalar_t>(value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(),
-                                 starts.data_ptr<int64_t>(), locs.data_ptr<scalar_t>(),
-                                 attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), d);
+        run_forward<scalar_t>(value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(),
+                              starts.data_ptr<int64_t>(), locs.data_ptr<scalar_t>(),
+                              attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), d);
       });
   return out;
 }
@@ -279,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          backward_kernel<scalar_t, acc_t>(
+          run_backward<scalar_t, acc_t>(
               value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
               locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
               grad_output.data_ptr<scalar_t>(), grad_value_acc.data_ptr<acc_t>(),

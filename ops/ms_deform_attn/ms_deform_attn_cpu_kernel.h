@@ -1,0 +1,262 @@
+// CPU kernel bodies of multi-scale deformable attention.
+//
+// This file is included twice by ms_deform_attn_cpu.cpp, inside two different
+// namespaces: once for the baseline instruction set and once under
+// `#pragma GCC target("avx2,fma")`, and the caller picks one at run time. It
+// therefore has no include guard and includes nothing; it relies on Dims,
+// <cmath>, <vector>, ATen/Parallel.h and ATen/OpMathType.h being included first.
+//
+// Forward: parallel over (batch, query) blocks; each (n, q, m) accumulates its
+// D channels in registers (D fixed at compile time for common head sizes).
+// Backward: parallel over (batch, head) pairs. A pair owns its slice of
+// grad_value, so the scatter of value gradients needs no atomics and runs in a
+// fixed order: results are bitwise identical from run to run whatever the
+// number of threads. grad_sampling_locations and grad_attention_weights are
+// written once per sample by the pair that owns it. Dot products over channels
+// use 8 independent partial sums in a fixed order, so they vectorize without
+// -ffast-math and stay deterministic.
+
+// Bilinear footprint of one sampling location on one level: four corners, each
+// a token offset inside the level (-1 when outside) and a weight. dw / dh are
+// the derivatives of the corner weights with respect to the pixel coordinates.
+template <typename acc_t>
+struct Footprint {
+  int64_t offset[4];
+  acc_t weight[4];
+  acc_t dw[4];
+  acc_t dh[4];
+  bool any;
+};
+
+template <typename acc_t>
+inline Footprint<acc_t> bilinear_footprint(acc_t loc_x, acc_t loc_y, int64_t height,
+                                           int64_t width) {
+  Footprint<acc_t> f;
+  // Half-pixel convention: pixel i has its centre at (i + 0.5) / size.
+  const acc_t w_im = loc_x * static_cast<acc_t>(width) - acc_t(0.5);
+  const acc_t h_im = loc_y * static_cast<acc_t>(height) - acc_t(0.5);
+  f.any = h_im > acc_t(-1) && w_im > acc_t(-1) && h_im < static_cast<acc_t>(height) &&
+          w_im < static_cast<acc_t>(width);
+  if (!f.any) return f;
+  const int64_t h_low = static_cast<int64_t>(std::floor(h_im));
+  const int64_t w_low = static_cast<int64_t>(std::floor(w_im));
+  const acc_t lh = h_im - static_cast<acc_t>(h_low);
+  const acc_t lw = w_im - static_cast<acc_t>(w_low);
+  const acc_t hh = acc_t(1) - lh;
+  const acc_t hw = acc_t(1) - lw;
+  const int64_t ys[4] = {h_low, h_low, h_low + 1, h_low + 1};
+  const int64_t xs[4] = {w_low, w_low + 1, w_low, w_low + 1};
+  const acc_t weights[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
+  const acc_t dws[4] = {-hh, hh, -lh, lh};
+  const acc_t dhs[4] = {-hw, -lw, hw, lw};
+  for (int c = 0; c < 4; ++c) {
+    const bool inside = ys[c] >= 0 && ys[c] < height && xs[c] >= 0 && xs[c] < width;
+    f.offset[c] = inside ? ys[c] * width + xs[c] : -1;
+    f.weight[c] = weights[c];
+    f.dw[c] = dws[c];
+    f.dh[c] = dhs[c];
+  }
+  return f;
+}
+
+// A channel buffer: registers/stack for a compile-time size, heap otherwise.
+template <typename T, int kChannels>
+struct ChannelBuffer {
+  T fixed[kChannels > 0 ? kChannels : 1];
+  std::vector<T> dynamic;
+  T* data;
+  explicit ChannelBuffer(int64_t channels) : dynamic(kChannels > 0 ? 0 : channels) {
+    data = kChannels > 0 ? fixed : dynamic.data();
+  }
+};
+
+// Rows of the four corners of a footprint. Corners outside the level point at
+// a row of zeros (reads) and at private scratch rows (gradient writes), so the
+// channel loops have no branches.
+template <typename scalar_t, typename acc_t, int kChannels>
+struct CornerRows {
+  ChannelBuffer<scalar_t, kChannels> zeros;
+  ChannelBuffer<acc_t, kChannels> scratch[4];
+  explicit CornerRows(int64_t channels)
+      : zeros(channels), scratch{ChannelBuffer<acc_t, kChannels>(channels),
+                                 ChannelBuffer<acc_t, kChannels>(channels),
+                                 ChannelBuffer<acc_t, kChannels>(channels),
+                                 ChannelBuffer<acc_t, kChannels>(channels)} {
+    for (int64_t k = 0; k < channels; ++k) zeros.data[k] = scalar_t(0);
+  }
+  const scalar_t* value(const scalar_t* level, const Footprint<acc_t>& f, int c,
+                        int64_t row) const {
+    return f.offset[c] >= 0 ? level + f.offset[c] * row : zeros.data;
+  }
+  acc_t* grad(acc_t* level, const Footprint<acc_t>& f, int c, int64_t row) {
+    return f.offset[c] >= 0 ? level + f.offset[c] * row : scratch[c].data;
+  }
+};
+
+// kChannels > 0 fixes the channel count at compile time (the loops over
+// channels unroll, the accumulators live in registers); 0 means d.channels.
+template <typename scalar_t, int kChannels>
+void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                    const scalar_t* locs, const scalar_t* attn, scalar_t* out, const Dims& d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = kChannels > 0 ? kChannels : d.channels;
+  const int64_t row = d.heads * channels;  // stride between value tokens
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, d.heads * d.levels));
+  at::parallel_for(0, d.batch * d.num_query, grain, [&](int64_t begin, int64_t end) {
+    ChannelBuffer<acc_t, kChannels> buffer(channels);
+    CornerRows<scalar_t, acc_t, kChannels> rows(channels);
+    acc_t* __restrict__ acc = buffer.data;
+    for (int64_t nq = begin; nq < end; ++nq) {
+      const scalar_t* value_n = value + (nq / d.num_query) * d.num_value * row;
+      for (int64_t m = 0; m < d.heads; ++m) {
+        for (int64_t k = 0; k < channels; ++k) acc[k] = acc_t(0);
+        const int64_t sample0 = (nq * d.heads + m) * d.levels * d.points;
+        for (int64_t l = 0; l < d.levels; ++l) {
+          const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
+          const scalar_t* level = value_n + starts[l] * row + m * channels;
+          for (int64_t p = 0; p < d.points; ++p) {
+            const int64_t s = sample0 + l * d.points + p;
+            const auto f = bilinear_footprint<acc_t>(locs[2 * s], locs[2 * s + 1], height, width);
+            if (!f.any) continue;
+            const acc_t a = attn[s];
+            const acc_t w0 = a * f.weight[0], w1 = a * f.weight[1], w2 = a * f.weight[2],
+                        w3 = a * f.weight[3];
+            const scalar_t* __restrict__ v0 = rows.value(level, f, 0, row);
+            const scalar_t* __restrict__ v1 = rows.value(level, f, 1, row);
+            const scalar_t* __restrict__ v2 = rows.value(level, f, 2, row);
+            const scalar_t* __restrict__ v3 = rows.value(level, f, 3, row);
+            for (int64_t k = 0; k < channels; ++k) {
+              acc[k] += w0 * static_cast<acc_t>(v0[k]) + w1 * static_cast<acc_t>(v1[k]) +
+                        w2 * static_cast<acc_t>(v2[k]) + w3 * static_cast<acc_t>(v3[k]);
+            }
+          }
+        }
+        scalar_t* o = out + (nq * d.heads + m) * channels;
+        for (int64_t k = 0; k < channels; ++k) o[k] = static_cast<scalar_t>(acc[k]);
+      }
+    }
+  });
+}
+
+// Gradients of one sample: scatters into the four corner rows of grad_value
+// and returns (d out / d attn, d / d w_im, d / d h_im) dotted with go. The
+// dot products use 8 partial sums combined in a fixed order, so they
+// vectorize without -ffast-math and stay deterministic.
+template <typename scalar_t, typename acc_t, int kChannels>
+inline void sample_backward(const scalar_t* __restrict__ v0, const scalar_t* __restrict__ v1,
+                            const scalar_t* __restrict__ v2, const scalar_t* __restrict__ v3,
+                            acc_t* __restrict__ g0, acc_t* __restrict__ g1,
+                            acc_t* __restrict__ g2, acc_t* __restrict__ g3,
+                            const acc_t* __restrict__ go, const Footprint<acc_t>& f, acc_t a,
+                            int64_t channels, acc_t* result) {
+  acc_t lane_attn[8] = {0}, lane_w[8] = {0}, lane_h[8] = {0};
+  const acc_t aw0 = a * f.weight[0], aw1 = a * f.weight[1], aw2 = a * f.weight[2],
+              aw3 = a * f.weight[3];
+  // One channel k accumulated into lane j (a macro keeps the restrict
+  // qualifiers visible to the vectorizer, which a lambda capture would hide).
+#define MMDEFORM_SAMPLE_BACKWARD_STEP(k, j)                                                  \
+  {                                                                                       \
+    const acc_t x0 = static_cast<acc_t>(v0[k]), x1 = static_cast<acc_t>(v1[k]),           \
+                x2 = static_cast<acc_t>(v2[k]), x3 = static_cast<acc_t>(v3[k]);           \
+    const acc_t gk = go[k];                                                               \
+    lane_attn[j] += gk * (w[0] * x0 + w[1] * x1 + w[2] * x2 + w[3] * x3);                 \
+    lane_w[j] += gk * (dw[0] * x0 + dw[1] * x1 + dw[2] * x2 + dw[3] * x3);                \
+    lane_h[j] += gk * (dh[0] * x0 + dh[1] * x1 + dh[2] * x2 + dh[3] * x3);                \
+    g0[k] += aw0 * gk;                                                                    \
+    g1[k] += aw1 * gk;                                                                    \
+    g2[k] += aw2 * gk;                                                                    \
+    g3[k] += aw3 * gk;                                                                    \
+  }
+  const acc_t w[4] = {f.weight[0], f.weight[1], f.weight[2], f.weight[3]};
+  const acc_t dw[4] = {f.dw[0], f.dw[1], f.dw[2], f.dw[3]};
+  const acc_t dh[4] = {f.dh[0], f.dh[1], f.dh[2], f.dh[3]};
+  int64_t k0 = 0;
+  for (; k0 + 8 <= channels; k0 += 8) {
+    for (int j = 0; j < 8; ++j) MMDEFORM_SAMPLE_BACKWARD_STEP(k0 + j, j)
+  }
+  for (int j = 0; k0 + j < channels; ++j) MMDEFORM_SAMPLE_BACKWARD_STEP(k0 + j, j)
+#undef MMDEFORM_SAMPLE_BACKWARD_STEP
+  acc_t* lanes[3] = {lane_attn, lane_w, lane_h};
+  for (int i = 0; i < 3; ++i) {
+    const acc_t* x = lanes[i];
+    result[i] = ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+  }
+}
+
+// grad_value_acc has the layout of value, in the accumulation type.
+template <typename scalar_t, int kChannels, typename acc_t = at::opmath_type<scalar_t>>
+void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                     const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
+                     acc_t* grad_value_acc, scalar_t* grad_locs, scalar_t* grad_attn,
+                     const Dims& d) {
+  const int64_t channels = kChannels > 0 ? kChannels : d.channels;
+  const int64_t row = d.heads * channels;
+  at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
+    ChannelBuffer<acc_t, kChannels> go_buffer(channels);
+    CornerRows<scalar_t, acc_t, kChannels> rows(channels);
+    acc_t* __restrict__ go = go_buffer.data;
+    for (int64_t nm = begin; nm < end; ++nm) {
+      const int64_t n = nm / d.heads, m = nm % d.heads;
+      const int64_t base = n * d.num_value * row + m * channels;
+      for (int64_t q = 0; q < d.num_query; ++q) {
+        const int64_t nqm = (n * d.num_query + q) * d.heads + m;
+        const scalar_t* g = grad_out + nqm * channels;
+        for (int64_t k = 0; k < channels; ++k) go[k] = static_cast<acc_t>(g[k]);
+        for (int64_t l = 0; l < d.levels; ++l) {
+          const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
+          const scalar_t* level = value + base + starts[l] * row;
+          acc_t* grad_level = grad_value_acc + base + starts[l] * row;
+          for (int64_t p = 0; p < d.points; ++p) {
+            const int64_t s = (nqm * d.levels + l) * d.points + p;
+            const auto f = bilinear_footprint<acc_t>(locs[2 * s], locs[2 * s + 1], height, width);
+            acc_t result[3] = {0, 0, 0};
+            const acc_t a = attn[s];
+            if (f.any) {
+              sample_backward<scalar_t, acc_t, kChannels>(
+                  rows.value(level, f, 0, row), rows.value(level, f, 1, row),
+                  rows.value(level, f, 2, row), rows.value(level, f, 3, row),
+                  rows.grad(grad_level, f, 0, row), rows.grad(grad_level, f, 1, row),
+                  rows.grad(grad_level, f, 2, row), rows.grad(grad_level, f, 3, row), go, f, a,
+                  channels, result);
+            }
+            grad_attn[s] = static_cast<scalar_t>(result[0]);
+            grad_locs[2 * s] = static_cast<scalar_t>(result[1] * a * static_cast<acc_t>(width));
+            grad_locs[2 * s + 1] =
+                static_cast<scalar_t>(result[2] * a * static_cast<acc_t>(height));
+          }
+        }
+      }
+    }
+  });
+}
+
+// Calls fn(std::integral_constant<int, C>) with C = channels for the common
+// head sizes and C = 0 (run-time channel count) otherwise.
+template <typename Fn>
+void dispatch_channels(int64_t channels, Fn&& fn) {
+  switch (channels) {
+    case 8: return fn(std::integral_constant<int, 8>());
+    case 16: return fn(std::integral_constant<int, 16>());
+    case 32: return fn(std::integral_constant<int, 32>());
+    case 64: return fn(std::integral_constant<int, 64>());
+    default: return fn(std::integral_constant<int, 0>());
+  }
+}
+
+template <typename scalar_t>
+void forward(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+             const scalar_t* locs, const scalar_t* attn, scalar_t* out, const Dims& d) {
+  dispatch_channels(d.channels, [&](auto fixed) {
+    forward_kernel<scalar_t, decltype(fixed)::value>(value, shapes, starts, locs, attn, out, d);
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void backward(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+              const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
+              acc_t* grad_value_acc, scalar_t* grad_locs, scalar_t* grad_attn, const Dims& d) {
+  dispatch_channels(d.channels, [&](auto fixed) {
+    backward_kernel<scalar_t, decltype(fixed)::value>(value, shapes, starts, locs, attn, grad_out,
+                                                      grad_value_acc, grad_locs, grad_attn, d);
+  });
+}

@@ -1,0 +1,204 @@
+"""Benchmark the compiled ms_deform_attn op against the pure-PyTorch reference.
+
+Prints, for each shape, forward and forward+backward time (median of
+``--repeats`` runs after warm-up) and peak extra memory of both backends, and
+the ratios reference / compiled, all measured in the same run.
+
+    python tools/benchmark_op.py                 # CPU shapes of issue 2
+    python tools/benchmark_op.py --device cuda   # GPU shapes of issue 5
+
+CPU peak memory is measured in a fresh subprocess per case as the growth of
+the process' peak resident set size during one forward+backward; CUDA peak
+memory with torch.cuda.max_memory_allocated. The CUDA table also gives the
+effective bandwidth: the bytes the op must at least read and write (value,
+locations, weights, output; for backward also their gradients) divided by
+the time.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from mmdeform.ops import get_backend, ms_deform_attn, ms_deform_attn_reference
+
+IMPLS = {'compiled': ms_deform_attn, 'reference': ms_deform_attn_reference}
+
+
+def level_shapes_for_image(height, width, strides=(8, 16, 32, 64)):
+    return [(-(-height // s), -(-width // s)) for s in strides]
+
+
+SHAPES = {
+    'cpu': {
+        'encoder 512x512': dict(levels=[(64, 64), (32, 32), (16, 16), (8, 8)], n=1,
+                                num_query=None),
+        'decoder 512x512 (Lq=300)': dict(levels=[(64, 64), (32, 32), (16, 16), (8, 8)], n=1,
+                                         num_query=300),
+    },
+    'cuda': {
+        'encoder 800x1333': dict(levels=[(100, 167), (50, 84), (25, 42), (13, 21)], n=2,
+                                 num_query=None),
+        'decoder 800x1333 (Lq=300)': dict(levels=[(100, 167), (50, 84), (25, 42), (13, 21)],
+                                          n=2, num_query=300),
+        'B=4, 64..8, Lq=10000': dict(levels=[(64, 64), (32, 32), (16, 16), (8, 8)], n=4,
+                                     num_query=10000),
+    },
+}
+
+
+def make_inputs(levels, n, num_query, device, dtype, heads=8, channels=32, points=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = torch.tensor(levels, dtype=torch.int64)
+    sizes = shapes.prod(1)
+    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    num_value = int(sizes.sum())
+    num_query = num_value if num_query is None else num_query
+    num_levels = len(levels)
+    value = torch.rand(n, num_value, heads, channels, generator=gen)
+    locations = torch.rand(n, num_query, heads, num_levels, points, 2, generator=gen)
+    weights = torch.rand(n, num_query, heads, num_levels, points, generator=gen)
+    weights = weights / weights.sum((-1, -2), keepdim=True)
+    tensors = [t.to(device=device, dtype=dtype).requires_grad_() for t in
+               (value, locations, weights)]
+    return tensors[0], shapes.to(device), starts.to(device), tensors[1], tensors[2]
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_case(impl, inputs, grad_out):
+    def forward():
+        with torch.no_grad():
+            return IMPLS[impl](*inputs)
+
+    def forward_backward():
+        out = IMPLS[impl](*inputs)
+        torch.autograd.grad(out, (inputs[0], inputs[3], inputs[4]), grad_out)
+
+    return forward, forward_backward
+
+
+def measure_cpu_memory(case, impl, dtype):
+    """Runs one forward+backward in a subprocess; returns its peak RSS growth (bytes)."""
+    cmd = [sys.executable, __file__, '--memory-probe', json.dumps([case, impl, str(dtype)])]
+    result = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(arg):
+    case, impl, dtype_name = json.loads(arg)
+    dtype = getattr(torch, dtype_name.replace('torch.', ''))
+    spec = SHAPES['cpu'][case]
+    # Warm up on a tiny input (thread pools, one-time allocations of the
+    # libraries), so that the real run's growth is the op's own memory.
+    tiny = make_inputs([(4, 4), (2, 2)], 1, 8, torch.device('cpu'), dtype)
+    run_case(impl, tiny, torch.rand(1, 8, 8 * 32, dtype=dtype))[1]()
+    inputs = make_inputs(spec['levels'], spec['n'], spec['num_query'], torch.device('cpu'), dtype)
+    grad_out = torch.rand(inputs[3].shape[0], inputs[3].shape[1], 8 * 32, dtype=dtype)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_case(impl, inputs, grad_out)[1]()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) * 1024)
+
+
+def measure_cuda_memory(impl, inputs, grad_out, device):
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    run_case(impl, inputs, grad_out)[1]()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def minimum_bytes(inputs, grad_out):
+    value, _, _, locations, weights = inputs
+    forward = sum(t.numel() * t.element_size() for t in (value, locations, weights, grad_out))
+    return forward, 2 * forward
+
+
+def benchmark(device, dtype, repeats):
+    rows = []
+    for case, spec in SHAPES[device.type].items():
+        inputs = make_inputs(spec['levels'], spec['n'], spec['num_query'], device, dtype)
+        grad_out = torch.rand(inputs[3].shape[0], inputs[3].shape[1], 8 * 32, device=device,
+                              dtype=dtype)
+        row = dict(case=case, lq=inputs[3].shape[1])
+        for impl in IMPLS:
+            forward, forward_backward = run_case(impl, inputs, grad_out)
+            row[f'{impl}_fwd'] = time_call(forward, device, repeats)
+            row[f'{impl}_fwdbwd'] = time_call(forward_backward, device, repeats)
+            if device.type == 'cuda':
+                row[f'{impl}_mem'] = measure_cuda_memory(impl, inputs, grad_out, device)
+            else:
+                row[f'{impl}_mem'] = measure_cpu_memory(case, impl, dtype)
+        row['bytes_fwd'], row['bytes_fwdbwd'] = minimum_bytes(inputs, grad_out)
+        rows.append(row)
+    return rows
+
+
+def print_table(rows, device):
+    header = ('| shape | Lq | fwd compiled | fwd reference | fwd speed-up | fwd+bwd compiled '
+              '| fwd+bwd reference | fwd+bwd speed-up | peak mem compiled | peak mem reference '
+              '| mem ratio |')
+    if device.type == 'cuda':
+        header += ' fwd GB/s | fwd+bwd GB/s |'
+    print(header)
+    print('|' + '---|' * (header.count('|') - 1))
+    for r in rows:
+        line = (f"| {r['case']} | {r['lq']} | {r['compiled_fwd'] * 1e3:.2f} ms "
+                f"| {r['reference_fwd'] * 1e3:.2f} ms "
+                f"| {r['reference_fwd'] / r['compiled_fwd']:.1f}x "
+                f"| {r['compiled_fwdbwd'] * 1e3:.2f} ms | {r['reference_fwdbwd'] * 1e3:.2f} ms "
+                f"| {r['reference_fwdbwd'] / r['compiled_fwdbwd']:.1f}x "
+                f"| {r['compiled_mem'] / 2**20:.1f} MiB | {r['reference_mem'] / 2**20:.1f} MiB "
+                f"| {r['compiled_mem'] / max(r['reference_mem'], 1):.3f} |")
+        if device.type == 'cuda':
+            line += (f" {r['bytes_fwd'] / r['compiled_fwd'] / 1e9:.0f} "
+                     f"| {r['bytes_fwdbwd'] / r['compiled_fwdbwd'] / 1e9:.0f} |")
+        print(line)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--memory-probe', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        memory_probe(args.memory_probe)
+        return
+    device = torch.device(args.device)
+    if get_backend(device) != 'compiled':
+        raise SystemExit(f'benchmark_op: no compiled kernel for {device.type}; build the '
+                         'extension first (pip install --no-build-isolation -e .)')
+    name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+            else f'CPU, {torch.get_num_threads()} threads')
+    print(f'ms_deform_attn benchmark on {name}, {args.dtype}, torch {torch.__version__}, '
+          f'M=8 D=32 P=4, median of {args.repeats}')
+    rows = benchmark(device, getattr(torch, args.dtype), args.repeats)
+    print_table(rows, device)
+
+
+if __name__ == '__main__':
+    main()
