@@ -1,0 +1,359 @@
+// CUDA kernels of multi-scale deformable attention (see ms_deform_attn.h for
+// shapes and ms_deform_attn_cpu.cpp for the reference semantics, which these
+// kernels follow formula for formula).
+//
+// Thread mapping. An item is one (batch, query, head) triple. A power-of-two
+// group of `group` <= 32 lanes of one warp handles an item; each lane owns a
+// vector of VEC consecutive channels (16 bytes: 4 float, 8 half/bfloat16,
+// 2 double; VEC = 1 when D is not a multiple of that or a pointer is not
+// aligned). group = min(32, next_pow2(D / VEC)); when D / VEC > 32 a lane makes
+// several rounds over its item. For the usual D = 32 that is 8 lanes per item
+// in float32 and 4 in half, so each corner read of an item is one fully used
+// 64- or 128-byte row fetched by a few 16-byte loads.
+//
+// Sample geometry is computed once per (item, sample), not once per channel:
+// the block first fills a shared-memory tile with, per sample, the four corner
+// token indices and the corner weights (forward: attention weight times the
+// bilinear weight; backward: lh, lw and the attention weight), then every lane
+// reads it with two 16-byte shared loads. The official/MMCV kernel instead
+// runs one thread per channel and makes every thread reload the location and
+// weight and redo the bilinear arithmetic. Tiles hold up to ~24 KB so that
+// blocks of 256 threads keep the SM full; long L * P are split into tiles.
+//
+// Backward. Each lane forms, per corner, the dot product of its grad_output
+// channels with the corner's value channels; the three per-sample sums
+// (d attention weight, d x, d y) are reduced over the lane group with warp
+// shuffles and accumulated in shared memory, so grad_sampling_locations and
+// grad_attention_weights are written once per sample with plain stores (no
+// atomics at all). grad_value takes one atomic per corner per channel vector:
+// on sm_90 a single float4 (float2) vector atomic, elsewhere scalar atomics.
+// half/bfloat16 accumulate grad_value in a float32 buffer that is rounded once
+// at the end (as the CPU kernel does), never with half-precision atomics.
+//
+// Deterministic backward (deterministic = true, which the autograd formula
+// passes when torch.are_deterministic_algorithms_enabled()): grad_value uses
+// no float atomics. corner_keys_kernel writes, for every (sample, corner)
+// entry, the value row (n, token, m) it reads and its weight; a stable
+// at::sort of the keys groups the entries of each row in ascending entry
+// order, at::searchsorted finds each row's segment, and gather_grad_value
+// sums weight * grad_output over a row's segment in that fixed order (one lane
+// group per row, VEC channels per lane), writing every row exactly once. The
+// sample gradients come from the same kernel as above with the atomics turned
+// off; they are deterministic in both modes.
+//
+// Validation. check_ms_deform_attn_inputs checks shapes, dtypes and devices.
+// It reads the values of spatial_shapes / level_start_index only when they are
+// on the CPU; on CUDA that would cost a device-to-host synchronization per
+// call, so the values are not checked. Instead every corner token is bounded
+// to [0, S) on the device: inconsistent shapes give wrong numbers but never an
+// out-of-bounds access. (ms_deform_attn_reference checks them in Python.)
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+
+#include "ms_deform_attn.h"
+#include "ms_deform_attn_cuda.cuh"
+
+namespace mmdeform {
+
+namespace {
+
+namespace k = ms_deform_attn_cuda;
+
+constexpr int kMaxThreads = 256;
+constexpr int64_t kTileBytes = 24 * 1024;
+
+struct Launch {
+  int threads;
+  unsigned blocks;
+  size_t smem;
+};
+
+template <typename scalar_t>
+constexpr int max_vec() {
+  return 16 / static_cast<int>(sizeof(scalar_t));
+}
+
+bool aligned(const void* ptr, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) == 0;
+}
+
+int multiprocessors(const at::Tensor& t) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device()));
+  return std::max(count, 1);
+}
+
+// Sizes of the problem and the lane group of `vec` channels per lane.
+k::Geometry make_geometry(const at::Tensor& value, const at::Tensor& locs, int vec) {
+  k::Geometry g{};
+  g.num_value = value.size(1);
+  g.heads = static_cast<int>(value.size(2));
+  g.channels = static_cast<int>(value.size(3));
+  g.num_query = locs.size(1);
+  g.points = static_cast<int>(locs.size(4));
+  g.samples = static_cast<int>(locs.size(3) * locs.size(4));
+  g.num_items = value.size(0) * g.num_query * g.heads;
+  g.chunks = g.channels / vec;
+  g.group = 1;
+  g.log_group = 0;
+  while (g.group < g.chunks && g.group < 32) {
+    g.group *= 2;
+    ++g.log_group;
+  }
+  g.rounds = (g.chunks + g.group - 1) / g.group;
+  return g;
+}
+
+// Block size (halved down to 64 threads while the grid would not give every
+// SM two blocks), shared tile size and grid for `items` lane groups.
+Launch plan(k::Geometry& g, int64_t items, int64_t bytes_per_sample, int sms) {
+  Launch launch{kMaxThreads, 0, 0};
+  auto blocks_for = [&](int threads) {
+    const int64_t per_block = threads >> g.log_group;
+    return (items + per_block - 1) / per_block;
+  };
+  while (launch.threads > 64 && blocks_for(launch.threads) < 2 * sms) launch.threads /= 2;
+  const int64_t blocks = blocks_for(launch.threads);
+  TORCH_CHECK(blocks <= std::numeric_limits<int>::max(),
+              "ms_deform_attn_cuda: problem too large for one launch (", items, " items)");
+  launch.blocks = static_cast<unsigned>(blocks);
+  const int64_t per_block = launch.threads >> g.log_group;
+  const int64_t fit =
+      bytes_per_sample > 0 ? std::max<int64_t>(1, kTileBytes / (per_block * bytes_per_sample)) : 1;
+  g.tile = static_cast<int>(std::min<int64_t>(g.samples, fit));
+  launch.smem = static_cast<size_t>(per_block * g.tile * bytes_per_sample);
+  return launch;
+}
+
+void check_sizes(const at::Tensor& value, const at::Tensor& locs) {
+  TORCH_CHECK(value.is_cuda(), "ms_deform_attn_cuda: value must be a CUDA tensor, got ",
+              value.device());
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+  TORCH_CHECK(value.size(1) < kMaxInt && value.size(2) * value.size(3) < kMaxInt &&
+                  locs.size(3) * locs.size(4) < kMaxInt,
+              "ms_deform_attn_cuda: S, M * D and L * P must each be below 2^31, got value ",
+              value.sizes(), " and sampling_locations ", locs.sizes());
+}
+
+template <typename scalar_t, int VEC>
+void launch_forward(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                    const at::Tensor& locs, const at::Tensor& attn, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  k::Geometry g = make_geometry(value, locs, VEC);
+  const Launch launch = plan(g, g.num_items, sizeof(k::Vec<int, 4>) + sizeof(k::Vec<acc_t, 4>),
+                             multiprocessors(value));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  k::forward_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, launch.smem, stream>>>(
+          value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
+          locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// grad_value_acc undefined: the sample gradients only (deterministic path).
+template <typename scalar_t, int VEC>
+void launch_backward(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                     const at::Tensor& locs, const at::Tensor& attn, const at::Tensor& grad_out,
+                     at::Tensor& grad_value_acc, at::Tensor& grad_locs, at::Tensor& grad_attn) {
+  using acc_t = at::opmath_type<scalar_t>;
+  k::Geometry g = make_geometry(value, locs, VEC);
+  const Launch launch = plan(g, g.num_items, sizeof(k::Vec<int, 4>) + 2 * sizeof(k::Vec<acc_t, 4>),
+                             multiprocessors(value));
+  acc_t* acc_ptr = grad_value_acc.defined() ? grad_value_acc.data_ptr<acc_t>() : nullptr;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  k::backward_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, launch.smem, stream>>>(
+          value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
+          locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+          acc_ptr, grad_locs.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Sorted entry order of the deterministic path: (order, row_start, weights).
+// Keys are int32 (radix sort passes scale with the key width), hence the
+// limit on the number of value rows N * S * M.
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sort_corner_entries(
+    const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+    const at::Tensor& locs, const at::Tensor& attn, int64_t num_rows) {
+  using acc_t = at::opmath_type<scalar_t>;
+  TORCH_CHECK(num_rows < std::numeric_limits<int>::max(),
+              "ms_deform_attn_cuda: the deterministic backward needs N * S * M < 2^31, got "
+              "value of shape ", value.sizes());
+  const k::Geometry g = make_geometry(value, locs, 1);
+  const int64_t entries = 4 * g.num_items * g.samples;
+  const auto key_options = value.options().dtype(at::kInt);
+  const at::Tensor keys = at::empty({entries}, key_options);
+  const at::Tensor weights =
+      at::empty({entries}, value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const int threads = 256;
+  const int64_t blocks =
+      std::min<int64_t>((entries / 4 + threads - 1) / threads, 64LL * multiprocessors(value));
+  k::corner_keys_kernel<scalar_t>
+      <<<static_cast<unsigned>(blocks), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(),
+          starts.data_ptr<int64_t>(), keys.data_ptr<int>(), weights.data_ptr<acc_t>(), num_rows,
+          g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto [sorted_keys, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  auto row_start = at::searchsorted(sorted_keys, at::arange(num_rows + 1, key_options));
+  return {order, row_start, weights};
+}
+
+template <typename scalar_t, int VEC>
+void launch_gather(const at::Tensor& value, const at::Tensor& locs, const at::Tensor& order,
+                   const at::Tensor& row_start, const at::Tensor& weights,
+                   const at::Tensor& grad_out, at::Tensor& grad_value) {
+  using acc_t = at::opmath_type<scalar_t>;
+  k::Geometry g = make_geometry(value, locs, VEC);
+  const int64_t num_rows = value.size(0) * value.size(1) * value.size(2);
+  const Launch launch = plan(g, num_rows, 0, multiprocessors(value));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  k::gather_grad_value_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, 0, stream>>>(
+          order.data_ptr<int64_t>(), row_start.data_ptr<int64_t>(), weights.data_ptr<acc_t>(),
+          grad_out.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(), num_rows, g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Calls body.template operator()<VEC>() with the widest vector width that
+// divides D and keeps every pointer in `ptrs` aligned.
+template <typename scalar_t, typename Body>
+void with_vec(int64_t channels, std::initializer_list<const void*> ptrs, Body&& body) {
+  constexpr int kVec = max_vec<scalar_t>();
+  bool wide = channels % kVec == 0;
+  for (const void* p : ptrs) wide = wide && aligned(p, kVec * sizeof(scalar_t));
+  if (wide) {
+    body.template operator()<kVec>();
+  } else {
+    body.template operator()<1>();
+  }
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Tensor& spatial_shapes,
+                                       const at::Tensor& level_start_index,
+                                       const at::Tensor& sampling_locations_in,
+                                       const at::Tensor& attention_weights_in) {
+  check_ms_deform_attn_inputs(value_in, spatial_shapes, level_start_index, sampling_locations_in,
+                              attention_weights_in);
+  check_sizes(value_in, sampling_locations_in);
+  const c10::cuda::CUDAGuard guard(value_in.device());
+  const auto value = value_in.contiguous();
+  const auto locs = sampling_locations_in.contiguous();
+  const auto attn = attention_weights_in.contiguous();
+  const auto shapes = spatial_shapes.contiguous();
+  const auto starts = level_start_index.contiguous();
+  auto out = at::empty({value.size(0), locs.size(1), value.size(2) * value.size(3)},
+                       value.options());
+  if (out.numel() == 0) return out;
+  // No samples (L = 0 or P = 0), or no value tokens to read (S = 0; the
+  // kernel reads token 0 for corners outside a level).
+  if (attn.numel() == 0 || value.numel() == 0) return out.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
+        with_vec<scalar_t>(value.size(3), {value.data_ptr(), out.data_ptr()}, [&]<int VEC>() {
+          launch_forward<scalar_t, VEC>(value, shapes, starts, locs, attn, out);
+        });
+      });
+  return out;
+}
+
+namespace {
+
+// grad_value with atomics into a float32 (half/bfloat16) or own-type buffer.
+template <typename scalar_t>
+at::Tensor backward_atomic(const at::Tensor& value, const at::Tensor& shapes,
+                           const at::Tensor& starts, const at::Tensor& locs,
+                           const at::Tensor& attn, const at::Tensor& grad_out,
+                           at::Tensor& grad_locs, at::Tensor& grad_attn) {
+  using acc_t = at::opmath_type<scalar_t>;
+  at::Tensor acc =
+      at::zeros(value.sizes(), value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  with_vec<scalar_t>(
+      value.size(3), {value.data_ptr(), grad_out.data_ptr(), acc.data_ptr()}, [&]<int VEC>() {
+        launch_backward<scalar_t, VEC>(value, shapes, starts, locs, attn, grad_out, acc,
+                                       grad_locs, grad_attn);
+      });
+  return acc.scalar_type() == value.scalar_type() ? acc : acc.to(value.scalar_type());
+}
+
+// grad_value gathered row by row in a fixed order (bitwise reproducible).
+template <typename scalar_t>
+at::Tensor backward_deterministic(const at::Tensor& value, const at::Tensor& shapes,
+                                  const at::Tensor& starts, const at::Tensor& locs,
+                                  const at::Tensor& attn, const at::Tensor& grad_out,
+                                  at::Tensor& grad_locs, at::Tensor& grad_attn) {
+  at::Tensor no_atomics;
+  auto grad_value = at::empty_like(value);
+  with_vec<scalar_t>(value.size(3), {value.data_ptr(), grad_out.data_ptr()}, [&]<int VEC>() {
+    launch_backward<scalar_t, VEC>(value, shapes, starts, locs, attn, grad_out, no_atomics,
+                                   grad_locs, grad_attn);
+  });
+  const int64_t num_rows = value.size(0) * value.size(1) * value.size(2);
+  auto [order, row_start, weights] =
+      sort_corner_entries<scalar_t>(value, shapes, starts, locs, attn, num_rows);
+  with_vec<scalar_t>(value.size(3), {grad_out.data_ptr(), grad_value.data_ptr()},
+                     [&]<int VEC>() {
+                       launch_gather<scalar_t, VEC>(value, locs, order, row_start, weights,
+                                                    grad_out, grad_value);
+                     });
+  return grad_value;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
+    const at::Tensor& value_in, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations_in,
+    const at::Tensor& attention_weights_in, const at::Tensor& grad_output_in,
+    bool deterministic) {
+  check_ms_deform_attn_inputs(value_in, spatial_shapes, level_start_index, sampling_locations_in,
+                              attention_weights_in);
+  check_sizes(value_in, sampling_locations_in);
+  const int64_t N = value_in.size(0), M = value_in.size(2), D = value_in.size(3);
+  const int64_t Lq = sampling_locations_in.size(1);
+  TORCH_CHECK(grad_output_in.dim() == 3 && grad_output_in.size(0) == N &&
+                  grad_output_in.size(1) == Lq && grad_output_in.size(2) == M * D,
+              "ms_deform_attn: grad_output must be (N, Lq, M*D) = (", N, ", ", Lq, ", ", M * D,
+              "), got shape ", grad_output_in.sizes());
+  TORCH_CHECK(grad_output_in.device() == value_in.device(),
+              "ms_deform_attn: grad_output is on ", grad_output_in.device(),
+              " but value is on ", value_in.device());
+  const c10::cuda::CUDAGuard guard(value_in.device());
+  const auto value = value_in.contiguous();
+  const auto locs = sampling_locations_in.contiguous();
+  const auto attn = attention_weights_in.contiguous();
+  const auto shapes = spatial_shapes.contiguous();
+  const auto starts = level_start_index.contiguous();
+  const auto grad_out = grad_output_in.to(value.scalar_type()).contiguous();
+  auto grad_locs = at::empty_like(locs);
+  auto grad_attn = at::empty_like(attn);
+  if (grad_out.numel() == 0 || value.numel() == 0 || attn.numel() == 0) {
+    return {at::zeros_like(value), grad_locs.zero_(), grad_attn.zero_()};
+  }
+  at::Tensor grad_value;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
+        grad_value = deterministic
+                         ? backward_deterministic<scalar_t>(value, shapes, starts, locs, attn,
+                                                            grad_out, grad_locs, grad_attn)
+                         : backward_atomic<scalar_t>(value, shapes, starts, locs, attn,
+                                                     grad_out, grad_locs, grad_attn);
+      });
+  return {grad_value, grad_locs, grad_attn};
+}
+
+TORCH_LIBRARY_IMPL(mmdeform, CUDA, m) {
+  m.impl("ms_deform_attn_forward", &ms_deform_attn_forward_cuda);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
+}
+
+}  // namespace mmdeform
