@@ -110,14 +110,12 @@ class DeformableDETRHead(BaseModule):
         self.loss_bbox = MODELS.build(loss_bbox or DEFAULT_LOSS_BBOX)
         self.loss_iou = MODELS.build(loss_iou or DEFAULT_LOSS_IOU)
         self.assigner = TASK_UTILS.build(assigner or DEFAULT_ASSIGNER)
-        self.init_weights()
+        self._reset_parameters()
 
-    def init_weights(self) -> None:
-        """Focal-loss prior on the class bias (score 0.01), zero box deltas.
-
-        The last box layer starts at zero except the (w, h) bias of the first
-        branch, which is ``init_wh_bias``.
-        """
+    def _reset_parameters(self) -> None:
+        """Official init: focal-loss prior on the class bias (score 0.01) and
+        zero box deltas, except the (w, h) bias of the first box branch, which
+        is ``init_wh_bias``. Other weights keep PyTorch's defaults."""
         prior_bias = -math.log((1 - 0.01) / 0.01)
         for cls_branch in self.cls_branches:
             nn.init.constant_(cls_branch.bias, prior_bias)
@@ -125,6 +123,11 @@ class DeformableDETRHead(BaseModule):
             nn.init.zeros_(reg_branch.layers[-1].weight)
             nn.init.zeros_(reg_branch.layers[-1].bias)
         nn.init.constant_(self.reg_branches[0].layers[-1].bias[2:], self.init_wh_bias)
+
+    def init_weights(self) -> None:
+        """Official initialization, then ``init_cfg`` (if any) on top."""
+        self._reset_parameters()
+        super().init_weights()
 
     def branch_index(self, layer: int) -> int:
         """Index into ``cls_branches`` / ``reg_branches`` used by ``layer``."""
