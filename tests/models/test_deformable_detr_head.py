@@ -98,6 +98,8 @@ def test_separate_branches_act_only_on_their_layer():
 @pytest.mark.parametrize('share, wh_bias', [(True, -2.0), (False, -2.0), (False, 0.0)])
 def test_init_matches_the_official_head(share, wh_bias):
     head = make_head(share_branches=share, init_wh_bias=wh_bias)
+    randomize(head)
+    head.init_weights()  # what the runner calls; same as construction
     for cls_branch in head.cls_branches:
         torch.testing.assert_close(cls_branch.bias,
                                    torch.full((K,), -math.log(0.99 / 0.01)))
