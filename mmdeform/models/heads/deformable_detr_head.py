@@ -25,7 +25,7 @@ DEFAULT_ASSIGNER = dict(
 
 
 def boxes_from_reference(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Decode a box head's output relative to a reference (paper Eq. 5 / A.4).
+    """Decode a box branch's output relative to a reference point or box.
 
     Args:
         delta (Tensor): (..., 4) box head output in inverse-sigmoid space.
@@ -50,8 +50,9 @@ def boxes_from_reference(delta: torch.Tensor, reference: torch.Tensor) -> torch.
 class DeformableDETRHead(BaseModule):
     """Classification and box branches applied to every decoder layer.
 
-    Each layer ``l`` predicts ``logits = cls_branches[l](hidden)`` and boxes
-    ``boxes_from_reference(reg_branches[l](hidden), reference_l)``. Training
+    Each layer ``l`` predicts ``logits = cls_branches[i](hidden)`` and boxes
+    ``boxes_from_reference(reg_branches[i](hidden), reference_l)`` with
+    ``i = branch_index(l)`` (0 when shared, else ``l``). Training
     matches every layer (and the two-stage encoder proposals) to the ground
     truth on its own and sums focal, L1 and GIoU losses normalized by the
     number of ground-truth boxes in the batch.
