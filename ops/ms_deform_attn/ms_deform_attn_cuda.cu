@@ -19,6 +19,10 @@
 // runs one thread per channel and makes every thread reload the location and
 // weight and redo the bilinear arithmetic. Tiles hold up to ~24 KB so that
 // blocks of 256 threads keep the SM full; long L * P are split into tiles.
+// The four corner rows of a sample are loaded before any is used (a corner
+// outside the level reads token 0 and is then skipped), so four independent
+// loads per lane are in flight. Blocks shrink from 256 to 64 threads when the
+// grid would otherwise leave SMs idle (small decoder problems, Lq = 300).
 //
 // Backward. Each lane forms, per corner, the dot product of its grad_output
 // channels with the corner's value channels; the three per-sample sums
@@ -39,7 +43,10 @@
 // sums weight * grad_output over a row's segment in that fixed order (one lane
 // group per row, VEC channels per lane), writing every row exactly once. The
 // sample gradients come from the same kernel as above with the atomics turned
-// off; they are deterministic in both modes.
+// off; they are deterministic in both modes. The price is the sort and its
+// memory: 4 * N * Lq * M * L * P entries of roughly 30 bytes each with the
+// sort's buffers (about 0.7 GB for the encoder at N = 2, S = Lq = 22k), and
+// keys are int32, so N * S * M must stay below 2^31.
 //
 // Validation. check_ms_deform_attn_inputs checks shapes, dtypes and devices.
 // It reads the values of spatial_shapes / level_start_index only when they are
@@ -63,6 +70,76 @@
 #include "ms_deform_attn_cuda.cuh"
 
 namespace mmdeform {
+namespace ms_deform_attn_cuda {
+
+// ----------------------------------------------------- deterministic path --
+
+// For every (sample, corner) entry e = 4 * sample + corner: the row of value
+// (viewed as (N * S * M, D)) it reads, or `num_rows` when the corner is
+// outside its level, and its weight (attention weight * bilinear weight).
+template <typename scalar_t>
+__global__ void corner_keys_kernel(const scalar_t* __restrict__ locs,
+                                   const scalar_t* __restrict__ attn,
+                                   const int64_t* __restrict__ shapes,
+                                   const int64_t* __restrict__ starts, int* __restrict__ keys,
+                                   at::opmath_type<scalar_t>* __restrict__ weights,
+                                   int64_t num_rows, Geometry g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t num_samples = g.num_items * g.samples;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       s < num_samples; s += stride) {
+    const int64_t item = s / g.samples;
+    const int lp = static_cast<int>(s % g.samples);
+    const int64_t n = item / (g.num_query * g.heads), m = item % g.heads;
+    const auto f = read_sample<scalar_t, acc_t>(locs, shapes, starts, s, lp, g);
+    const acc_t a = static_cast<acc_t>(attn[s]);
+    acc_t bw[4], dw[4], dh[4];
+    corner_weights(f.lh, f.lw, bw, dw, dh);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const bool inside = f.tok[c] >= 0;
+      keys[4 * s + c] =
+          static_cast<int>(inside ? (n * g.num_value + f.tok[c]) * g.heads + m : num_rows);
+      weights[4 * s + c] = inside ? a * bw[c] : acc_t(0);
+    }
+  }
+}
+
+// One lane group per value row: sums weight * grad_output over the entries
+// that read the row, in the order of the stable sort (ascending entry index),
+// so the result is bitwise reproducible. Every row is written (zero when no
+// sample reads it).
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(256)
+    gather_grad_value_kernel(const int64_t* __restrict__ order,
+                             const int64_t* __restrict__ row_start,
+                             const at::opmath_type<scalar_t>* __restrict__ weights,
+                             const scalar_t* __restrict__ grad_out,
+                             scalar_t* __restrict__ grad_value, int64_t num_rows, Geometry g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int local = threadIdx.x >> g.log_group, lane = threadIdx.x & (g.group - 1);
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> g.log_group) + local;
+  if (r >= num_rows) return;  // no block- or warp-wide synchronization below
+  const int64_t begin = row_start[r], end = row_start[r + 1];
+  for (int chunk = lane; chunk < g.chunks; chunk += g.group) {
+    acc_t acc[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] = acc_t(0);
+#pragma unroll 4
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t e = order[i];
+      const acc_t w = weights[e];
+      acc_t go[VEC];
+      load_vec<VEC>(grad_out + (e / 4 / g.samples) * g.channels + chunk * VEC, go);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) acc[k] += w * go[k];
+    }
+    store_vec<VEC>(grad_value + r * g.channels + chunk * VEC, acc);
+  }
+}
+
+}  // namespace ms_deform_attn_cuda
 
 namespace {
 
@@ -127,10 +204,14 @@ Launch plan(k::Geometry& g, int64_t items, int64_t bytes_per_sample, int sms) {
               "ms_deform_attn_cuda: problem too large for one launch (", items, " items)");
   launch.blocks = static_cast<unsigned>(blocks);
   const int64_t per_block = launch.threads >> g.log_group;
+  // Items are tile_stride = tile | 1 cells apart (odd), so the lane groups of a
+  // warp read different shared-memory banks; that can exceed kTileBytes by at
+  // most half (tile = 2), which stays below the 48 KB default limit.
   const int64_t fit =
       bytes_per_sample > 0 ? std::max<int64_t>(1, kTileBytes / (per_block * bytes_per_sample)) : 1;
   g.tile = static_cast<int>(std::min<int64_t>(g.samples, fit));
-  launch.smem = static_cast<size_t>(per_block * g.tile * bytes_per_sample);
+  g.tile_stride = g.tile | 1;
+  launch.smem = static_cast<size_t>(per_block * g.tile_stride * bytes_per_sample);
   return launch;
 }
 
@@ -153,8 +234,8 @@ void launch_forward(const at::Tensor& value, const at::Tensor& shapes, const at:
                              multiprocessors(value));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   k::forward_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, launch.smem, stream>>>(
-          value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
-          locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
+      value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
+      locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -170,9 +251,9 @@ void launch_backward(const at::Tensor& value, const at::Tensor& shapes, const at
   acc_t* acc_ptr = grad_value_acc.defined() ? grad_value_acc.data_ptr<acc_t>() : nullptr;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   k::backward_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, launch.smem, stream>>>(
-          value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
-          locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
-          acc_ptr, grad_locs.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), g);
+      value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
+      locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+      acc_ptr, grad_locs.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -217,8 +298,8 @@ void launch_gather(const at::Tensor& value, const at::Tensor& locs, const at::Te
   const Launch launch = plan(g, num_rows, 0, multiprocessors(value));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   k::gather_grad_value_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, 0, stream>>>(
-          order.data_ptr<int64_t>(), row_start.data_ptr<int64_t>(), weights.data_ptr<acc_t>(),
-          grad_out.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(), num_rows, g);
+      order.data_ptr<int64_t>(), row_start.data_ptr<int64_t>(), weights.data_ptr<acc_t>(),
+      grad_out.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(), num_rows, g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

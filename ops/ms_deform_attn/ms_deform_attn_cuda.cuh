@@ -1,6 +1,7 @@
-// Device code of the CUDA multi-scale deformable attention kernels. The design
-// is described at the top of ms_deform_attn_cuda.cu, which is the only file
-// that includes this one.
+// Device code of the CUDA multi-scale deformable attention kernels: shared
+// helpers, the forward kernel and the sample-parallel backward kernel. The
+// design is described at the top of ms_deform_attn_cuda.cu, which is the only
+// file that includes this one (it also holds the deterministic-path kernels).
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -36,6 +37,7 @@ struct Geometry {
   int log_group;
   int rounds;          // ceil(chunks / group): passes of a lane over its item
   int tile;            // samples per item held in shared memory at once
+  int tile_stride;     // tile rounded up to odd: groups of a warp hit distinct banks
 };
 
 // Sampling geometry of one sample: four corner tokens (index into S, or -1
@@ -180,8 +182,9 @@ __device__ void fill_forward_tile(const scalar_t* __restrict__ locs,
                                   int items_per_block, int tile0, const Geometry& g,
                                   Vec<int, 4>* s_tok, Vec<acc_t, 4>* s_w) {
   for (int e = threadIdx.x; e < items_per_block * g.tile; e += blockDim.x) {
-    const int64_t item = item0 + e / g.tile;
-    const int lp = tile0 + e % g.tile;
+    const int i = e / g.tile, j = e % g.tile, cell = i * g.tile_stride + j;
+    const int64_t item = item0 + i;
+    const int lp = tile0 + j;
     Vec<int, 4> tok = {{-1, -1, -1, -1}};
     Vec<acc_t, 4> w = {{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
     if (item < g.num_items && lp < g.samples) {
@@ -196,8 +199,8 @@ __device__ void fill_forward_tile(const scalar_t* __restrict__ locs,
         w.v[c] = a * bw[c];
       }
     }
-    s_tok[e] = tok;
-    s_w[e] = w;
+    s_tok[cell] = tok;
+    s_w[cell] = w;
   }
 }
 
@@ -210,7 +213,7 @@ __global__ void __launch_bounds__(256)
   extern __shared__ __align__(16) unsigned char smem[];
   const int items_per_block = blockDim.x >> g.log_group;
   auto* s_w = reinterpret_cast<Vec<acc_t, 4>*>(smem);
-  auto* s_tok = reinterpret_cast<Vec<int, 4>*>(s_w + items_per_block * g.tile);
+  auto* s_tok = reinterpret_cast<Vec<int, 4>*>(s_w + items_per_block * g.tile_stride);
   const int local = threadIdx.x >> g.log_group, lane = threadIdx.x & (g.group - 1);
   const int64_t item0 = static_cast<int64_t>(blockIdx.x) * items_per_block;
   const int64_t item = item0 + local;
@@ -233,8 +236,8 @@ __global__ void __launch_bounds__(256)
       }
       const int count = min(g.tile, g.samples - t * g.tile);
       if (!active) continue;
-      const Vec<int, 4>* tok = s_tok + local * g.tile;
-      const Vec<acc_t, 4>* w = s_w + local * g.tile;
+      const Vec<int, 4>* tok = s_tok + local * g.tile_stride;
+      const Vec<acc_t, 4>* w = s_w + local * g.tile_stride;
       for (int j = 0; j < count; ++j) {
         const Vec<int, 4> tj = tok[j];
         const Vec<acc_t, 4> wj = w[j];
@@ -271,8 +274,9 @@ __device__ void fill_backward_tile(const scalar_t* __restrict__ locs,
                                    Vec<int, 4>* s_tok, Vec<acc_t, 4>* s_geo,
                                    Vec<acc_t, 4>* s_part) {
   for (int e = threadIdx.x; e < items_per_block * g.tile; e += blockDim.x) {
-    const int64_t item = item0 + e / g.tile;
-    const int lp = tile0 + e % g.tile;
+    const int i = e / g.tile, j = e % g.tile, cell = i * g.tile_stride + j;
+    const int64_t item = item0 + i;
+    const int lp = tile0 + j;
     Vec<int, 4> tok = {{-1, -1, -1, -1}};
     Vec<acc_t, 4> geo = {{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
     if (item < g.num_items && lp < g.samples) {
@@ -284,9 +288,9 @@ __device__ void fill_backward_tile(const scalar_t* __restrict__ locs,
       geo.v[1] = f.lw;
       geo.v[2] = static_cast<acc_t>(attn[sample]);
     }
-    s_tok[e] = tok;
-    s_geo[e] = geo;
-    s_part[e] = Vec<acc_t, 4>{{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
+    s_tok[cell] = tok;
+    s_geo[cell] = geo;
+    s_part[cell] = Vec<acc_t, 4>{{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
   }
 }
 
@@ -326,7 +330,7 @@ __global__ void __launch_bounds__(256) backward_kernel(
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int items_per_block = blockDim.x >> g.log_group;
-  const int cells = items_per_block * g.tile;
+  const int cells = items_per_block * g.tile_stride;
   auto* s_geo = reinterpret_cast<Vec<acc_t, 4>*>(smem);
   auto* s_part = s_geo + cells;
   auto* s_tok = reinterpret_cast<Vec<int, 4>*>(s_part + cells);
@@ -343,9 +347,9 @@ __global__ void __launch_bounds__(256) backward_kernel(
                                         t * g.tile, g, s_tok, s_geo, s_part);
     __syncthreads();
     const int count = min(g.tile, g.samples - t * g.tile);
-    const Vec<int, 4>* tok = s_tok + local * g.tile;
-    const Vec<acc_t, 4>* geo = s_geo + local * g.tile;
-    Vec<acc_t, 4>* part = s_part + local * g.tile;
+    const Vec<int, 4>* tok = s_tok + local * g.tile_stride;
+    const Vec<acc_t, 4>* geo = s_geo + local * g.tile_stride;
+    Vec<acc_t, 4>* part = s_part + local * g.tile_stride;
     for (int r = 0; r < g.rounds; ++r) {
       const int chunk = r * g.group + lane;
       const bool active = item < g.num_items && chunk < g.chunks;
@@ -397,72 +401,6 @@ __global__ void __launch_bounds__(256) backward_kernel(
     if (item < g.num_items)
       write_sample_grads<scalar_t, acc_t>(geo, part, shapes, item, t * g.tile, count, lane, g,
                                           grad_locs, grad_attn);
-  }
-}
-
-// ----------------------------------------------------- deterministic path --
-
-// For every (sample, corner) entry e = 4 * sample + corner: the row of value
-// (viewed as (N * S * M, D)) it reads, or `num_rows` when the corner is
-// outside its level, and its weight (attention weight * bilinear weight).
-template <typename scalar_t>
-__global__ void corner_keys_kernel(const scalar_t* __restrict__ locs,
-                                   const scalar_t* __restrict__ attn,
-                                   const int64_t* __restrict__ shapes,
-                                   const int64_t* __restrict__ starts, int* __restrict__ keys,
-                                   at::opmath_type<scalar_t>* __restrict__ weights,
-                                   int64_t num_rows, Geometry g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t num_samples = g.num_items * g.samples;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       s < num_samples; s += stride) {
-    const int64_t item = s / g.samples;
-    const int lp = static_cast<int>(s % g.samples);
-    const int64_t n = item / (g.num_query * g.heads), m = item % g.heads;
-    const auto f = read_sample<scalar_t, acc_t>(locs, shapes, starts, s, lp, g);
-    const acc_t a = static_cast<acc_t>(attn[s]);
-    acc_t bw[4], dw[4], dh[4];
-    corner_weights(f.lh, f.lw, bw, dw, dh);
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const bool inside = f.tok[c] >= 0;
-      keys[4 * s + c] =
-          static_cast<int>(inside ? (n * g.num_value + f.tok[c]) * g.heads + m : num_rows);
-      weights[4 * s + c] = inside ? a * bw[c] : acc_t(0);
-    }
-  }
-}
-
-// One lane group per value row: sums weight * grad_output over the entries
-// that read the row, in the order of the stable sort (ascending entry index),
-// so the result is bitwise reproducible. Every row is written (zero when no
-// sample reads it).
-template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(256)
-    gather_grad_value_kernel(const int64_t* __restrict__ order,
-                             const int64_t* __restrict__ row_start,
-                             const at::opmath_type<scalar_t>* __restrict__ weights,
-                             const scalar_t* __restrict__ grad_out,
-                             scalar_t* __restrict__ grad_value, int64_t num_rows, Geometry g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int local = threadIdx.x >> g.log_group, lane = threadIdx.x & (g.group - 1);
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> g.log_group) + local;
-  if (r >= num_rows) return;  // no block- or warp-wide synchronization below
-  const int64_t begin = row_start[r], end = row_start[r + 1];
-  for (int chunk = lane; chunk < g.chunks; chunk += g.group) {
-    acc_t acc[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) acc[k] = acc_t(0);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t e = order[i];
-      const acc_t w = weights[e];
-      acc_t go[VEC];
-      load_vec<VEC>(grad_out + (e / 4 / g.samples) * g.channels + chunk * VEC, go);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) acc[k] += w * go[k];
-    }
-    store_vec<VEC>(grad_value + r * g.channels + chunk * VEC, acc);
   }
 }
 
