@@ -1,0 +1,286 @@
+"""The ``make demo`` run: synthetic data, training, COCO evaluation and curves in one call.
+
+:func:`run_demo` generates the synthetic shapes dataset described by the
+config's ``synthetic_data`` (unless ``data_root`` already holds it), trains
+the config's model with mmengine's ``Runner`` (validating at the config's
+``val_interval`` and after the last iteration), draws the loss / mAP curves
+and prints one line::
+
+    demo: bbox mAP=0.523 in 571 s; outputs in work_dirs/demo
+
+The seconds count data generation, model building, training and
+evaluation (not the environment set-up). Outputs under ``work_dir``: the
+config, ``<timestamp>/<timestamp>.log`` (mmengine's text log),
+``<timestamp>/vis_data/scalars.json`` (its scalar log), the last
+checkpoint ``iter_<N>.pth`` and ``curves.png``.
+"""
+import argparse
+import json
+import os.path as osp
+import time
+from typing import List, Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.utils import ProgressBar
+
+from mmdeform.visualization.curves import plot_curves
+
+DEFAULT_CONFIG = osp.join(
+    osp.dirname(osp.dirname(osp.abspath(__file__))),
+    'configs', 'synthetic', 'deformable-detr-refine-twostage_r18_1xb16-4k_synthetic.py')
+MAP_KEY = 'coco/bbox_mAP'
+# Written into data_root after a complete generation: the generator arguments it used.
+_DATA_STAMP = 'synthetic_args.json'
+
+
+class EvalProgressHook(Hook):
+    """A progress bar over the validation images; keeps the latest metrics.
+
+    Attributes:
+        metrics (dict): The metrics of the last validation (empty before).
+    """
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, show: bool = True):
+        self.show = show
+        self.metrics = {}
+        self._bar = None
+
+    def before_val_epoch(self, runner) -> None:
+        if self.show:
+            self._bar = ProgressBar(len(runner.val_dataloader.dataset))
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if self._bar is not None:
+            self._bar.update(len(outputs))
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if self._bar is not None:
+            self._bar.file.write('\n')
+            self._bar = None
+        self.metrics = dict(metrics or {})
+
+
+class TrainTimeLimitHook(Hook):
+    """Stops training after ``seconds`` of wall time (the run then evaluates).
+
+    Args:
+        seconds (float): Training time allowed, counted from ``before_train``.
+    """
+
+    def __init__(self, seconds: float):
+        if seconds <= 0:
+            raise ValueError(f'TrainTimeLimitHook: seconds must be positive, got {seconds}')
+        self.seconds = seconds
+        self.stopped_at = None
+        self._start = None
+
+    def before_train(self, runner) -> None:
+        self._start = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if time.perf_counter() - self._start > self.seconds and self.stopped_at is None:
+            self.stopped_at = runner.iter + 1
+            runner.train_loop.stop_training = True
+            print_log(f'training time limit of {self.seconds:.0f} s reached: stopping after '
+                      f'iteration {self.stopped_at}', logger='current')
+
+
+def prepare_data(data_root: str, synthetic_data: dict, progress: bool = True) -> bool:
+    """Generate the synthetic dataset into ``data_root`` unless it is already there.
+
+    The data counts as present when ``data_root/synthetic_args.json`` (written
+    after a complete generation) records the same generator arguments.
+
+    Args:
+        data_root (str): Dataset folder (``train.json``, ``val.json``,
+            ``train/``, ``val/``).
+        synthetic_data (dict): Keyword arguments of
+            :func:`mmdeform.datasets.make_synthetic_coco` (except ``out_dir``
+            and ``progress``).
+        progress (bool): Show the generator's progress bars.
+
+    Returns:
+        bool: True if the data was generated, False if it was reused.
+    """
+    from mmdeform.datasets import make_synthetic_coco
+    stamp_file = osp.join(data_root, _DATA_STAMP)
+    wanted = json.loads(json.dumps(dict(synthetic_data)))
+    if osp.isfile(stamp_file):
+        with open(stamp_file) as f:
+            if json.load(f) == wanted:
+                print_log(f'synthetic data in {data_root} is up to date', logger='current')
+                return False
+    print_log(f'generating synthetic data in {data_root}: {wanted}', logger='current')
+    summary = make_synthetic_coco(data_root, progress=progress, **wanted)
+    print_log(f'synthetic data: {summary}', logger='current')
+    with open(stamp_file, 'w') as f:
+        json.dump(wanted, f)
+    return True
+
+
+def build_demo_config(config: str, work_dir: str, data_root: str, seed: int = 0,
+                      max_iters: Optional[int] = None, val_interval: Optional[int] = None,
+                      synthetic_overrides: Optional[dict] = None) -> Config:
+    """Load ``config`` and point it at ``work_dir`` and ``data_root``.
+
+    Args:
+        config (str): Config path with a ``synthetic_data`` dict, an
+            ``IterBasedTrainLoop`` and COCO-format train / val datasets.
+        work_dir (str): Output folder.
+        data_root (str): Dataset folder.
+        seed (int): Training seed (``randomness.seed``).
+        max_iters (int, optional): Overrides the training iterations; the
+            schedulers' ``end`` and the checkpoint interval follow.
+        val_interval (int, optional): Overrides the validation interval.
+        synthetic_overrides (dict, optional): Updates ``synthetic_data``.
+
+    Returns:
+        Config: the updated config.
+    """
+    cfg = Config.fromfile(config)
+    for key in ('synthetic_data', 'train_cfg', 'train_dataloader', 'val_dataloader'):
+        if key not in cfg:
+            raise KeyError(f'build_demo_config: {config} has no "{key}"')
+    if cfg.train_cfg.get('type') != 'IterBasedTrainLoop':
+        raise ValueError(f'build_demo_config: {config} must use an IterBasedTrainLoop, '
+                         f'got {cfg.train_cfg.get("type")!r}')
+    cfg.synthetic_data.update(synthetic_overrides or {})
+    cfg.work_dir = work_dir
+    data_root = osp.join(data_root, '')
+    cfg.data_root = data_root
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if loader in cfg:
+            cfg[loader].dataset.data_root = data_root
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        if evaluator in cfg:
+            cfg[evaluator].ann_file = osp.join(data_root, 'val.json')
+    cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
+    if max_iters is not None:
+        _set_max_iters(cfg, max_iters)
+    if val_interval is not None:
+        cfg.train_cfg.val_interval = val_interval
+    # validation scalars at the iteration they were computed at (for the curves)
+    cfg.default_hooks.logger.log_metric_by_epoch = False
+    return cfg
+
+
+def _set_max_iters(cfg: Config, max_iters: int) -> None:
+    """Rescale the schedule to ``max_iters``: loop, schedulers and checkpoint interval.
+
+    Every scheduler's ``begin`` / ``end`` is scaled by ``max_iters / old``
+    (keeping ``end > begin``); the validation interval is capped at ``max_iters``.
+    """
+    if max_iters < 1:
+        raise ValueError(f'max_iters must be >= 1, got {max_iters}')
+    ratio = max_iters / cfg.train_cfg.max_iters
+    cfg.train_cfg.max_iters = max_iters
+    cfg.train_cfg.val_interval = min(cfg.train_cfg.get('val_interval', max_iters), max_iters)
+    for scheduler in cfg.get('param_scheduler', []):
+        begin = round(scheduler.get('begin', 0) * ratio)
+        scheduler.begin = begin
+        if scheduler.get('end') is not None:
+            scheduler.end = max(round(scheduler.end * ratio), begin + 1)
+    checkpoint = cfg.default_hooks.get('checkpoint')
+    if checkpoint is not None:
+        checkpoint.interval = max_iters
+
+
+def run_demo(config: str = DEFAULT_CONFIG, work_dir: str = 'work_dirs/demo',
+             data_root: str = 'data/synthetic', seed: int = 0,
+             max_iters: Optional[int] = None, val_interval: Optional[int] = None,
+             max_train_minutes: Optional[float] = None,
+             synthetic_overrides: Optional[dict] = None, num_threads: Optional[int] = None,
+             progress: bool = True) -> dict:
+    """Generate the data if needed, train, evaluate, plot; print the summary line.
+
+    Args:
+        config (str): Demo config (see :func:`build_demo_config`).
+        work_dir (str): Output folder (logs, checkpoint, ``curves.png``).
+        data_root (str): Dataset folder, generated when missing or different.
+        seed (int): Training seed.
+        max_iters (int, optional): Overrides the config's training iterations.
+        val_interval (int, optional): Overrides the validation interval.
+        max_train_minutes (float, optional): Stop training after this many
+            minutes (then evaluate); the learning-rate schedule is not
+            shortened, so a stopped run ends at a higher learning rate.
+        synthetic_overrides (dict, optional): Updates the config's
+            ``synthetic_data`` (e.g. ``num_train``).
+        num_threads (int, optional): ``torch.set_num_threads`` for the run.
+        progress (bool): Progress bars for data generation and evaluation.
+
+    Returns:
+        dict: ``metrics`` (the last validation's, ``coco/bbox_mAP`` ...),
+        ``seconds``, ``work_dir``, ``log_dir``, ``checkpoint``, ``curves``,
+        ``iters`` (iterations trained) and ``line`` (the printed summary).
+    """
+    from mmengine.runner import Runner
+
+    import mmdeform.datasets  # noqa: F401  (registers datasets and transforms)
+    import mmdeform.evaluation  # noqa: F401
+    import mmdeform.models  # noqa: F401
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    cfg = build_demo_config(config, work_dir, data_root, seed, max_iters, val_interval,
+                            synthetic_overrides)
+    cfg.setdefault('experiment_name', f'demo_{time.strftime("%Y%m%d_%H%M%S")}_{seed}')
+    start = time.perf_counter()
+    prepare_data(cfg.data_root, cfg.synthetic_data, progress=progress)
+    runner = Runner.from_cfg(cfg)
+    eval_hook = EvalProgressHook(show=progress)
+    runner.register_hook(eval_hook)
+    limit_hook = None
+    if max_train_minutes is not None:
+        limit_hook = TrainTimeLimitHook(max_train_minutes * 60)
+        runner.register_hook(limit_hook)
+    runner.train()
+    if limit_hook is not None and limit_hook.stopped_at is not None:
+        # stopped early: the loop skipped its final validation
+        runner.val_loop.run()
+    seconds = time.perf_counter() - start
+    metrics = eval_hook.metrics
+    if MAP_KEY not in metrics:
+        raise RuntimeError(f'run_demo: the evaluation returned no {MAP_KEY}; got {metrics}')
+    result = dict(metrics=metrics, seconds=seconds, work_dir=work_dir, iters=runner.iter,
+                  log_dir=runner.log_dir,
+                  checkpoint=osp.join(work_dir, f'iter_{runner.iter}.pth'),
+                  curves=osp.join(work_dir, 'curves.png'))
+    plot_curves(osp.join(runner.log_dir, 'vis_data', 'scalars.json'), result['curves'],
+                title=f'{osp.basename(config)} (seed {seed})')
+    result['line'] = (f'demo: bbox mAP={metrics[MAP_KEY]:.3f} in {seconds:.0f} s; '
+                      f'outputs in {work_dir}')
+    print(result['line'], flush=True)
+    return result
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Train and evaluate the small Deformable DETR on synthetic shapes.')
+    parser.add_argument('--config', default=DEFAULT_CONFIG, help='demo config file')
+    parser.add_argument('--work-dir', default='work_dirs/demo', help='output folder')
+    parser.add_argument('--data-root', default='data/synthetic',
+                        help='dataset folder (generated when missing)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--iters', type=int, default=None,
+                        help="training iterations (default: the config's)")
+    parser.add_argument('--val-interval', type=int, default=None)
+    parser.add_argument('--max-train-minutes', type=float, default=None,
+                        help='stop training after this many minutes, then evaluate')
+    parser.add_argument('--num-train', type=int, default=None,
+                        help='synthetic training images (default: the config\'s)')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    """Command line entry point used by ``tools/demo.py``."""
+    args = parse_args(argv)
+    overrides = {} if args.num_train is None else dict(num_train=args.num_train)
+    return run_demo(args.config, args.work_dir, args.data_root, args.seed, args.iters,
+                    args.val_interval, args.max_train_minutes, overrides, args.threads,
+                    not args.no_progress)
