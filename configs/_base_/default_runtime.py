@@ -6,7 +6,9 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    # off unless tools/test.py --show-dir turns it on
+    visualization=dict(type='DetVisualizationHook', draw=False))
 
 env_cfg = dict(
     cudnn_benchmark=False,

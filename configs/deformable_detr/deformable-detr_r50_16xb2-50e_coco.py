@@ -1,5 +1,9 @@
 # Deformable DETR (Zhu et al., 2020), ResNet-50, 4 feature levels, 300 learned queries.
 # Model only; dataset, schedule and runtime come from configs/_base_.
+_base_ = [
+    '../_base_/datasets/coco_detection.py', '../_base_/schedules/schedule_50e.py',
+    '../_base_/default_runtime.py'
+]
 default_scope = 'mmdeform'
 
 model = dict(

@@ -1,0 +1,4 @@
+"""Runner hooks."""
+from .det_visualization_hook import DetVisualizationHook
+
+__all__ = ['DetVisualizationHook']
