@@ -196,3 +196,37 @@ def test_torch_export_keeps_the_operator():
     targets = [str(node.target) for node in program.graph.nodes]
     assert 'mmdeform.ms_deform_attn_forward.default' in targets
     torch.testing.assert_close(program.module()(*inputs), block(*inputs))
+
+
+FALLBACK_SCRIPT = r'''
+import sys, importlib.abc, logging
+
+class BlockExtension(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == 'mmdeform._C':
+            raise ImportError('blocked for the test')
+        return None
+
+sys.meta_path.insert(0, BlockExtension())
+import torch
+from mmdeform.ops import get_backend, ms_deform_attn, ms_deform_attn_reference
+assert get_backend(torch.device('cpu')) == 'reference'
+shapes = torch.tensor([[3, 4]]); starts = torch.tensor([0])
+value = torch.rand(1, 12, 2, 4); loc = torch.rand(1, 5, 2, 1, 2, 2); w = torch.rand(1, 5, 2, 1, 2)
+out = ms_deform_attn(value, shapes, starts, loc, w)
+out = ms_deform_attn(value, shapes, starts, loc, w)
+assert torch.equal(out, ms_deform_attn_reference(value, shapes, starts, loc, w))
+print('FALLBACK-OK')
+'''
+
+
+def test_missing_extension_falls_back_with_one_build_hint():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, '-c', FALLBACK_SCRIPT], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert 'FALLBACK-OK' in result.stdout
+    log = result.stdout + result.stderr
+    assert log.count('pure-PyTorch reference') == 1  # warned once, not per call
+    assert 'pip install --no-build-isolation -e .' in log
