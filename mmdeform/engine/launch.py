@@ -13,8 +13,12 @@ without CUDA) need three changes to mmengine 0.10.7's defaults, made by
 
 - ``env_cfg.dist_cfg.backend = 'gloo'`` (NCCL needs GPUs);
 - ``model_wrapper_cfg = dict(type='MMDistributedDataParallel',
-  device_ids=None, ...)``: mmengine's default wrapper passes
-  ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU modules;
+  device_ids=None, forward_sync_buffers=False, find_unused_parameters=...)``:
+  mmengine's default wrapper passes ``device_ids=[LOCAL_RANK]``, which DDP
+  rejects for CPU modules (``forward_sync_buffers=False`` is torch 2.13's
+  name for mmengine's ``broadcast_buffers=False``; ``find_unused_parameters``
+  comes from the config, default False: every parameter of our detectors gets
+  a gradient, with or without ground truth boxes);
 - mmengine's launchers call ``torch.cuda.set_device(local_rank)``
   unconditionally, which raises on a CPU-only torch. :func:`init_distributed`
   starts the process group before the Runner exists, with mmengine's own
@@ -24,6 +28,7 @@ without CUDA) need three changes to mmengine 0.10.7's defaults, made by
   another one.
 """
 import argparse
+import inspect
 import os
 import os.path as osp
 from typing import List, Optional
@@ -33,6 +38,8 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.dist import init_dist, is_distributed
 from mmengine.runner import Runner
+from mmengine.utils.dl_utils import set_multi_processing
+from torch.nn.parallel import DistributedDataParallel
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 # What --amp turns optim_wrapper.type='OptimWrapper' into.
@@ -121,10 +128,20 @@ def configure_cpu_distributed(cfg: Config) -> None:
     env_cfg = cfg.setdefault('env_cfg', {})
     env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
     wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False,
-        find_unused_parameters=cfg.get('find_unused_parameters', False))
+        type='MMDistributedDataParallel',
+        find_unused_parameters=cfg.get('find_unused_parameters', False),
+        **_no_forward_buffer_sync())
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
+
+
+def _no_forward_buffer_sync() -> dict:
+    """DDP arguments for not broadcasting buffers before every forward (as
+    mmengine's default wrapper): torch >= 2.13 deprecates
+    ``broadcast_buffers=False`` in favour of ``forward_sync_buffers=False``."""
+    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters:
+        return dict(forward_sync_buffers=False)
+    return dict(broadcast_buffers=False)
 
 
 def init_distributed(cfg: Config) -> None:
@@ -135,9 +152,11 @@ def init_distributed(cfg: Config) -> None:
     """
     if cfg.launcher == 'none' or torch.cuda.is_available() or is_distributed():
         return
-    dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
+    env_cfg = cfg.get('env_cfg', {})
+    # as the Runner does before starting the process group (start method, threads)
+    set_multi_processing(**env_cfg.get('mp_cfg', {}), distributed=True)
     with mock.patch.object(torch.cuda, 'set_device', lambda device: None):
-        init_dist(cfg.launcher, **dist_cfg)
+        init_dist(cfg.launcher, **env_cfg.get('dist_cfg', {}))
 
 
 def build_train_cfg(args: argparse.Namespace) -> Config:
