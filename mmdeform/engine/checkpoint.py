@@ -107,16 +107,25 @@ def load_weights_only(filename: str, map_location: Any = None) -> Any:
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
-        except Exception:  # not a zip checkpoint: report torch's own message
-            unsafe = []
         raise CheckpointRefusedError(
-            f'refused to load checkpoint {filename}: it needs globals that are not on '
-            f"mmdeform's weights-only allow-list: {unsafe or str(err).splitlines()[-1:]}. "
-            'Unpickling them could run arbitrary code. If you trust the file, convert it '
-            'to plain tensors and containers first (see mmdeform.engine.checkpoint).'
+            f'refused to load checkpoint {filename}: {_refusal_reason(filename, err)}. '
+            'Unpickling what it holds could run arbitrary code. If you trust the file, '
+            'convert it to plain tensors and containers first (see mmdeform.engine.checkpoint).'
         ) from None
+
+
+def _refusal_reason(filename: str, err: pickle.UnpicklingError) -> str:
+    """The globals outside the allow-list, else torch's own reason."""
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+    except Exception:  # not a zip checkpoint: torch's message says why
+        unsafe = []
+    if unsafe:
+        return f"it needs globals that are not on mmdeform's weights-only allow-list: {unsafe}"
+    # torch's message: advice to unpickle fully (not ours to give), then its reason
+    reason = str(err).split('WeightsUnpickler error:', 1)[-1]
+    reason = reason.split('Check the documentation of torch.load', 1)[0]
+    return ' '.join(reason.split())
 
 
 def load_from_local_weights_only(filename: str, map_location: Any = None) -> Any:

@@ -176,7 +176,7 @@ def build_train_cfg(args: argparse.Namespace) -> Config:
             raise ValueError(f'--amp: the config uses optim_wrapper type {wrapper_type!r}; '
                              f"--amp can only turn 'OptimWrapper' into '{_AMP_WRAPPER}'")
     if args.auto_scale_lr:
-        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
             raise ValueError(f'--auto-scale-lr: {args.config} has no '
                              'auto_scale_lr=dict(base_batch_size=...)')
         cfg.auto_scale_lr.enable = True
