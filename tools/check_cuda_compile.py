@@ -28,7 +28,7 @@ NVCC_FLAGS = [
     '-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE', '-D__CUDA_NO_HALF_OPERATORS__',
     '-D__CUDA_NO_HALF_CONVERSIONS__', '-D__CUDA_NO_BFLOAT16_CONVERSIONS__',
     '-D__CUDA_NO_HALF2_OPERATORS__', '--expt-relaxed-constexpr',
-    '-DMMDEFORM_WITH_CUDA', '-DTORCH_EXTENSION_NAME=_C',
+    '-DMMDEFORM_WITH_CUDA', '-DTORCH_EXTENSION_NAME=_C', '-DTORCH_API_INCLUDE_EXTENSION_H',
 ]
 
 
@@ -42,11 +42,13 @@ def find_nvcc(explicit):
     return shutil.which('nvcc')
 
 
-def include_flags():
-    """-I flags: torch's headers, Python's headers and ``ops/``."""
+def torch_flags():
+    """-I flags (torch's headers, Python's headers, ``ops/``) and torch's C++ ABI."""
+    import torch
     from torch.utils.cpp_extension import include_paths
     dirs = [*include_paths(), sysconfig.get_paths()['include'], os.path.join(ROOT, 'ops')]
-    return [f'-I{d}' for d in dirs]
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [f'-I{d}' for d in dirs] + [f'-D_GLIBCXX_USE_CXX11_ABI={abi}']
 
 
 def compile_one(nvcc, source, out_dir, archs, threads):
@@ -58,7 +60,7 @@ def compile_one(nvcc, source, out_dir, archs, threads):
     gencode = [f'-gencode=arch=compute_{a},code=sm_{a}' for a in archs]
     obj = os.path.join(out_dir, os.path.basename(source) + '.o')
     cmd = [nvcc, '-c', source, '-o', obj, *NVCC_FLAGS, *gencode, '--threads', str(threads),
-           *include_flags()]
+           *torch_flags()]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
