@@ -10,7 +10,7 @@ import torch
 from mmdeform.ops import extension_available, get_backend, ms_deform_attn, ms_deform_attn_reference
 
 CUDA = torch.cuda.is_available()
-DEVICE = 'cuda'
+DEVICE = 'cuda'  # where make_inputs puts the tensors (one name, to debug the cases elsewhere)
 pytestmark = pytest.mark.skipif(not CUDA, reason='CUDA is not available')
 
 
@@ -52,6 +52,7 @@ def make_inputs(shapes, n=2, m=3, d=5, lq=7, p=2, dtype=torch.float64, spread=(-
 
 
 def grad_output_for(inputs, seed=1):
+    """Random (N, Lq, M * D) output gradient in value's dtype and device."""
     value, _, _, locations, _ = inputs
     n, _, m, d = value.shape
     gen = torch.Generator().manual_seed(seed)
