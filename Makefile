@@ -9,6 +9,7 @@ export PIP_CONSTRAINT := $(CONSTRAINTS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: env build test lint cuda-check demo clean
 
@@ -18,10 +19,16 @@ $(VENV)/.deps: requirements/constraints.txt requirements/runtime.txt requirement
 	$(PIP) install -q -c $(CONSTRAINTS) setuptools wheel -r requirements/runtime.txt -r requirements/tests.txt
 	touch $@
 
+OP_SOURCES := $(wildcard ops/*.cpp ops/*/*.h ops/*/*.cpp ops/*/*.cu ops/*/*.cuh)
+
 env: $(VENV)/.deps
 
-build: env
+# Rebuilt only when the op sources or setup.py change.
+$(VENV)/.built: $(VENV)/.deps setup.py $(OP_SOURCES)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
 
 lint: env
 	$(VENV)/bin/ruff check .
@@ -33,5 +40,9 @@ test: build lint
 cuda-check: env
 	$(PY) tools/check_cuda_compile.py
 
+# Synthetic data -> training -> evaluation on the CPU; ends with a one-line summary.
+demo: build
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
 clean:
-	rm -rf build *.egg-info mmdeform/_C*.so .cache
+	rm -rf build *.egg-info mmdeform/_C*.so .cache $(VENV)/.built
