@@ -113,12 +113,29 @@ def make_data_samples(inputs: dict, dtype: torch.dtype = torch.float64) -> list:
     return samples
 
 
-@functools.cache
-def run_variant(variant: str, dtype: torch.dtype = torch.float64) -> dict:
-    """One 'loss' forward of our model on a fixture, stage outputs captured.
+def run_once(model, inputs: dict, dtype: torch.dtype) -> dict:
+    """One 'loss' forward in ``dtype`` with the stage outputs captured."""
+    model.to(dtype)
+    captured = {}
+    hooks = [getattr(model, name).register_forward_hook(
+        lambda module, args, output, name=name: captured.__setitem__(name, output))
+        for name in ('encoder', 'query_generator', 'decoder', 'bbox_head')]
+    samples = make_data_samples(inputs, dtype)
+    with torch.no_grad():
+        losses = model(inputs['images'].to(dtype), samples, mode='loss')
+        predictions = model.bbox_head.predict(captured['bbox_head'], samples)
+    for hook in hooks:
+        hook.remove()
+    return dict(losses=losses, predictions=predictions,
+                padding_mask=model.padding_mask(inputs['images'], samples), **captured)
 
-    float64 as the reference was made: float32 weights loaded, then the model
-    and the images cast with ``.double()``; float32 runs the same weights as is.
+
+@functools.cache
+def run_variant(variant: str) -> dict:
+    """Our model on a fixture in float32 and then in float64.
+
+    As the reference was made: the float32 weights are loaded, the float32
+    run uses them as they are, then model and images are cast to float64.
     """
     folder = FIXTURE_DIR / variant
     spec = json.loads((folder / 'spec.json').read_text())
@@ -127,17 +144,10 @@ def run_variant(variant: str, dtype: torch.dtype = torch.float64) -> dict:
     model = build_model(variant)
     official = load_weights_module().make_state_dict(spec)
     model.load_state_dict(convert_official_state_dict(official), strict=True)
-    model.to(dtype).eval()
-    captured = {}
-    for name in ('encoder', 'query_generator', 'decoder', 'bbox_head'):
-        getattr(model, name).register_forward_hook(
-            lambda module, args, output, name=name: captured.__setitem__(name, output))
-    samples = make_data_samples(inputs, dtype)
-    with torch.no_grad():
-        losses = model(inputs['images'].to(dtype), samples, mode='loss')
-        predictions = model.bbox_head.predict(captured['bbox_head'], samples)
-    return dict(reference=reference, inputs=inputs, losses=losses, predictions=predictions,
-                padding_mask=model.padding_mask(inputs['images'], samples), **captured)
+    model.eval()
+    float32 = run_once(model, inputs, torch.float32)
+    return dict(reference=reference, inputs=inputs, float32=float32,
+                **run_once(model, inputs, torch.float64))
 
 
 def assert_close(actual, expected, atol=ATOL, what=''):
@@ -230,8 +240,8 @@ def assert_rows_match(actual, expected, atol, what):
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_float32_run_within_the_float32_tolerances(variant):
     """Our float32 model vs the official float32 outputs (README 9, float32)."""
-    result = run_variant(variant, torch.float32)
-    ref, head_output = result['reference'], result['bbox_head']
+    ref, result = run_variant(variant)['reference'], run_variant(variant)['float32']
+    head_output = result['bbox_head']
     layers = ref['float32']['aux_outputs'] + [ref['float32']]
     for layer, expected in enumerate(layers):
         for image in range(len(result['predictions'])):
