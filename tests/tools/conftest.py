@@ -18,9 +18,11 @@ NUM_TRAIN, NUM_VAL = 8, 5  # 4 iterations per epoch at batch 2; an odd number of
 TOOL_TIMEOUT_S = 300
 
 
-def tool_env(num_threads: int = 2) -> dict:
+def tool_env(num_threads: int = 1) -> dict:
     """Environment of a tool subprocess: the repo importable, ``num_threads``
-    OpenMP/MKL threads (2 cores in CI), no user site packages."""
+    OpenMP/MKL threads, no user site packages. One thread: the tiny model
+    gains little from two, and OpenMP threads that wait for each other are
+    many times slower on a busy 2-core machine."""
     env = dict(os.environ)
     env.update(PYTHONPATH=str(REPO) + os.pathsep + env.get('PYTHONPATH', ''),
                OMP_NUM_THREADS=str(num_threads), MKL_NUM_THREADS=str(num_threads),
@@ -28,7 +30,7 @@ def tool_env(num_threads: int = 2) -> dict:
     return env
 
 
-def run_tool(script: str, args, cwd, num_threads: int = 2) -> str:
+def run_tool(script: str, args, cwd, num_threads: int = 1) -> str:
     """Run ``tools/<script>`` with ``args`` (``python`` for .py, ``bash`` for
     .sh) and return its stdout + stderr; a non-zero exit fails the test with
     the output's tail."""

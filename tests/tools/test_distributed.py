@@ -8,13 +8,13 @@ from conftest import NUM_TRAIN, NUM_VAL, TINY_CONFIG, free_port, run_tool
 
 
 def test_dist_train_and_test_on_cpu(synthetic_workspace, tmp_path, monkeypatch):
-    # the scripts call `python`: this interpreter; one thread per process (2 cores)
+    # the scripts call `python`: this interpreter (one thread per process, see tool_env)
     monkeypatch.setenv('PATH', os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
     monkeypatch.setenv('PORT', str(free_port()))
     work_dir = tmp_path / 'work'
     out = run_tool('dist_train.sh', [TINY_CONFIG, '2', '--work-dir', str(work_dir),
                                      '--cfg-options', 'train_cfg.max_epochs=1'],
-                   cwd=synthetic_workspace, num_threads=1)
+                   cwd=synthetic_workspace)
     assert 'Distributed training: True' in out and "dist_cfg: {'backend': 'gloo'}" in out
     # each rank trains on half of the 8 images: 2 iterations of 2 images
     iters = NUM_TRAIN // (2 * 2)
@@ -29,7 +29,7 @@ def test_dist_train_and_test_on_cpu(synthetic_workspace, tmp_path, monkeypatch):
     monkeypatch.setenv('PORT', str(free_port()))
     out = run_tool('dist_test.sh', [TINY_CONFIG, str(work_dir / 'epoch_1.pth'), '2',
                                     '--work-dir', str(work_dir), '--out', str(preds)],
-                   cwd=synthetic_workspace, num_threads=1)
+                   cwd=synthetic_workspace)
     assert re.search(r'Epoch\(test\) \[2/2\]\s+coco/bbox_mAP: ', out)
     with open(preds, 'rb') as f:
         dumped = pickle.load(f)
