@@ -34,3 +34,35 @@ def test_dist_train_and_test_on_cpu(synthetic_workspace, tmp_path, monkeypatch):
     with open(preds, 'rb') as f:
         dumped = pickle.load(f)
     assert sorted(d['img_id'] for d in dumped) == list(range(1, NUM_VAL + 1))
+
+
+FAKE_SRUN = '''#!/usr/bin/env bash
+# stands in for Slurm's srun: records its options, runs the command as task 0 of 1
+echo "$@" > "$(dirname "$0")/srun_args"
+while [ "$1" != python ]; do shift; done
+SLURM_PROCID=0 SLURM_NTASKS=1 SLURM_LOCALID=0 SLURM_NODELIST=node0 exec "$@"
+'''
+FAKE_SCONTROL = '#!/usr/bin/env bash\necho 127.0.0.1\n'  # `scontrol show hostname node0`
+
+
+def test_slurm_train_script_on_cpu(synthetic_workspace, tmp_path, monkeypatch):
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    for name, text in (('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv('PATH', os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable),
+                                                os.environ['PATH']]))
+    monkeypatch.setenv('MASTER_PORT', str(free_port()))
+    monkeypatch.setenv('GPUS', '1')
+    monkeypatch.setenv('GPUS_PER_NODE', '1')
+    work_dir = tmp_path / 'work'
+    out = run_tool('slurm_train.sh', ['dev', 'tiny', TINY_CONFIG, str(work_dir), '--cfg-options',
+                                      'train_cfg.max_epochs=1', 'train_cfg.val_interval=5'],
+                   cwd=synthetic_workspace)
+    srun_args = (bin_dir / 'srun_args').read_text().split()
+    assert srun_args[:2] == ['-p', 'dev'] and '--job-name=tiny' in srun_args
+    assert '--ntasks=1' in srun_args and '--launcher=slurm' in srun_args
+    assert 'Distributed launcher: slurm' in out and "dist_cfg: {'backend': 'gloo'}" in out
+    assert 'Epoch(train) [1][4/4]' in out
+    assert (work_dir / 'epoch_1.pth').is_file()
