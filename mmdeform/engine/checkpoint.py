@@ -31,6 +31,11 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
+try:
+    from numpy._core import multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray
+
 # The statistics HistoryBuffer registers by default and pickles by name.
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 # numpy dtypes of logged scalars and arrays (no object, string or void dtypes).
@@ -73,7 +78,6 @@ def checkpoint_safe_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
         numpy 1's (``numpy.core``) module names, so checkpoints written with
         either load.
     """
-    multiarray = np._core.multiarray
     safe = [HistoryBuffer, np.ndarray, np.dtype, (history_buffer_getattr, 'builtins.getattr')]
     for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
         safe += [(multiarray._reconstruct, f'{module}._reconstruct'),

@@ -1,10 +1,12 @@
-"""tools/train.py then tools/test.py, end to end, as subprocesses on the tiny config."""
+"""tools/train.py (with --amp) then tools/test.py, end to end, as subprocesses on the
+tiny config."""
 import json
 import pickle
 import re
 from pathlib import Path
 
 from conftest import NUM_VAL, TINY_CONFIG, run_tool
+from mmengine.config import Config
 
 from mmdeform.engine import load_weights_only
 
@@ -19,7 +21,7 @@ def only(paths):
 
 def test_train_then_test(synthetic_workspace, tmp_path):
     work_dir = tmp_path / 'work'
-    out = run_tool('train.py', [TINY_CONFIG, '--work-dir', str(work_dir),
+    out = run_tool('train.py', [TINY_CONFIG, '--work-dir', str(work_dir), '--amp',
                     '--cfg-options', 'train_cfg.max_epochs=1'],
                    cwd=synthetic_workspace)
     # 8 images, batch 2: one epoch of 4 iterations, then a validation on all 5 images
@@ -28,7 +30,8 @@ def test_train_then_test(synthetic_workspace, tmp_path):
     assert re.search(r'Epoch\(val\) \[1\]\[3/3\]\s+coco/bbox_mAP: ', out)
     ckpt_path = work_dir / 'epoch_1.pth'
     assert (work_dir / 'last_checkpoint').read_text().strip() == str(ckpt_path)
-    assert (work_dir / 'deformable-detr_tiny_synthetic.py').is_file()  # the dumped config
+    dumped_cfg = Config.fromfile(work_dir / 'deformable-detr_tiny_synthetic.py')
+    assert dumped_cfg.optim_wrapper.type == 'DeviceAmpOptimWrapper'  # --amp: bf16 on CPU
     log = only(work_dir.glob('*/*.log')).read_text()
     assert 'Epoch(train) [1][4/4]' in log and 'loss_cls' in log and 'grad_norm' in log
     checkpoint = load_weights_only(str(ckpt_path))
