@@ -1,0 +1,178 @@
+"""Export a detector: a ``torch.export`` program and an ONNX file.
+
+Both take the detector in ``'tensor'`` mode: input ``inputs`` (B, 3, H, W),
+the *normalized* image (the data preprocessor's output: BGR->RGB, mean/std),
+un-padded, at the fixed size given at export; outputs ``logits``
+(D, B, Q, K) and ``boxes_cxcywh`` (D, B, Q, 4) of every decoder layer
+(normalized boxes; the last layer is the prediction).
+
+- :func:`export_program`: ``torch.export.export``; multi-scale deformable
+  attention stays one node, our registered operator
+  ``torch.ops.mmdeform.ms_deform_attn_forward`` (the program runs where
+  ``mmdeform.ops`` is imported). Saved with ``torch.export.save``.
+- :func:`export_onnx`: the TorchScript-based exporter
+  (``torch.onnx.export(dynamo=False)``, no ``onnxscript`` needed) with the
+  attention decomposed into standard ONNX ops: while exporting, the op is
+  replaced by :func:`ms_deform_attn_static`, a ``GridSample``-based twin of
+  ``ms_deform_attn_reference`` that takes the level sizes as Python ints.
+
+Level sizes are static in both (:func:`static_spatial_shapes`); a new input
+size needs a new export.
+"""
+import warnings
+from contextlib import contextmanager
+from typing import Iterator, List, Sequence, Tuple
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmdeform.ops import ms_deform_attn_module
+
+from .static_shapes import static_spatial_shapes
+
+OUTPUT_NAMES = ('logits', 'boxes_cxcywh')
+
+
+class TensorModeWrapper(nn.Module):
+    """``forward(inputs) = model(inputs, None, mode='tensor')``.
+
+    Args:
+        model (nn.Module): A ``DeformableDETR``.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.model(inputs, None, mode='tensor')
+
+
+def ms_deform_attn_static(value: torch.Tensor, level_shapes: Sequence[Tuple[int, int]],
+                          sampling_locations: torch.Tensor,
+                          attention_weights: torch.Tensor) -> torch.Tensor:
+    """``ms_deform_attn_reference`` with the level sizes as Python ints.
+
+    Args:
+        value (Tensor): (N, S, M, D), S = sum of H_l * W_l.
+        level_shapes (Sequence[tuple[int, int]]): L pairs (H_l, W_l).
+        sampling_locations (Tensor): (N, Lq, M, L, P, 2) normalized (x, y).
+        attention_weights (Tensor): (N, Lq, M, L, P).
+
+    Returns:
+        Tensor: (N, Lq, M*D).
+    """
+    n, _, m, d = value.shape
+    _, num_query, _, num_levels, num_points, _ = sampling_locations.shape
+    value_per_level = value.split([h * w for h, w in level_shapes], dim=1)
+    grids = 2 * sampling_locations - 1  # [0, 1] -> grid_sample's [-1, 1]
+    samples = []
+    for level, (height, width) in enumerate(level_shapes):
+        # (N, H*W, M, D) -> (N*M, D, H, W)
+        level_value = value_per_level[level].permute(0, 2, 3, 1).reshape(n * m, d, height, width)
+        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        samples.append(F.grid_sample(level_value, grid, mode='bilinear',
+                                     padding_mode='zeros', align_corners=False))
+    # L x (N*M, D, Lq, P) -> (N*M, D, Lq, L*P)
+    sampled = torch.stack(samples, dim=-2).flatten(-2)
+    # (N, Lq, M, L, P) -> (N*M, 1, Lq, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, num_query,
+                                                         num_levels * num_points)
+    out = (sampled * weights).sum(-1).view(n, m * d, num_query)
+    return out.transpose(1, 2).contiguous()
+
+
+@contextmanager
+def grid_sample_attention(level_shapes: List[Tuple[int, int]]) -> Iterator[None]:
+    """While open, ``MSDeformAttn`` computes with :func:`ms_deform_attn_static`
+    on ``level_shapes`` (a list that may be filled later, e.g. the one
+    yielded by :func:`static_spatial_shapes`)."""
+    def attention(value, spatial_shapes, level_start_index, locations, weights):
+        return ms_deform_attn_static(value, level_shapes, locations, weights)
+
+    with mock.patch.object(ms_deform_attn_module, 'ms_deform_attn', attention):
+        yield
+
+
+def example_inputs(input_shape: Tuple[int, int], batch_size: int = 1,
+                   seed: int = 0) -> torch.Tensor:
+    """(B, 3, H, W) float32 standard-normal stand-in for normalized images."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size, 3, *input_shape, generator=generator)
+
+
+def _check_model(model: nn.Module) -> None:
+    if model.training:
+        raise ValueError('export: put the model in eval mode first (dropout)')
+
+
+def export_program(model: nn.Module, inputs: torch.Tensor,
+                   out_file: str = None) -> torch.export.ExportedProgram:
+    """``torch.export`` the detector in tensor mode (module docstring).
+
+    Args:
+        model (nn.Module): A ``DeformableDETR`` in eval mode.
+        inputs (Tensor): (B, 3, H, W) example input; B, H and W are fixed.
+        out_file (str, optional): Save the program there (``.pt2``).
+
+    Returns:
+        ExportedProgram: its ``module()`` runs like the model.
+    """
+    _check_model(model)
+    with static_spatial_shapes(model), torch.no_grad():
+        program = torch.export.export(TensorModeWrapper(model), (inputs,), strict=False)
+    if out_file is not None:
+        torch.export.save(program, out_file)
+    return program
+
+
+def export_onnx(model: nn.Module, inputs: torch.Tensor, out_file: str,
+                opset_version: int = 17) -> str:
+    """Export the detector in tensor mode to ONNX (module docstring).
+
+    Args:
+        model (nn.Module): A ``DeformableDETR`` in eval mode.
+        inputs (Tensor): (B, 3, H, W) example input; B, H and W are fixed.
+        out_file (str): The ``.onnx`` file to write.
+        opset_version (int): ONNX opset; ``GridSample`` needs >= 16.
+
+    Returns:
+        str: ``out_file``. Input name ``inputs``, outputs ``logits``,
+        ``boxes_cxcywh``.
+    """
+    _check_model(model)
+    if opset_version < 16:
+        raise ValueError(f'export_onnx: opset_version must be >= 16 (GridSample), '
+                         f'got {opset_version}')
+    # the encoder's pre-hook fills ``shapes`` before any attention runs
+    with static_spatial_shapes(model) as shapes, grid_sample_attention(shapes), \
+            torch.no_grad(), warnings.catch_warnings():
+        # python ints taken from tensors become constants: intended (static sizes)
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        torch.onnx.export(TensorModeWrapper(model), (inputs,), out_file, dynamo=False,
+                          opset_version=opset_version, input_names=['inputs'],
+                          output_names=list(OUTPUT_NAMES))
+    return out_file
+
+
+def run_onnx(onnx_file: str, inputs: np.ndarray) -> List[np.ndarray]:
+    """Run an exported file with onnxruntime on the CPU.
+
+    Args:
+        onnx_file (str): From :func:`export_onnx`.
+        inputs (np.ndarray): (B, 3, H, W) float32 at the exported size.
+
+    Returns:
+        list[np.ndarray]: ``logits``, ``boxes_cxcywh``.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError('run_onnx needs onnxruntime: pip install onnxruntime '
+                          '(see requirements/constraints.txt for the tested version)') from None
+    session = onnxruntime.InferenceSession(onnx_file, providers=['CPUExecutionProvider'])
+    return session.run(list(OUTPUT_NAMES), {'inputs': inputs})

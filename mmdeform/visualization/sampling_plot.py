@@ -1,0 +1,132 @@
+"""Drawing deformable attention's sampling points (see :mod:`.sampling` for the
+coordinates) and the ``tools/visualize_sampling.py`` pipeline."""
+import os
+import os.path as osp
+from typing import List, Optional, Sequence, Tuple
+
+import mmcv
+import numpy as np
+import torch
+
+from .sampling import (
+    QuerySampling,
+    detection_sampling,
+    encoder_pixel_sampling,
+    run_with_sampling,
+)
+
+
+def plot_sampling(img_rgb: np.ndarray, queries: Sequence[QuerySampling], out_file: str,
+                  layout: str = 'levels', title: Optional[str] = None) -> str:
+    """Draw queries' sampling points on the image and save a PNG.
+
+    Points are coloured by head and sized by attention weight (area
+    proportional to the weight, relative to the largest drawn one); the
+    reference point is a yellow star, a detection's box a white rectangle.
+
+    Args:
+        img_rgb (np.ndarray): (H, W, 3) uint8 RGB image the pixels refer to.
+        queries (Sequence[QuerySampling]): At least one query.
+        out_file (str): PNG to write (folders are created).
+        layout (str): ``'levels'``: one panel per feature level;
+            ``'overlay'``: all levels in one panel (marker shape by level).
+        title (str, optional): Figure title.
+
+    Returns:
+        str: ``out_file``.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if layout not in ('levels', 'overlay'):
+        raise ValueError(f"plot_sampling: layout must be 'levels' or 'overlay', got {layout!r}")
+    if not queries:
+        raise ValueError('plot_sampling: no query to draw')
+    num_heads, num_levels = queries[0].points_xy.shape[:2]
+    height, width = img_rgb.shape[:2]
+    panels = [[level] for level in range(num_levels)] if layout == 'levels' else \
+        [list(range(num_levels))]
+    max_weight = max(float(q.weights.max()) for q in queries) or 1.0
+    colors = plt.get_cmap('tab10' if num_heads <= 10 else 'hsv')(
+        np.arange(num_heads) / (10 if num_heads <= 10 else num_heads))
+    markers = 'osD^vP'
+    panel_w = 5.0 * min(width / height, 2.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_w * len(panels), 5.2), squeeze=False)
+    for ax, levels in zip(axes[0], panels):
+        # extent: continuous pixel coordinates, pixel i spans [i, i + 1)
+        ax.imshow(img_rgb, extent=(0, width, height, 0))
+        for query in queries:
+            if query.box_xyxy is not None:
+                x1, y1, x2, y2 = query.box_xyxy
+                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
+                                       edgecolor='white', linewidth=1.2))
+            for head in range(num_heads):
+                for level in levels:
+                    points = query.points_xy[head, level]  # (P, 2)
+                    sizes = 4 + 160 * query.weights[head, level] / max_weight
+                    ax.scatter(points[:, 0], points[:, 1], s=sizes, color=colors[head],
+                               marker=markers[level % len(markers)], alpha=0.85,
+                               edgecolors='black', linewidths=0.3,
+                               label=f'head {head}' if query is queries[0] and
+                               level == levels[0] else None)
+            ax.scatter(*query.reference_xy, marker='*', s=180, c='yellow', edgecolors='black',
+                       linewidths=0.8, zorder=5)
+            ax.annotate(query.label, query.reference_xy, xytext=(4, -6),
+                        textcoords='offset points', color='yellow', fontsize=7)
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.set_axis_off()
+        ax.set_title(f'level {levels[0]}' if len(levels) == 1 else
+                     'all levels (' + ', '.join(f'{markers[lv % len(markers)]} = level {lv}'
+                                                for lv in levels) + ')', fontsize=9)
+    axes[0][-1].legend(loc='upper left', bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+    fig.savefig(out_file, dpi=100)
+    plt.close(fig)
+    return out_file
+
+
+
+def visualize_sampling(model: torch.nn.Module, image_path: str, out_dir: str, topk: int = 3,
+                       score_thr: float = 0.0, layout: str = 'levels',
+                       encoder_point: Optional[Tuple[float, float]] = None,
+                       encoder_level: int = 0, encoder_layer: int = -1,
+                       decoder_layer: int = -1) -> List[str]:
+    """Draw the sampling points of one image's best detections and of one
+    encoder query.
+
+    Writes ``<out_dir>/<name>_decoder.png``: the ``topk`` detections with
+    score >= ``score_thr`` and the sampling points of decoder layer
+    ``decoder_layer``'s cross-attention (default the last), and
+    ``<out_dir>/<name>_encoder.png``: the encoder layer ``encoder_layer``'s
+    self-attention sampling of the level-``encoder_level`` token at pixel
+    ``encoder_point`` (x, y) of the original image (default: its centre).
+
+    Returns:
+        list[str]: The written files (the decoder one only if some detection
+        passed ``score_thr``).
+    """
+    run = run_with_sampling(model, image_path, encoder_layer, decoder_layer)
+    img_rgb = mmcv.imread(image_path)[..., ::-1]
+    name = osp.splitext(osp.basename(image_path))[0]
+    classes = (model.dataset_meta or {}).get('classes')
+    written = []
+    detections = detection_sampling(run, topk=topk, score_thr=score_thr, classes=classes)
+    if detections:
+        written.append(plot_sampling(
+            img_rgb, detections, osp.join(out_dir, f'{name}_decoder.png'), layout,
+            f'decoder layer {decoder_layer} cross-attention: top {len(detections)} detections'))
+    if encoder_point is None:
+        height, width = img_rgb.shape[:2]
+        encoder_point = (width / 2, height / 2)
+    query = encoder_pixel_sampling(run, encoder_point, level=encoder_level)
+    written.append(plot_sampling(
+        img_rgb, [query], osp.join(out_dir, f'{name}_encoder.png'), layout,
+        f'encoder layer {encoder_layer} self-attention: query at pixel '
+        f'({encoder_point[0]:.0f}, {encoder_point[1]:.0f})'))
+    return written
