@@ -8,6 +8,7 @@ from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
@@ -42,6 +43,8 @@ EVALUATOR = Registry(
     'evaluator', parent=MMENGINE_EVALUATOR, locations=['mmdeform.evaluation'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, locations=['mmdeform.engine'])
 LOOPS = Registry('loop', parent=MMENGINE_LOOPS, locations=['mmdeform.engine'])
+LOG_PROCESSORS = Registry(
+    'log_processor', parent=MMENGINE_LOG_PROCESSORS, locations=['mmdeform.engine'])
 OPTIMIZERS = Registry(
     'optimizer', parent=MMENGINE_OPTIMIZERS, locations=['mmdeform.engine'])
 OPTIM_WRAPPERS = Registry(
