@@ -6,7 +6,8 @@ import torch
 from mmengine.structures import InstanceData
 
 import mmdeform.models.heads.deformable_detr_head as head_module
-from mmdeform.models.heads import DeformableDETRHead, boxes_from_reference
+from mmdeform.models.heads import DeformableDETRHead
+from mmdeform.models.layers import boxes_from_reference
 from mmdeform.models.stage_outputs import DecoderOutput, HeadOutput, QueryOutput
 from mmdeform.structures import DetDataSample
 

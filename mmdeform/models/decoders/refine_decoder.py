@@ -6,7 +6,7 @@ from torch import nn
 
 from mmdeform.registry import MODELS
 
-from ..layers import inverse_sigmoid
+from ..layers.utils import boxes_from_reference
 from ..stage_outputs import DecoderOutput, EncoderOutput
 from .deformable_decoder import DeformableDecoder
 
@@ -45,12 +45,7 @@ class RefineDeformableDecoder(DeformableDecoder):
         if delta.shape[-1] != 4:
             raise ValueError(f'RefineDeformableDecoder: reg_branches[{layer_index}] must '
                              f'output 4 values per query, got {tuple(delta.shape)}')
-        if reference_points.shape[-1] == 4:
-            new_logits = delta + inverse_sigmoid(reference_points)
-        else:
-            new_logits = torch.cat(
-                [delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1)
-        return new_logits.sigmoid().detach()
+        return boxes_from_reference(delta, reference_points).detach()
 
     def forward(self, query: torch.Tensor, query_pos: torch.Tensor,
                 reference_points: torch.Tensor, encoder_output: EncoderOutput,

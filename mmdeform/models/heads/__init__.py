@@ -1,4 +1,4 @@
 """mmdeform.models.heads."""
-from .deformable_detr_head import DeformableDETRHead, boxes_from_reference
+from .deformable_detr_head import DeformableDETRHead
 
-__all__ = ['DeformableDETRHead', 'boxes_from_reference']
+__all__ = ['DeformableDETRHead']

@@ -9,7 +9,7 @@ from mmengine.structures import InstanceData
 from torch import nn
 
 from mmdeform.models.layers.mlp import MLP
-from mmdeform.models.layers.utils import inverse_sigmoid
+from mmdeform.models.layers.utils import boxes_from_reference
 from mmdeform.models.stage_outputs import DecoderOutput, HeadOutput, QueryOutput
 from mmdeform.registry import MODELS, TASK_UTILS
 from mmdeform.structures import DetDataSample, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
@@ -22,28 +22,6 @@ DEFAULT_ASSIGNER = dict(
     type='HungarianAssigner',
     match_costs=[dict(type='FocalLossCost', weight=2.0), dict(type='BBoxL1Cost', weight=5.0),
                  dict(type='GIoUCost', weight=2.0)])
-
-
-def boxes_from_reference(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Decode a box branch's output relative to a reference point or box.
-
-    Args:
-        delta (Tensor): (..., 4) box head output in inverse-sigmoid space.
-        reference (Tensor): (..., 4) normalized cxcywh reference boxes, or
-            (..., 2) normalized (x, y) reference points.
-
-    Returns:
-        Tensor: (..., 4) normalized cxcywh boxes,
-        ``sigmoid(delta + inverse_sigmoid(reference))``; a 2-d reference only
-        shifts the centre, the size comes from ``delta`` alone.
-    """
-    if reference.shape[-1] == 4:
-        return (delta + inverse_sigmoid(reference)).sigmoid()
-    if reference.shape[-1] != 2:
-        raise ValueError('boxes_from_reference: reference must end in 2 or 4 values, '
-                         f'got shape {tuple(reference.shape)}')
-    centre = delta[..., :2] + inverse_sigmoid(reference)
-    return torch.cat([centre, delta[..., 2:]], dim=-1).sigmoid()
 
 
 @MODELS.register_module()

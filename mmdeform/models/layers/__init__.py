@@ -6,7 +6,7 @@ from .transformer_layers import (
     DeformableEncoderLayer,
     init_deformable_transformer,
 )
-from .utils import inverse_sigmoid
+from .utils import boxes_from_reference, inverse_sigmoid
 
 __all__ = ['FFN', 'MLP', 'DeformableEncoderLayer', 'DeformableDecoderLayer',
-           'init_deformable_transformer', 'inverse_sigmoid']
+           'init_deformable_transformer', 'inverse_sigmoid', 'boxes_from_reference']

@@ -9,3 +9,25 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def boxes_from_reference(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Decode a box branch's output relative to a reference point or box.
+
+    Args:
+        delta (Tensor): (..., 4) box head output in inverse-sigmoid space.
+        reference (Tensor): (..., 4) normalized cxcywh reference boxes, or
+            (..., 2) normalized (x, y) reference points.
+
+    Returns:
+        Tensor: (..., 4) normalized cxcywh boxes,
+        ``sigmoid(delta + inverse_sigmoid(reference))``; a 2-d reference only
+        shifts the centre, the size comes from ``delta`` alone.
+    """
+    if reference.shape[-1] == 4:
+        return (delta + inverse_sigmoid(reference)).sigmoid()
+    if reference.shape[-1] != 2:
+        raise ValueError('boxes_from_reference: reference must end in 2 or 4 values, '
+                         f'got shape {tuple(reference.shape)}')
+    centre = delta[..., :2] + inverse_sigmoid(reference)
+    return torch.cat([centre, delta[..., 2:]], dim=-1).sigmoid()
