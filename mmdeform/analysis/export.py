@@ -19,6 +19,7 @@ un-padded, at the fixed size given at export; outputs ``logits``
 Level sizes are static in both (:func:`static_spatial_shapes`); a new input
 size needs a new export.
 """
+import importlib.util
 import warnings
 from contextlib import contextmanager
 from typing import Iterator, List, Sequence, Tuple
@@ -143,8 +144,14 @@ def export_onnx(model: nn.Module, inputs: torch.Tensor, out_file: str,
     Returns:
         str: ``out_file``. Input name ``inputs``, outputs ``logits``,
         ``boxes_cxcywh``.
+
+    Raises:
+        ImportError: the ``onnx`` package (which the exporter needs) is missing.
     """
     _check_model(model)
+    if importlib.util.find_spec('onnx') is None:
+        raise ImportError('export_onnx needs the onnx package: pip install onnx (see '
+                          'requirements/constraints.txt for the tested version)')
     if opset_version < 16:
         raise ValueError(f'export_onnx: opset_version must be >= 16 (GridSample), '
                          f'got {opset_version}')

@@ -15,6 +15,8 @@ from .sampling import (
     run_with_sampling,
 )
 
+_MARKERS = 'osD^vP'  # scatter marker of each level (cycled)
+
 
 def plot_sampling(img_rgb: np.ndarray, queries: Sequence[QuerySampling], out_file: str,
                   layout: str = 'levels', title: Optional[str] = None) -> str:
@@ -38,7 +40,6 @@ def plot_sampling(img_rgb: np.ndarray, queries: Sequence[QuerySampling], out_fil
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     if layout not in ('levels', 'overlay'):
         raise ValueError(f"plot_sampling: layout must be 'levels' or 'overlay', got {layout!r}")
@@ -48,39 +49,12 @@ def plot_sampling(img_rgb: np.ndarray, queries: Sequence[QuerySampling], out_fil
     height, width = img_rgb.shape[:2]
     panels = [[level] for level in range(num_levels)] if layout == 'levels' else \
         [list(range(num_levels))]
-    max_weight = max(float(q.weights.max()) for q in queries) or 1.0
     colors = plt.get_cmap('tab10' if num_heads <= 10 else 'hsv')(
         np.arange(num_heads) / (10 if num_heads <= 10 else num_heads))
-    markers = 'osD^vP'
     panel_w = 5.0 * min(width / height, 2.0)
     fig, axes = plt.subplots(1, len(panels), figsize=(panel_w * len(panels), 5.2), squeeze=False)
     for ax, levels in zip(axes[0], panels):
-        # extent: continuous pixel coordinates, pixel i spans [i, i + 1)
-        ax.imshow(img_rgb, extent=(0, width, height, 0))
-        for query in queries:
-            if query.box_xyxy is not None:
-                x1, y1, x2, y2 = query.box_xyxy
-                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
-                                       edgecolor='white', linewidth=1.2))
-            for head in range(num_heads):
-                for level in levels:
-                    points = query.points_xy[head, level]  # (P, 2)
-                    sizes = 4 + 160 * query.weights[head, level] / max_weight
-                    ax.scatter(points[:, 0], points[:, 1], s=sizes, color=colors[head],
-                               marker=markers[level % len(markers)], alpha=0.85,
-                               edgecolors='black', linewidths=0.3,
-                               label=f'head {head}' if query is queries[0] and
-                               level == levels[0] else None)
-            ax.scatter(*query.reference_xy, marker='*', s=180, c='yellow', edgecolors='black',
-                       linewidths=0.8, zorder=5)
-            ax.annotate(query.label, query.reference_xy, xytext=(4, -6),
-                        textcoords='offset points', color='yellow', fontsize=7)
-        ax.set_xlim(0, width)
-        ax.set_ylim(height, 0)
-        ax.set_axis_off()
-        ax.set_title(f'level {levels[0]}' if len(levels) == 1 else
-                     'all levels (' + ', '.join(f'{markers[lv % len(markers)]} = level {lv}'
-                                                for lv in levels) + ')', fontsize=9)
+        _draw_panel(ax, img_rgb, queries, levels, colors)
     axes[0][-1].legend(loc='upper left', bbox_to_anchor=(1.0, 1.0), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -90,6 +64,44 @@ def plot_sampling(img_rgb: np.ndarray, queries: Sequence[QuerySampling], out_fil
     plt.close(fig)
     return out_file
 
+
+def _draw_panel(ax, img_rgb: np.ndarray, queries: Sequence[QuerySampling],
+                levels: Sequence[int], colors: np.ndarray) -> None:
+    """One panel: the image, then per query its box, its points on ``levels``
+    (colour = head, area ~ weight, marker = level when several levels share the
+    panel) and its reference star."""
+    from matplotlib.patches import Rectangle
+
+    height, width = img_rgb.shape[:2]
+    max_weight = max(float(q.weights.max()) for q in queries) or 1.0
+    markers = {level: _MARKERS[level % len(_MARKERS)] if len(levels) > 1 else 'o'
+               for level in levels}
+    # extent: continuous pixel coordinates, pixel i spans [i, i + 1)
+    ax.imshow(img_rgb, extent=(0, width, height, 0))
+    for query in queries:
+        if query.box_xyxy is not None:
+            x1, y1, x2, y2 = query.box_xyxy
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
+                                   edgecolor='white', linewidth=1.2))
+        for head in range(query.points_xy.shape[0]):
+            for level in levels:
+                points = query.points_xy[head, level]  # (P, 2)
+                first = query is queries[0] and level == levels[0]
+                ax.scatter(points[:, 0], points[:, 1],
+                           s=4 + 160 * query.weights[head, level] / max_weight,
+                           color=colors[head], marker=markers[level],
+                           alpha=0.85, edgecolors='black', linewidths=0.3,
+                           label=f'head {head}' if first else None)
+        ax.scatter(*query.reference_xy, marker='*', s=180, c='yellow', edgecolors='black',
+                   linewidths=0.8, zorder=5)
+        ax.annotate(query.label, query.reference_xy, xytext=(4, -6),
+                    textcoords='offset points', color='yellow', fontsize=7)
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_axis_off()
+    ax.set_title(f'level {levels[0]}' if len(levels) == 1 else 'all levels (' + ', '.join(
+        f'{markers[level]} = level {level}' for level in levels) + ')',
+        fontsize=9)
 
 
 def visualize_sampling(model: torch.nn.Module, image_path: str, out_dir: str, topk: int = 3,

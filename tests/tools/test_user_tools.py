@@ -1,6 +1,7 @@
 """The user tools end to end, as subprocesses, on the tiny config and synthetic images:
 infer, visualize_sampling, browse_dataset, analysis/plot_curves, analysis/get_flops,
 analysis/benchmark and export."""
+import importlib.util
 import json
 import re
 
@@ -121,11 +122,13 @@ def test_benchmark(tmp_path):
 
 
 def test_export(checkpoint, tmp_path):
-    onnx = pytest.importorskip('onnx', reason='onnx is an optional dependency')
-    formats = ['program', 'onnx']
+    """The program always; the ONNX file when onnx is installed (optional dependency),
+    checked with onnxruntime when that is installed too (CI installs both)."""
+    has_onnx = importlib.util.find_spec('onnx') is not None
+    formats = ['program', 'onnx'] if has_onnx else ['program']
     out = run_tool('export.py', [TINY_CONFIG, checkpoint, '--out-dir', str(tmp_path),
                                  '--shape', '64', '96', '--format', *formats], cwd=tmp_path)
-    assert 'torch.export program' in out and 'ONNX (opset 17)' in out
+    assert 'torch.export program' in out
     name = 'deformable-detr_tiny_synthetic'
     model = init_detector(TINY_CONFIG, checkpoint)
     inputs = example_inputs((64, 96), seed=1)
@@ -138,6 +141,10 @@ def test_export(checkpoint, tmp_path):
     for got, want in zip(program.module()(inputs), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
+    if not has_onnx:
+        pytest.skip('onnx is not installed (optional): ONNX export not tested')
+    import onnx
+    assert 'ONNX (opset 17)' in out
     onnx_model = onnx.load(str(tmp_path / f'{name}.onnx'))
     onnx.checker.check_model(onnx_model)
     op_types = {node.op_type for node in onnx_model.graph.node}
