@@ -18,6 +18,7 @@ import argparse
 import json
 import os.path as osp
 import time
+import uuid
 from typing import List, Optional
 
 import torch
@@ -190,12 +191,22 @@ def _set_max_iters(cfg: Config, max_iters: int) -> None:
         checkpoint.interval = max_iters
 
 
+def _add_tensorboard(cfg: Config) -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ImportError('run_demo: tensorboard=True needs the tensorboard package '
+                          '(pip install tensorboard)') from None
+    cfg.visualizer.vis_backends = list(cfg.visualizer.vis_backends) + [
+        dict(type='TensorboardVisBackend')]
+
+
 def run_demo(config: str = DEFAULT_CONFIG, work_dir: str = 'work_dirs/demo',
              data_root: str = 'data/synthetic', seed: int = 0,
              max_iters: Optional[int] = None, val_interval: Optional[int] = None,
              max_train_minutes: Optional[float] = None,
              synthetic_overrides: Optional[dict] = None, num_threads: Optional[int] = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, tensorboard: bool = False) -> dict:
     """Generate the data if needed, train, evaluate, plot; print the summary line.
 
     Args:
@@ -212,6 +223,9 @@ def run_demo(config: str = DEFAULT_CONFIG, work_dir: str = 'work_dirs/demo',
             ``synthetic_data`` (e.g. ``num_train``).
         num_threads (int, optional): ``torch.set_num_threads`` for the run.
         progress (bool): Progress bars for data generation and evaluation.
+        tensorboard (bool): Also log scalars for TensorBoard (in
+            ``<work_dir>/<timestamp>/vis_data``); needs the ``tensorboard``
+            package, which is not among mmdeform's dependencies.
 
     Returns:
         dict: ``metrics`` (the last validation's, ``coco/bbox_mAP`` ...),
@@ -227,7 +241,11 @@ def run_demo(config: str = DEFAULT_CONFIG, work_dir: str = 'work_dirs/demo',
         torch.set_num_threads(num_threads)
     cfg = build_demo_config(config, work_dir, data_root, seed, max_iters, val_interval,
                             synthetic_overrides)
-    cfg.setdefault('experiment_name', f'demo_{time.strftime("%Y%m%d_%H%M%S")}_{seed}')
+    if tensorboard:
+        _add_tensorboard(cfg)
+    # unique names: mmengine keeps one logger and one visualizer per name in a process
+    cfg.experiment_name = f'demo_seed{seed}_{uuid.uuid4().hex[:8]}'
+    cfg.visualizer.name = cfg.experiment_name
     start = time.perf_counter()
     prepare_data(cfg.data_root, cfg.synthetic_data, progress=progress)
     runner = Runner.from_cfg(cfg)
@@ -239,7 +257,9 @@ def run_demo(config: str = DEFAULT_CONFIG, work_dir: str = 'work_dirs/demo',
         runner.register_hook(limit_hook)
     runner.train()
     if limit_hook is not None and limit_hook.stopped_at is not None:
-        # stopped early: the loop skipped its final validation
+        # stopped early: the loop skipped its last checkpoint and validation
+        runner.save_checkpoint(work_dir, f'iter_{runner.iter}.pth',
+                               meta=dict(epoch=runner.epoch, iter=runner.iter))
         runner.val_loop.run()
     seconds = time.perf_counter() - start
     metrics = eval_hook.metrics
@@ -274,6 +294,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='synthetic training images (default: the config\'s)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+    parser.add_argument('--tensorboard', action='store_true',
+                        help='also write TensorBoard logs (needs the tensorboard package)')
     return parser.parse_args(argv)
 
 
@@ -283,4 +305,4 @@ def main(argv: Optional[List[str]] = None) -> dict:
     overrides = {} if args.num_train is None else dict(num_train=args.num_train)
     return run_demo(args.config, args.work_dir, args.data_root, args.seed, args.iters,
                     args.val_interval, args.max_train_minutes, overrides, args.threads,
-                    not args.no_progress)
+                    not args.no_progress, args.tensorboard)

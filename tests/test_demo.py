@@ -55,6 +55,19 @@ def test_run_demo_end_to_end(tmp_path, tiny_config, capsys):
     assert image is not None and image.ndim == 3 and min(image.shape[:2]) > 100
 
 
+def test_run_demo_time_limit_stops_then_evaluates(tmp_path, tiny_config, capsys):
+    result = demo.run_demo(tiny_config, str(tmp_path / 'work'), str(tmp_path / 'data'),
+                           max_iters=50, val_interval=50, max_train_minutes=1e-6,
+                           synthetic_overrides=TINY_DATA, progress=False)
+    assert result['iters'] == 1  # stopped after the first iteration
+    assert 'coco/bbox_mAP' in result['metrics']
+    checkpoint = torch.load(result['checkpoint'], map_location='cpu', weights_only=False)
+    assert checkpoint['meta']['iter'] == 1
+    _, val = load_scalars(f"{result['log_dir']}/vis_data/scalars.json")
+    assert [r['step'] for r in val] == [1]
+    assert 'training time limit' in capsys.readouterr().out
+
+
 def test_prepare_data_reuses_matching_data(tmp_path):
     args = dict(TINY_DATA, num_val=2, seed=3)
     assert demo.prepare_data(str(tmp_path), args, progress=False) is True

@@ -108,7 +108,9 @@ def plot_curves(json_file: str, out_file: str,
             continue
         if key == loss_keys[0]:
             ax_loss.plot(steps, values, color='0.8', linewidth=0.8)
-        ax_loss.plot(steps, _smooth(values, smooth_window), label=key)
+        # markers keep curves of a few points visible
+        ax_loss.plot(steps, _smooth(values, smooth_window), label=key,
+                     marker='.' if len(steps) < 20 else None)
         counts[key] = len(steps)
     for key in metric_keys:
         steps, values = _series(val, key)
