@@ -8,7 +8,8 @@ the ratios reference / compiled, all measured in the same run.
     python tools/benchmark_op.py --device cuda   # GPU shapes of issue 5
 
 CPU peak memory is measured in a fresh subprocess per case as the growth of
-the process' peak resident set size during one forward+backward; CUDA peak
+the process' peak resident set size (VmHWM, reset before the run) during one
+forward+backward; CUDA peak
 memory with torch.cuda.max_memory_allocated. The CUDA table also gives the
 effective bandwidth: the bytes the op must at least read and write (value,
 locations, weights, output; for backward also their gradients) divided by
@@ -16,7 +17,6 @@ the time.
 """
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -115,10 +115,29 @@ def memory_probe(arg):
     run_case(impl, tiny, torch.rand(1, 8, 8 * 32, dtype=dtype))[1]()
     inputs = make_inputs(spec['levels'], spec['n'], spec['num_query'], torch.device('cpu'), dtype)
     grad_out = torch.rand(inputs[3].shape[0], inputs[3].shape[1], 8 * 32, dtype=dtype)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _reset_peak_rss()
     run_case(impl, inputs, grad_out)[1]()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024)
+    print(_peak_rss() - before)
+
+
+def _peak_rss():
+    """Peak resident set size of this process in bytes (Linux /proc)."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError('benchmark_op: no VmHWM in /proc/self/status')
+
+
+def _reset_peak_rss():
+    """Resets the peak RSS to the current RSS; returns it (bytes).
+
+    getrusage's ru_maxrss is no use here: Linux carries it over from the parent
+    across fork + exec.
+    """
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _peak_rss()
 
 
 def measure_cuda_memory(impl, inputs, grad_out, device):
