@@ -79,6 +79,14 @@ def test_prepare_data_reuses_matching_data(tmp_path):
     assert len(json.loads((tmp_path / 'val.json').read_text())['images']) == 3
 
 
+def test_prepare_data_keeps_foreign_annotations(tmp_path):
+    foreign = json.dumps(dict(info=dict(description='my data'), images=[], categories=[]))
+    (tmp_path / 'val.json').write_text(foreign)
+    with pytest.raises(FileExistsError, match='val.json'):
+        demo.prepare_data(str(tmp_path), dict(TINY_DATA, num_val=2), progress=False)
+    assert (tmp_path / 'val.json').read_text() == foreign
+
+
 def test_build_demo_config_rescales_schedule(tmp_path):
     cfg = demo.build_demo_config(demo.DEFAULT_CONFIG, str(tmp_path / 'w'),
                                  str(tmp_path / 'd'), seed=7, max_iters=40)

@@ -1,17 +1,18 @@
-# `make demo`: a small two-stage Deformable DETR with box refinement that learns the synthetic
-# shapes dataset (mmdeform.datasets.synthetic) from scratch on 2 CPU cores in about 10 minutes.
-# Run it with tools/demo.py, which generates the data described by `synthetic_data`, trains,
-# evaluates and plots the curves; tools/train.py works too once the data exists.
+# `make demo`: a small two-stage Deformable DETR with box refinement, trained from scratch on the
+# synthetic shapes dataset (mmdeform.datasets.synthetic) with 2 CPU cores: bbox mAP ~0.69 in about
+# 5 minutes. tools/demo.py generates the data described by `synthetic_data`, trains, evaluates
+# and plots the curves; configs/synthetic/README.md says what was tried to get there.
 _base_ = '../_base_/default_runtime.py'
 
-# ---- data: 128 px images, 1-5 shapes of 8-64 px (60 % COCO-"small"), 4 classes -------------
+# ---- data: the generator's defaults: 128 px images with 1-5 shapes of 8-64 px (~60 % COCO
+# "small"), 4 classes, random colours on gradient backgrounds, overlaps up to a quarter ---------
 data_root = 'data/synthetic/'
 classes = ('circle', 'square', 'triangle', 'cross')
 synthetic_data = dict(num_train=2000, num_val=200, image_size=128, seed=0, ext='png',
                       min_object_size=8, max_object_fraction=0.5, max_objects=5)
-embed_dims = 128
-num_levels = 3
 
+# ---- model: ResNet-18 stem..layer2 -> 3 levels (strides 8, 16, 32) of 128 channels,
+# 1 encoder layer, 50 two-stage queries, 3 refining decoder layers, no dropout --------------
 model = dict(
     type='DeformableDETR',
     data_preprocessor=dict(
@@ -21,40 +22,40 @@ model = dict(
         bgr_to_rgb=True,
         pad_size_divisor=1,
         pad_value=0),
-    # ResNet-18 from scratch (no download), cut after layer3: C3 (stride 8) and C4 (stride 16).
-    backbone=dict(type='ResNet', depth=18, out_indices=(1, 2), frozen_stages=-1,
+    # From scratch (no download), nothing frozen; layer3 and layer4 are not built.
+    backbone=dict(type='ResNet', depth=18, out_indices=(1, ), frozen_stages=-1,
                   dilate_last_stage=False, init_cfg=None),
     neck=dict(
         type='MultiScaleProjection',
-        in_channels=[128, 256],
-        out_channels=embed_dims,
-        num_extra_levels=1,  # stride 32
+        in_channels=[128],
+        out_channels=128,
+        num_extra_levels=2,  # stride-2 3x3 convs: strides 16 and 32
         num_groups=32),
     positional_encoding=dict(
         type='SinePositionalEncoding',
-        num_feats=embed_dims // 2,
+        num_feats=64,
         temperature=10000,
         normalize=True,
         offset=-0.5),
     encoder=dict(
         type='DeformableEncoder',
-        num_layers=2,
-        num_levels=num_levels,
-        layer_cfg=dict(embed_dims=embed_dims, num_heads=8, num_points=4,
-                       feedforward_dims=512, dropout=0.0)),
-    query_generator=dict(type='TwoStageProposals', num_queries=50, embed_dims=embed_dims,
-                         num_classes=len(classes)),
+        num_layers=1,
+        num_levels=3,
+        layer_cfg=dict(embed_dims=128, num_heads=8, num_points=4, feedforward_dims=512,
+                       dropout=0.0)),
+    query_generator=dict(type='TwoStageProposals', num_queries=50, embed_dims=128,
+                         num_classes=4),
     decoder=dict(
         type='RefineDeformableDecoder',
-        num_layers=2,
-        num_levels=num_levels,
-        layer_cfg=dict(embed_dims=embed_dims, num_heads=8, num_points=4,
-                       feedforward_dims=512, dropout=0.0)),
+        num_layers=3,
+        num_levels=3,
+        layer_cfg=dict(embed_dims=128, num_heads=8, num_points=4, feedforward_dims=512,
+                       dropout=0.0)),
     bbox_head=dict(
         type='DeformableDETRHead',
-        num_classes=len(classes),
-        embed_dims=embed_dims,
-        num_layers=2,
+        num_classes=4,
+        embed_dims=128,
+        num_layers=3,
         share_branches=False,
         init_wh_bias=0.0,
         loss_cls=dict(type='FocalLoss', alpha=0.25, gamma=2.0, loss_weight=2.0),
@@ -80,8 +81,9 @@ test_pipeline = [
     dict(type='LoadDetAnnotations'),
     dict(type='PackDetInputs'),
 ]
+# num_workers=0: loading 8 PNGs of 128 px in the main process takes ~2 % of a step.
 train_dataloader = dict(
-    batch_size=16,
+    batch_size=8,
     num_workers=0,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     collate_fn=dict(type='pseudo_collate'),
@@ -107,12 +109,12 @@ val_dataloader = dict(
         test_mode=True,
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'val.json', metric='bbox')
+val_evaluator = dict(type='CocoMetric', ann_file='data/synthetic/val.json', metric='bbox')
 test_evaluator = val_evaluator
 
-# ---- schedule: iterations, AdamW with warm-up and a cosine decay ---------------------------
-max_iters = 4000
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters // 2)
+# ---- schedule: 800 iterations of 8 images (3.2 epochs), AdamW 1e-3, 20-iteration warm-up,
+# cosine decay; COCO evaluation every 200 iterations (4 points on the mAP curve) ------------
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=800, val_interval=200)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
@@ -120,12 +122,12 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, eta_min=1e-5),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=20, end=800, eta_min=1e-5),
 ]
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=800, max_keep_ckpts=1))
 log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
 randomness = dict(seed=0)
