@@ -22,15 +22,15 @@ size needs a new export.
 import importlib.util
 import warnings
 from contextlib import contextmanager
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Tuple
 from unittest import mock
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmdeform.ops import ms_deform_attn_module
+from mmdeform.ops.ms_deform_attn import ms_deform_attn_grid_sample
 
 from .static_shapes import static_spatial_shapes
 
@@ -52,39 +52,8 @@ class TensorModeWrapper(nn.Module):
         return self.model(inputs, None, mode='tensor')
 
 
-def ms_deform_attn_static(value: torch.Tensor, level_shapes: Sequence[Tuple[int, int]],
-                          sampling_locations: torch.Tensor,
-                          attention_weights: torch.Tensor) -> torch.Tensor:
-    """``ms_deform_attn_reference`` with the level sizes as Python ints.
-
-    Args:
-        value (Tensor): (N, S, M, D), S = sum of H_l * W_l.
-        level_shapes (Sequence[tuple[int, int]]): L pairs (H_l, W_l).
-        sampling_locations (Tensor): (N, Lq, M, L, P, 2) normalized (x, y).
-        attention_weights (Tensor): (N, Lq, M, L, P).
-
-    Returns:
-        Tensor: (N, Lq, M*D).
-    """
-    n, _, m, d = value.shape
-    _, num_query, _, num_levels, num_points, _ = sampling_locations.shape
-    value_per_level = value.split([h * w for h, w in level_shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # [0, 1] -> grid_sample's [-1, 1]
-    samples = []
-    for level, (height, width) in enumerate(level_shapes):
-        # (N, H*W, M, D) -> (N*M, D, H, W)
-        level_value = value_per_level[level].permute(0, 2, 3, 1).reshape(n * m, d, height, width)
-        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
-        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        samples.append(F.grid_sample(level_value, grid, mode='bilinear',
-                                     padding_mode='zeros', align_corners=False))
-    # L x (N*M, D, Lq, P) -> (N*M, D, Lq, L*P)
-    sampled = torch.stack(samples, dim=-2).flatten(-2)
-    # (N, Lq, M, L, P) -> (N*M, 1, Lq, L*P)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, num_query,
-                                                         num_levels * num_points)
-    out = (sampled * weights).sum(-1).view(n, m * d, num_query)
-    return out.transpose(1, 2).contiguous()
+# ``ms_deform_attn_reference`` with the level sizes as Python ints.
+ms_deform_attn_static = ms_deform_attn_grid_sample
 
 
 @contextmanager

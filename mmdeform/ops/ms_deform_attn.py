@@ -21,12 +21,14 @@ Lq queries, L levels, P points):
 """
 import functools
 import logging
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
-__all__ = ['ms_deform_attn', 'ms_deform_attn_reference', 'get_backend',
+__all__ = ['ms_deform_attn', 'ms_deform_attn_reference', 'ms_deform_attn_grid_sample',
+           'get_backend',
            'extension_available']
 
 BUILD_HINT = ('build it with `pip install --no-build-isolation -e .` in the '
@@ -158,12 +160,32 @@ def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor,
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights)
     shapes = _check_levels(value, spatial_shapes, level_start_index)
+    return ms_deform_attn_grid_sample(value, shapes, sampling_locations, attention_weights)
+
+
+def ms_deform_attn_grid_sample(value: torch.Tensor, level_shapes: Sequence[Tuple[int, int]],
+                               sampling_locations: torch.Tensor,
+                               attention_weights: torch.Tensor) -> torch.Tensor:
+    """The reference computation with the level sizes given as Python ints.
+
+    No checks and no reads of tensor values, so it traces and exports
+    (``torch.export``, ONNX ``GridSample``) with static level sizes.
+
+    Args:
+        value (Tensor): (N, S, M, D), S = sum of H_l * W_l.
+        level_shapes (Sequence[tuple[int, int]]): L pairs (H_l, W_l).
+        sampling_locations (Tensor): (N, Lq, M, L, P, 2) normalized (x, y).
+        attention_weights (Tensor): (N, Lq, M, L, P).
+
+    Returns:
+        Tensor: (N, Lq, M*D).
+    """
     n, _, m, d = value.shape
     _, num_query, _, num_levels, num_points, _ = sampling_locations.shape
-    value_per_level = value.split([h * w for h, w in shapes], dim=1)
+    value_per_level = value.split([h * w for h, w in level_shapes], dim=1)
     grids = 2 * sampling_locations - 1  # [0, 1] -> grid_sample's [-1, 1]
     samples = []
-    for lvl, (h, w) in enumerate(shapes):
+    for lvl, (h, w) in enumerate(level_shapes):
         # (N, H*W, M, D) -> (N*M, D, H, W)
         level_value = value_per_level[lvl].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
