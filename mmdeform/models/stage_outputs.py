@@ -21,12 +21,17 @@ class EncoderOutput:
         level_start_index (Tensor): (L,) int64 first token of each level.
         valid_ratios (Tensor): (B, L, 2) float32 valid fraction (x, y) of
             each level (un-padded width / W_l, height / H_l).
+        memory_pos (Tensor, optional): (B, S, C) position encoding of every
+            memory token, level embedding included (what the encoder added
+            to its attention queries); needed by decoders whose keys are the
+            memory tokens (``DenseDecoder``).
     """
     memory: torch.Tensor
     padding_mask: torch.Tensor
     spatial_shapes: torch.Tensor
     level_start_index: torch.Tensor
     valid_ratios: torch.Tensor
+    memory_pos: Optional[torch.Tensor] = None
 
 
 @dataclass

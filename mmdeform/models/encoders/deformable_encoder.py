@@ -61,6 +61,79 @@ def get_encoder_reference_points(spatial_shapes: torch.Tensor,
     return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
 
 
+def check_encoder_inputs(name: str, num_levels: int, embed_dims: int,
+                         feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                         pos_embeds: Sequence[torch.Tensor]) -> None:
+    """Raise a ValueError naming the bad input of an encoder's ``forward``.
+
+    Args:
+        name (str): Encoder class name, used in the messages.
+        num_levels (int): Expected number of levels L.
+        embed_dims (int): Expected channels C.
+        feats, masks, pos_embeds: the encoder's ``forward`` arguments.
+    """
+    if not len(feats) == len(masks) == len(pos_embeds) == num_levels:
+        raise ValueError(
+            f'{name}: expected {num_levels} levels of feats, masks and '
+            f'pos_embeds, got {len(feats)}, {len(masks)} and {len(pos_embeds)}')
+    for level, (feat, mask, pos) in enumerate(zip(feats, masks, pos_embeds)):
+        if feat.dim() != 4 or feat.shape[1] != embed_dims:
+            raise ValueError(f'{name}: feats[{level}] must be (B, '
+                             f'{embed_dims}, H, W), got {tuple(feat.shape)}')
+        b, _, h, w = feat.shape
+        if mask.shape != (b, h, w) or mask.dtype != torch.bool:
+            raise ValueError(f'{name}: masks[{level}] must be bool ({b}, {h}, '
+                             f'{w}), got {mask.dtype} {tuple(mask.shape)}')
+        if pos.shape != feat.shape:
+            raise ValueError(f'{name}: pos_embeds[{level}] must have the shape '
+                             f'of feats[{level}] {tuple(feat.shape)}, got {tuple(pos.shape)}')
+
+
+def flatten_levels(feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                   pos_embeds: Sequence[torch.Tensor], level_embed: Optional[torch.Tensor]
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate the levels into one token sequence.
+
+    Args:
+        feats (Sequence[Tensor]): L maps (B, C, H_l, W_l).
+        masks (Sequence[Tensor]): L bool masks (B, H_l, W_l), True at padding.
+        pos_embeds (Sequence[Tensor]): L position encodings (B, C, H_l, W_l).
+        level_embed (Tensor, optional): (L, C) added to the position
+            encoding of each level's tokens; ``None`` adds nothing.
+
+    Returns:
+        tuple: ``query`` (B, S, C) tokens, ``query_pos`` (B, S, C) position
+        encodings plus level embeddings, ``padding_mask`` (B, S) bool and
+        ``spatial_shapes`` (L, 2) int64 rows (H_l, W_l).
+    """
+    tokens: List[torch.Tensor] = []
+    positions: List[torch.Tensor] = []
+    shapes = []
+    for level, (feat, pos) in enumerate(zip(feats, pos_embeds)):
+        shapes.append(feat.shape[2:])
+        # (B, C, H, W) -> (B, H*W, C)
+        tokens.append(feat.flatten(2).transpose(1, 2))
+        pos = pos.flatten(2).transpose(1, 2)
+        if level_embed is not None:
+            pos = pos + level_embed[level].view(1, 1, -1)
+        positions.append(pos)
+    padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
+    spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=feats[0].device)
+    return torch.cat(tokens, 1), torch.cat(positions, 1), padding_mask, spatial_shapes
+
+
+def get_level_start_index(spatial_shapes: torch.Tensor) -> torch.Tensor:
+    """First flattened token of each level.
+
+    Args:
+        spatial_shapes (Tensor): (L, 2) int64 rows (H_l, W_l).
+
+    Returns:
+        Tensor: (L,) int64, ``[0, H_0*W_0, H_0*W_0 + H_1*W_1, ...]``.
+    """
+    return torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+
+
 @MODELS.register_module()
 class DeformableEncoder(BaseModule):
     """Stack of post-norm deformable self-attention layers over all levels.
@@ -76,7 +149,8 @@ class DeformableEncoder(BaseModule):
         layer_cfg (dict, optional): Keyword arguments of
             ``DeformableEncoderLayer`` except ``num_levels``: ``embed_dims``
             (256), ``num_heads`` (8), ``num_points`` (4),
-            ``feedforward_dims`` (1024), ``dropout`` (0.1).
+            ``feedforward_dims`` (1024), ``dropout`` (0.1), ``self_attn_cfg``
+            (``dict(type='MSDeformAttn')``).
         init_cfg (dict, optional): mmengine init config, applied by
             ``init_weights`` after the official initialization.
     """
@@ -110,47 +184,14 @@ class DeformableEncoder(BaseModule):
 
     def _check_inputs(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
                       pos_embeds: Sequence[torch.Tensor]) -> None:
-        if not len(feats) == len(masks) == len(pos_embeds) == self.num_levels:
-            raise ValueError(
-                f'DeformableEncoder: expected {self.num_levels} levels of feats, masks and '
-                f'pos_embeds, got {len(feats)}, {len(masks)} and {len(pos_embeds)}')
-        for level, (feat, mask, pos) in enumerate(zip(feats, masks, pos_embeds)):
-            if feat.dim() != 4 or feat.shape[1] != self.embed_dims:
-                raise ValueError(f'DeformableEncoder: feats[{level}] must be (B, '
-                                 f'{self.embed_dims}, H, W), got {tuple(feat.shape)}')
-            b, _, h, w = feat.shape
-            if mask.shape != (b, h, w) or mask.dtype != torch.bool:
-                raise ValueError(f'DeformableEncoder: masks[{level}] must be bool ({b}, {h}, '
-                                 f'{w}), got {mask.dtype} {tuple(mask.shape)}')
-            if pos.shape != feat.shape:
-                raise ValueError(f'DeformableEncoder: pos_embeds[{level}] must have the shape '
-                                 f'of feats[{level}] {tuple(feat.shape)}, got {tuple(pos.shape)}')
+        check_encoder_inputs('DeformableEncoder', self.num_levels, self.embed_dims,
+                             feats, masks, pos_embeds)
 
     def flatten_levels(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
                        pos_embeds: Sequence[torch.Tensor]
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Concatenate the levels into one token sequence.
-
-        Args:
-            feats, masks, pos_embeds: as in ``forward``.
-
-        Returns:
-            tuple: ``query`` (B, S, C) tokens, ``query_pos`` (B, S, C) position
-            encodings plus level embeddings, ``padding_mask`` (B, S) bool and
-            ``spatial_shapes`` (L, 2) int64 rows (H_l, W_l).
-        """
-        tokens: List[torch.Tensor] = []
-        positions: List[torch.Tensor] = []
-        shapes = []
-        for level, (feat, pos) in enumerate(zip(feats, pos_embeds)):
-            shapes.append(feat.shape[2:])
-            # (B, C, H, W) -> (B, H*W, C)
-            tokens.append(feat.flatten(2).transpose(1, 2))
-            level_embed = self.level_embed[level].view(1, 1, -1)
-            positions.append(pos.flatten(2).transpose(1, 2) + level_embed)
-        padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=feats[0].device)
-        return torch.cat(tokens, 1), torch.cat(positions, 1), padding_mask, spatial_shapes
+        """``flatten_levels`` (module function) with this encoder's level embedding."""
+        return flatten_levels(feats, masks, pos_embeds, self.level_embed)
 
     def forward(self, feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
                 pos_embeds: Sequence[torch.Tensor]) -> EncoderOutput:
@@ -164,14 +205,14 @@ class DeformableEncoder(BaseModule):
 
         Returns:
             EncoderOutput: memory (B, S, C), padding_mask (B, S),
-            spatial_shapes (L, 2), level_start_index (L,) and valid_ratios
-            (B, L, 2) float32.
+            spatial_shapes (L, 2), level_start_index (L,), valid_ratios
+            (B, L, 2) float32 and memory_pos (B, S, C) (position encodings
+            plus level embeddings).
         """
         self._check_inputs(feats, masks, pos_embeds)
         query, query_pos, padding_mask, spatial_shapes = self.flatten_levels(
             feats, masks, pos_embeds)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)),
-                                       spatial_shapes.prod(1).cumsum(0)[:-1]))
+        level_start_index = get_level_start_index(spatial_shapes)
         valid_ratios = torch.stack([get_valid_ratios(mask) for mask in masks], 1)
         # float32 island (official), cast once to the tokens' dtype for the op
         reference_points = get_encoder_reference_points(spatial_shapes, valid_ratios)
@@ -181,4 +222,5 @@ class DeformableEncoder(BaseModule):
                           level_start_index, padding_mask)
         return EncoderOutput(memory=query, padding_mask=padding_mask,
                              spatial_shapes=spatial_shapes,
-                             level_start_index=level_start_index, valid_ratios=valid_ratios)
+                             level_start_index=level_start_index, valid_ratios=valid_ratios,
+                             memory_pos=query_pos)

@@ -1,12 +1,25 @@
-"""Inner building blocks of the models (built directly, not registered)."""
+"""Inner building blocks of the models (built directly, not registered), and
+the registered deformable-attention variants used by the layers."""
+from .dense_layers import (
+    DenseDecoderLayer,
+    DenseEncoderLayer,
+    check_dense_layer_cfg,
+    init_dense_transformer,
+)
 from .mlp import MLP
+from .per_level_deform_attn import PerLevelDeformAttn
+from .same_level_deform_attn import SameLevelDeformAttn
 from .transformer_layers import (
     FFN,
     DeformableDecoderLayer,
     DeformableEncoderLayer,
+    build_deformable_attention,
     init_deformable_transformer,
 )
 from .utils import boxes_from_reference, inverse_sigmoid
 
 __all__ = ['FFN', 'MLP', 'DeformableEncoderLayer', 'DeformableDecoderLayer',
-           'init_deformable_transformer', 'inverse_sigmoid', 'boxes_from_reference']
+           'init_deformable_transformer', 'build_deformable_attention', 'inverse_sigmoid',
+           'boxes_from_reference', 'SameLevelDeformAttn', 'PerLevelDeformAttn',
+           'DenseEncoderLayer', 'DenseDecoderLayer', 'check_dense_layer_cfg',
+           'init_dense_transformer']

@@ -15,6 +15,42 @@ import torch
 from torch import nn
 
 from mmdeform.ops import MSDeformAttn
+from mmdeform.registry import MODELS
+
+_LAYER_FILLED_KEYS = ('d_model', 'n_heads', 'n_levels', 'n_points')
+
+
+def build_deformable_attention(attn_cfg: Optional[dict], embed_dims: int, num_heads: int,
+                               num_levels: int, num_points: int, owner: str) -> nn.Module:
+    """Build a deformable attention (``MSDeformAttn`` or a subclass) from a config.
+
+    The layer owns the sizes: they are filled in here and must not appear in
+    the config.
+
+    Args:
+        attn_cfg (dict, optional): ``dict(type=...)`` of a registered
+            attention taking ``(d_model, n_heads, n_levels, n_points)``;
+            ``None`` means ``dict(type='MSDeformAttn')``.
+        embed_dims (int): Channels C (``d_model``).
+        num_heads (int): Heads M (``n_heads``).
+        num_levels (int): Levels L (``n_levels``).
+        num_points (int): Points P per head and level (``n_points``).
+        owner (str): ``'<Layer>.<argument>'``, named in errors.
+
+    Returns:
+        nn.Module: the attention module.
+    """
+    cfg = dict(type='MSDeformAttn') if attn_cfg is None else dict(attn_cfg)
+    if 'type' not in cfg:
+        raise ValueError(f"{owner}: the attention config needs a 'type', got {attn_cfg}")
+    for key in _LAYER_FILLED_KEYS:
+        if key in cfg:
+            raise ValueError(f'{owner}: {key!r} must not be set in the attention config; '
+                             'the layer fills d_model, n_heads, n_levels and n_points from '
+                             'embed_dims, num_heads, num_levels and num_points')
+    cfg.update(d_model=embed_dims, n_heads=num_heads, n_levels=num_levels,
+               n_points=num_points)
+    return MODELS.build(cfg)
 
 
 class FFN(nn.Module):
@@ -54,13 +90,21 @@ class DeformableEncoderLayer(nn.Module):
         num_points (int): Sampling points per head and level.
         feedforward_dims (int): Hidden channels of the FFN.
         dropout (float): Dropout after attention and inside the FFN.
+        self_attn_cfg (dict, optional): Config of the self-attention, a
+            registered ``MSDeformAttn`` variant, e.g.
+            ``dict(type='SameLevelDeformAttn')``; default
+            ``dict(type='MSDeformAttn')``. Its sizes come from this layer, so
+            it must not set ``d_model``, ``n_heads``, ``n_levels`` or ``n_points``.
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, feedforward_dims: int = 1024, dropout: float = 0.1):
+                 num_points: int = 4, feedforward_dims: int = 1024, dropout: float = 0.1,
+                 self_attn_cfg: Optional[dict] = None):
         super().__init__()
         self.embed_dims = embed_dims
-        self.self_attn = MSDeformAttn(embed_dims, num_heads, num_levels, num_points)
+        self.self_attn = build_deformable_attention(
+            self_attn_cfg, embed_dims, num_heads, num_levels, num_points,
+            owner='DeformableEncoderLayer.self_attn_cfg')
         self.self_attn_dropout = nn.Dropout(dropout)
         self.self_attn_norm = nn.LayerNorm(embed_dims)
         self.ffn = FFN(embed_dims, feedforward_dims, dropout)
@@ -108,16 +152,24 @@ class DeformableDecoderLayer(nn.Module):
         feedforward_dims (int): Hidden channels of the FFN.
         dropout (float): Dropout in the self-attention weights, after each
             attention and inside the FFN.
+        cross_attn_cfg (dict, optional): Config of the cross-attention, a
+            registered ``MSDeformAttn`` variant, e.g.
+            ``dict(type='PerLevelDeformAttn')``; default
+            ``dict(type='MSDeformAttn')``. Its sizes come from this layer, so
+            it must not set ``d_model``, ``n_heads``, ``n_levels`` or ``n_points``.
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, feedforward_dims: int = 1024, dropout: float = 0.1):
+                 num_points: int = 4, feedforward_dims: int = 1024, dropout: float = 0.1,
+                 cross_attn_cfg: Optional[dict] = None):
         super().__init__()
         self.embed_dims = embed_dims
         self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout)
         self.self_attn_dropout = nn.Dropout(dropout)
         self.self_attn_norm = nn.LayerNorm(embed_dims)
-        self.cross_attn = MSDeformAttn(embed_dims, num_heads, num_levels, num_points)
+        self.cross_attn = build_deformable_attention(
+            cross_attn_cfg, embed_dims, num_heads, num_levels, num_points,
+            owner='DeformableDecoderLayer.cross_attn_cfg')
         self.cross_attn_dropout = nn.Dropout(dropout)
         self.cross_attn_norm = nn.LayerNorm(embed_dims)
         self.ffn = FFN(embed_dims, feedforward_dims, dropout)
@@ -163,7 +215,8 @@ def init_deformable_transformer(module: nn.Module) -> None:
 
     Xavier-uniform for every parameter with more than one dimension (biases
     and norms keep their PyTorch defaults), then each ``MSDeformAttn``'s own
-    ``init_weights()`` (which overrides its Xavier weights).
+    ``init_weights()`` (which overrides its Xavier weights); subclasses of
+    ``MSDeformAttn`` (the level-restricted variants) get the same init.
 
     Args:
         module (nn.Module): Encoder or decoder (or any module holding

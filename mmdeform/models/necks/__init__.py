@@ -1,4 +1,5 @@
 """mmdeform.models.necks."""
+from .fpn import FPN
 from .multi_scale_projection import MultiScaleProjection
 
-__all__ = ['MultiScaleProjection']
+__all__ = ['FPN', 'MultiScaleProjection']
