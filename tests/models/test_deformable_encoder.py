@@ -190,3 +190,13 @@ def test_bad_inputs_raise_clear_errors():
         encoder(feats, masks, [pos_embeds[0][:, :4], pos_embeds[1]])
     with pytest.raises(ValueError, match='num_levels'):
         DeformableEncoder(num_levels=2, layer_cfg=dict(LAYER_CFG, num_levels=2))
+
+
+def test_memory_pos_is_the_attention_position_encoding():
+    encoder = make_encoder()
+    feats, masks, pos_embeds = make_inputs()
+    out = encoder(feats, masks, pos_embeds)
+    expected = torch.cat([pos.flatten(2).transpose(1, 2) + encoder.level_embed[level]
+                          for level, pos in enumerate(pos_embeds)], 1)
+    assert out.memory_pos.shape == out.memory.shape
+    torch.testing.assert_close(out.memory_pos, expected, rtol=0, atol=0)
