@@ -32,7 +32,8 @@ def check_dense_layer_cfg(layer_cfg: Optional[dict], owner: str) -> dict:
     if unknown:
         raise ValueError(f'{owner}: layer_cfg has unknown keys {unknown} (dense attention has '
                          f'no sampling points or attention config); allowed: '
-                         f'{list(DENSE_LAYER_KEYS)}')
+                         f'{list(DENSE_LAYER_KEYS)}. A config inheriting a deformable one '
+                         'must replace layer_cfg (_delete_=True), not merge into it')
     return layer_cfg
 
 
