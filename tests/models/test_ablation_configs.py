@@ -1,0 +1,174 @@
+"""The ablation row configs (configs/ablations, configs/synthetic/ablations).
+
+Every row builds, trains one step (loss with ground-truth boxes, backward)
+and predicts on a tiny input; each row differs from its family's base
+(multi-scale attention, K=4, no FPN) in exactly the keys its ablation is
+about, and the built model has the structure the row names. COCO rows are
+built at full size without pretrained weights (nothing is downloaded) and
+run at a reduced size; synthetic rows run as they are on 128 px images.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.structures import InstanceData
+
+from mmdeform.models.layers import PerLevelDeformAttn, SameLevelDeformAttn
+from mmdeform.models.necks import FPN, MultiScaleProjection
+from mmdeform.ops import MSDeformAttn
+from mmdeform.registry import MODELS
+from mmdeform.structures import DetDataSample
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
+FAMILIES = {
+    'coco': (CONFIG_ROOT / 'ablations', 'r50_16xb2-50e_coco'),
+    'synthetic': (CONFIG_ROOT / 'synthetic' / 'ablations', 'r18_1xb8-360i_synthetic'),
+}
+BASE_ROW = 'deformable-detr_ms-attn-k4'
+SINGLE_SCALE_KEYS = {'model.backbone.out_indices', 'model.neck.in_channels',
+                     'model.neck.num_extra_levels', 'model.encoder.num_levels',
+                     'model.decoder.num_levels'}
+POINTS_KEYS = {'model.encoder.layer_cfg.num_points', 'model.decoder.layer_cfg.num_points'}
+WITHIN_LEVEL_KEYS = {'model.encoder.layer_cfg.self_attn_cfg.type',
+                     'model.decoder.layer_cfg.cross_attn_cfg.type'}
+# row -> the config keys (flattened) whose value differs from the base row's
+EXPECTED_CHANGES = {
+    'deformable-detr_ss-k1': SINGLE_SCALE_KEYS | POINTS_KEYS,
+    'deformable-detr_ss-k4': SINGLE_SCALE_KEYS,
+    'deformable-detr_ms-inputs-k1': WITHIN_LEVEL_KEYS | POINTS_KEYS,
+    'deformable-detr_ms-inputs-k4': WITHIN_LEVEL_KEYS,
+    'deformable-detr_ms-attn-k1': POINTS_KEYS,
+    BASE_ROW: set(),
+    'deformable-detr_ms-attn-k4-fpn': {'model.neck.type'},
+    # the dense layers take no num_points
+    'dense-detr_ss': SINGLE_SCALE_KEYS | POINTS_KEYS | {'model.encoder.type',
+                                                        'model.decoder.type'},
+}
+ROWS = [(family, row) for family in FAMILIES for row in EXPECTED_CHANGES]
+
+
+def config_path(family: str, row: str) -> Path:
+    folder, suffix = FAMILIES[family]
+    return folder / f'{row}_{suffix}.py'
+
+
+def load(family: str, row: str) -> Config:
+    cfg = Config.fromfile(config_path(family, row))
+    cfg.model.backbone.init_cfg = None
+    return cfg
+
+
+def flatten(value, prefix: str = '') -> dict:
+    """Nested dicts -> {'a.b.c': leaf}; lists and tuples are leaves."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat = {}
+    for key, item in value.items():
+        flat.update(flatten(item, f'{prefix}.{key}' if prefix else key))
+    return flat
+
+
+def changed_keys(family: str, row: str) -> set:
+    base = flatten(Config.fromfile(config_path(family, BASE_ROW)).to_dict())
+    other = flatten(Config.fromfile(config_path(family, row)).to_dict())
+    return {key for key in base.keys() | other.keys()
+            if base.get(key, '<absent>') != other.get(key, '<absent>')}
+
+
+def shrink(model: dict) -> dict:
+    """The same components at a tiny size (COCO rows): ResNet-18, 32 channels, 2+2 layers."""
+    model.backbone.depth = 18
+    channels = (64, 128, 256, 512)
+    model.neck.in_channels = [channels[i] for i in model.backbone.out_indices]
+    model.neck.update(out_channels=32, num_groups=8)
+    model.positional_encoding.num_feats = 16
+    for stage in (model.encoder, model.decoder):
+        stage.num_layers = 2
+        stage.layer_cfg.update(embed_dims=32, num_heads=4, feedforward_dims=64)
+    model.query_generator.update(num_queries=20, embed_dims=32)
+    model.bbox_head.update(num_classes=5, embed_dims=32, num_layers=2, num_predictions=20)
+    return model
+
+
+def make_batch(size: int, num_classes: int):
+    """Two uint8 images (the second one padded) with 3 and 1 ground-truth boxes."""
+    torch.manual_seed(0)
+    inputs, samples = [], []
+    for (h, w), num_boxes in zip([(size, size), (size - 16, size - 8)], [3, 1]):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
+        top_left = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2])
+        box_size = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2]) + 4
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
+        sample.gt_instances = InstanceData(bboxes=torch.cat([top_left, top_left + box_size], 1),
+                                           labels=torch.randint(0, num_classes, (num_boxes,)))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def deform_attns(module) -> list:
+    return [m for m in module.modules() if isinstance(m, MSDeformAttn)]
+
+
+def test_every_row_exists_in_both_families():
+    for family, (folder, _) in FAMILIES.items():
+        names = sorted(p.name for p in folder.glob('*.py'))
+        assert names == sorted(config_path(family, row).name for row in EXPECTED_CHANGES)
+
+
+@pytest.mark.parametrize('family,row', ROWS)
+def test_row_changes_only_its_keys(family, row):
+    assert changed_keys(family, row) == EXPECTED_CHANGES[row]
+
+
+@pytest.mark.parametrize('family,row', ROWS)
+def test_built_model_has_the_row_structure(family, row):
+    cfg = load(family, row)
+    model = MODELS.build(cfg.model)  # full size, random weights
+    single_scale = '_ss' in row
+    num_levels = 1 if single_scale else 4
+    assert model.encoder.num_levels == model.neck.num_levels == num_levels
+    assert type(model.neck) is (FPN if row.endswith('fpn') else MultiScaleProjection)
+    attns = deform_attns(model)
+    if row.startswith('dense'):
+        assert not attns
+        assert type(model.encoder).__name__ == 'DenseEncoder'
+        assert type(model.decoder).__name__ == 'DenseDecoder'
+        return
+    encoder_attns = [layer.self_attn for layer in model.encoder.layers]
+    decoder_attns = [layer.cross_attn for layer in model.decoder.layers]
+    assert len(attns) == len(encoder_attns) + len(decoder_attns)
+    assert {m.n_points for m in attns} == {1 if row.endswith('k1') else 4}
+    assert {m.n_levels for m in attns} == {num_levels}
+    within_level = 'ms-inputs' in row
+    assert all(type(m) is (SameLevelDeformAttn if within_level else MSDeformAttn)
+               for m in encoder_attns)
+    assert all(type(m) is (PerLevelDeformAttn if within_level else MSDeformAttn)
+               for m in decoder_attns)
+
+
+@pytest.mark.parametrize('family,row', ROWS)
+def test_row_trains_and_predicts_on_a_tiny_input(family, row):
+    model_cfg = load(family, row).model
+    if family == 'coco':
+        model_cfg = shrink(model_cfg)
+    size = 64 if family == 'coco' else 128  # two-stage synthetic rows need >= 50 tokens
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg)
+    num_classes = model.bbox_head.num_classes
+    model.train()
+    data = model.data_preprocessor(make_batch(size, num_classes), training=True)
+    losses = model(**data, mode='loss')
+    assert {'loss_cls', 'loss_bbox', 'loss_iou'} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.bbox_head.cls_branches[0].weight.grad.abs().sum() > 0
+    model.eval()
+    data = model.data_preprocessor(make_batch(size, num_classes), training=False)
+    with torch.no_grad():
+        results = model(**data, mode='predict')
+    num_predictions = model_cfg.bbox_head.num_predictions
+    for result in results:
+        pred = result.pred_instances
+        assert pred.bboxes.shape == (num_predictions, 4)
+        assert pred.labels.max() < num_classes
