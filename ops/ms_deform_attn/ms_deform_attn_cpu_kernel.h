@@ -11,7 +11,10 @@
 // Backward: parallel over (batch, head) pairs. A pair owns its slice of
 // grad_value, so the scatter of value gradients needs no atomics and runs in a
 // fixed order: results are bitwise identical from run to run whatever the
-// number of threads. grad_sampling_locations and grad_attention_weights are
+// number of threads. For each (query, head) the corner addresses and weights of
+// all its samples are computed first, then the samples are processed with the
+// rows of the sample two ahead prefetched (the scatter into grad_value is
+// bound by memory latency, not arithmetic). grad_sampling_locations and grad_attention_weights are
 // written once per sample by the pair that owns it. Dot products over channels
 // use 8 independent partial sums in a fixed order, so they vectorize without
 // -ffast-math and stay deterministic.
@@ -138,10 +141,11 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
   });
 }
 
-// Gradients of one sample: scatters into the four corner rows of grad_value
-// and returns (d out / d attn, d / d w_im, d / d h_im) dotted with go. The
-// dot products use 8 partial sums combined in a fixed order, so they
-// vectorize without -ffast-math and stay deterministic.
+// Gradients of one sample: scatters a * w_c * go into the four corner rows of
+// grad_value and returns (d out / d attn, d / d w_im, d / d h_im) dotted with
+// go. Those three come from the four corner dot products go . v_c, each kept
+// in 8 partial sums combined in a fixed order, so the loop vectorizes without
+// -ffast-math and stays deterministic.
 template <typename scalar_t, typename acc_t, int kChannels>
 inline void sample_backward(const scalar_t* __restrict__ v0, const scalar_t* __restrict__ v1,
                             const scalar_t* __restrict__ v2, const scalar_t* __restrict__ v3,
@@ -149,41 +153,79 @@ inline void sample_backward(const scalar_t* __restrict__ v0, const scalar_t* __r
                             acc_t* __restrict__ g2, acc_t* __restrict__ g3,
                             const acc_t* __restrict__ go, const Footprint<acc_t>& f, acc_t a,
                             int64_t channels, acc_t* result) {
-  acc_t lane_attn[8] = {0}, lane_w[8] = {0}, lane_h[8] = {0};
+  acc_t lane0[8] = {0}, lane1[8] = {0}, lane2[8] = {0}, lane3[8] = {0};
   const acc_t aw0 = a * f.weight[0], aw1 = a * f.weight[1], aw2 = a * f.weight[2],
               aw3 = a * f.weight[3];
   // One channel k accumulated into lane j (a macro keeps the restrict
   // qualifiers visible to the vectorizer, which a lambda capture would hide).
-#define MMDEFORM_SAMPLE_BACKWARD_STEP(k, j)                                                  \
-  {                                                                                       \
-    const acc_t x0 = static_cast<acc_t>(v0[k]), x1 = static_cast<acc_t>(v1[k]),           \
-                x2 = static_cast<acc_t>(v2[k]), x3 = static_cast<acc_t>(v3[k]);           \
-    const acc_t gk = go[k];                                                               \
-    lane_attn[j] += gk * (w[0] * x0 + w[1] * x1 + w[2] * x2 + w[3] * x3);                 \
-    lane_w[j] += gk * (dw[0] * x0 + dw[1] * x1 + dw[2] * x2 + dw[3] * x3);                \
-    lane_h[j] += gk * (dh[0] * x0 + dh[1] * x1 + dh[2] * x2 + dh[3] * x3);                \
-    g0[k] += aw0 * gk;                                                                    \
-    g1[k] += aw1 * gk;                                                                    \
-    g2[k] += aw2 * gk;                                                                    \
-    g3[k] += aw3 * gk;                                                                    \
+#define MMDEFORM_SAMPLE_BACKWARD_STEP(k, j)             \
+  {                                                  \
+    const acc_t gk = go[k];                          \
+    lane0[j] += gk * static_cast<acc_t>(v0[k]);      \
+    lane1[j] += gk * static_cast<acc_t>(v1[k]);      \
+    lane2[j] += gk * static_cast<acc_t>(v2[k]);      \
+    lane3[j] += gk * static_cast<acc_t>(v3[k]);      \
+    g0[k] += aw0 * gk;                               \
+    g1[k] += aw1 * gk;                               \
+    g2[k] += aw2 * gk;                               \
+    g3[k] += aw3 * gk;                               \
   }
-  const acc_t w[4] = {f.weight[0], f.weight[1], f.weight[2], f.weight[3]};
-  const acc_t dw[4] = {f.dw[0], f.dw[1], f.dw[2], f.dw[3]};
-  const acc_t dh[4] = {f.dh[0], f.dh[1], f.dh[2], f.dh[3]};
   int64_t k0 = 0;
   for (; k0 + 8 <= channels; k0 += 8) {
     for (int j = 0; j < 8; ++j) MMDEFORM_SAMPLE_BACKWARD_STEP(k0 + j, j)
   }
   for (int j = 0; k0 + j < channels; ++j) MMDEFORM_SAMPLE_BACKWARD_STEP(k0 + j, j)
 #undef MMDEFORM_SAMPLE_BACKWARD_STEP
-  acc_t* lanes[3] = {lane_attn, lane_w, lane_h};
-  for (int i = 0; i < 3; ++i) {
-    const acc_t* x = lanes[i];
-    result[i] = ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+  const acc_t* lanes[4] = {lane0, lane1, lane2, lane3};
+  acc_t dot[4];
+  for (int c = 0; c < 4; ++c) {
+    const acc_t* x = lanes[c];
+    dot[c] = ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+  }
+  result[0] = (f.weight[0] * dot[0] + f.weight[1] * dot[1]) +
+              (f.weight[2] * dot[2] + f.weight[3] * dot[3]);
+  result[1] = (f.dw[0] * dot[0] + f.dw[1] * dot[1]) + (f.dw[2] * dot[2] + f.dw[3] * dot[3]);
+  result[2] = (f.dh[0] * dot[0] + f.dh[1] * dot[1]) + (f.dh[2] * dot[2] + f.dh[3] * dot[3]);
+}
+
+// Footprints and corner rows of the L * P samples of one (query, head). The
+// backward computes them all before using any: the address arithmetic of a
+// sample then no longer waits behind the memory accesses of the previous one,
+// and the rows of the next samples can be prefetched.
+template <typename scalar_t, typename acc_t>
+struct SampleBatch {
+  std::vector<Footprint<acc_t>> footprints;  // (L * P,)
+  std::vector<const scalar_t*> value_rows;   // (L * P * 4,) corner rows of value
+  std::vector<acc_t*> grad_rows;             // (L * P * 4,) corner rows of grad_value
+  explicit SampleBatch(int64_t samples)
+      : footprints(samples), value_rows(4 * samples), grad_rows(4 * samples) {}
+};
+
+// Fills `batch` for one (query, head). value_head / grad_head point at this
+// head's channels of token 0; locs_query at the query-head's (L, P, 2) locations.
+template <typename scalar_t, typename acc_t, int kChannels>
+void collect_footprints(const scalar_t* value_head, acc_t* grad_head, const scalar_t* locs_query,
+                        const int64_t* shapes, const int64_t* starts, int64_t row,
+                        const Dims& d, CornerRows<scalar_t, acc_t, kChannels>& rows,
+                        SampleBatch<scalar_t, acc_t>& batch) {
+  for (int64_t l = 0; l < d.levels; ++l) {
+    const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
+    const scalar_t* level = value_head + starts[l] * row;
+    acc_t* grad_level = grad_head + starts[l] * row;
+    for (int64_t p = 0; p < d.points; ++p) {
+      const int64_t i = l * d.points + p;
+      const auto& f = batch.footprints[i] =
+          bilinear_footprint<acc_t>(locs_query[2 * i], locs_query[2 * i + 1], height, width);
+      for (int c = 0; c < 4; ++c) {
+        batch.value_rows[4 * i + c] = rows.value(level, f, c, row);
+        batch.grad_rows[4 * i + c] = rows.grad(grad_level, f, c, row);
+      }
+    }
   }
 }
 
-// grad_value_acc has the layout of value, in the accumulation type.
+// grad_value_acc has the layout of value, in the accumulation type; the
+// kernel overwrites all of it (no need to zero it first).
 template <typename scalar_t, int kChannels, typename acc_t = at::opmath_type<scalar_t>>
 void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
                      const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
@@ -191,39 +233,58 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
                      const Dims& d) {
   const int64_t channels = kChannels > 0 ? kChannels : d.channels;
   const int64_t row = d.heads * channels;
+  const int64_t samples = d.levels * d.points;  // per (query, head)
+  constexpr int64_t kAhead = 2;
   at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
     ChannelBuffer<acc_t, kChannels> go_buffer(channels);
     CornerRows<scalar_t, acc_t, kChannels> rows(channels);
     acc_t* __restrict__ go = go_buffer.data;
+    SampleBatch<scalar_t, acc_t> batch(samples);
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / d.heads, m = nm % d.heads;
       const int64_t base = n * d.num_value * row + m * channels;
+      // The pair zeroes its own slice first: in parallel, and it leaves the
+      // slice in this core's cache for the scatter that follows.
+      for (int64_t t = 0; t < d.num_value; ++t) {
+        acc_t* __restrict__ grad_row = grad_value_acc + base + t * row;
+        for (int64_t k = 0; k < channels; ++k) grad_row[k] = acc_t(0);
+      }
       for (int64_t q = 0; q < d.num_query; ++q) {
         const int64_t nqm = (n * d.num_query + q) * d.heads + m;
         const scalar_t* g = grad_out + nqm * channels;
         for (int64_t k = 0; k < channels; ++k) go[k] = static_cast<acc_t>(g[k]);
-        for (int64_t l = 0; l < d.levels; ++l) {
-          const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
-          const scalar_t* level = value + base + starts[l] * row;
-          acc_t* grad_level = grad_value_acc + base + starts[l] * row;
-          for (int64_t p = 0; p < d.points; ++p) {
-            const int64_t s = (nqm * d.levels + l) * d.points + p;
-            const auto f = bilinear_footprint<acc_t>(locs[2 * s], locs[2 * s + 1], height, width);
-            acc_t result[3] = {0, 0, 0};
-            const acc_t a = attn[s];
-            if (f.any) {
-              sample_backward<scalar_t, acc_t, kChannels>(
-                  rows.value(level, f, 0, row), rows.value(level, f, 1, row),
-                  rows.value(level, f, 2, row), rows.value(level, f, 3, row),
-                  rows.grad(grad_level, f, 0, row), rows.grad(grad_level, f, 1, row),
-                  rows.grad(grad_level, f, 2, row), rows.grad(grad_level, f, 3, row), go, f, a,
-                  channels, result);
+        const int64_t s0 = nqm * samples;
+        collect_footprints<scalar_t, acc_t, kChannels>(value + base, grad_value_acc + base,
+                                                       locs + 2 * s0, shapes, starts, row, d,
+                                                       rows, batch);
+        for (int64_t i = 0; i < samples; ++i) {
+          if (i + kAhead < samples) {
+            for (int c = 0; c < 4; ++c) {
+              const scalar_t* v = batch.value_rows[4 * (i + kAhead) + c];
+              acc_t* g = batch.grad_rows[4 * (i + kAhead) + c];
+              __builtin_prefetch(v);
+              __builtin_prefetch(v + channels - 1);
+              __builtin_prefetch(g, 1);
+              __builtin_prefetch(g + channels - 1, 1);
             }
-            grad_attn[s] = static_cast<scalar_t>(result[0]);
-            grad_locs[2 * s] = static_cast<scalar_t>(result[1] * a * static_cast<acc_t>(width));
-            grad_locs[2 * s + 1] =
-                static_cast<scalar_t>(result[2] * a * static_cast<acc_t>(height));
           }
+          const Footprint<acc_t>& f = batch.footprints[i];
+          const int64_t s = s0 + i;
+          const acc_t a = attn[s];
+          acc_t result[3] = {0, 0, 0};
+          if (f.any) {
+            const scalar_t* const* v = batch.value_rows.data() + 4 * i;
+            acc_t* const* gr = batch.grad_rows.data() + 4 * i;
+            sample_backward<scalar_t, acc_t, kChannels>(v[0], v[1], v[2], v[3], gr[0], gr[1],
+                                                        gr[2], gr[3], go, f, a, channels,
+                                                        result);
+          }
+          const int64_t l = i / d.points;
+          grad_attn[s] = static_cast<scalar_t>(result[0]);
+          grad_locs[2 * s] =
+              static_cast<scalar_t>(result[1] * a * static_cast<acc_t>(shapes[2 * l + 1]));
+          grad_locs[2 * s + 1] =
+              static_cast<scalar_t>(result[2] * a * static_cast<acc_t>(shapes[2 * l]));
         }
       }
     }
