@@ -44,7 +44,8 @@ class DeformableDecoder(BaseModule):
         layer_cfg (dict, optional): Keyword arguments of
             ``DeformableDecoderLayer`` except ``num_levels``: ``embed_dims``
             (256), ``num_heads`` (8), ``num_points`` (4),
-            ``feedforward_dims`` (1024), ``dropout`` (0.1).
+            ``feedforward_dims`` (1024), ``dropout`` (0.1), ``cross_attn_cfg``
+            (``dict(type='MSDeformAttn')``).
         init_cfg (dict, optional): mmengine init config, applied by
             ``init_weights`` after the official initialization.
     """
