@@ -1,0 +1,155 @@
+"""The ablation runner (mmdeform.analysis.ablations) and its report."""
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from mmdeform.analysis import ablation_report as report
+from mmdeform.analysis import ablations
+
+TINY_DATA = dict(num_train=8, num_val=4)
+TWO_ROWS = ['ss-k1', 'dense-detr_ss']
+
+
+def fake_run(row: str, seed: int, ap: float, ap_s: float = 0.1, curve=None) -> dict:
+    metrics = dict(AP=ap, AP50=min(1.0, 2 * ap), AP_S=ap_s, AP_M=ap, AP_L=-1.0)
+    curve = curve or [dict(iter=10, AP=ap / 2, AP_S=ap_s / 2), dict(iter=20, AP=ap, AP_S=ap_s)]
+    return dict(row=row, seed=seed, iters=20, metrics=metrics, curve=curve,
+                train_seconds=10.0 + 2 * seed, total_seconds=15.0, params=1_000_000,
+                description=dict(levels='4', attention='multi-scale', K='4', neck='FPN'))
+
+
+def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
+    rows = ablations.find_rows(patterns=TWO_ROWS)
+    assert list(rows) == ['deformable-detr_ss-k1', 'dense-detr_ss']
+    work_dir = tmp_path / 'work'
+    result = ablations.run_ablations(rows, seeds=[0], work_dir=str(work_dir),
+                                     data_root=str(tmp_path / 'data'), max_iters=2,
+                                     synthetic_overrides=TINY_DATA, num_threads=1,
+                                     progress=False)
+    out = capsys.readouterr().out
+    assert [r['row'] for r in result['runs']] == list(rows)
+    for run in result['runs']:
+        assert run['iters'] == 2 and run['seed'] == 0
+        assert [p['iter'] for p in run['curve']] == [1, 2]  # max_iters // 4 -> every iteration
+        assert set(run['metrics']) == set(report.TABLE_METRICS)
+        assert 0 < run['train_seconds'] < run['total_seconds']
+        assert run['params'] > 1_000_000
+        assert (work_dir / run['row'] / 'seed0' / 'result.json').is_file()
+    assert result['runs'][1]['description']['attention'] == 'dense'
+    text = (work_dir / 'results.md').read_text()
+    table_lines = result['table'].splitlines()[2:]
+    assert [line.split(' | ')[0] for line in table_lines] == [f'| {row}' for row in rows]
+    assert result['table'] in text and result['table'] in out
+    assert "## The paper's orderings" in text
+    # the only claim with both rows present is judged, the others say what is missing
+    assert '| deformable-detr_ss-k4 vs dense-detr_ss | AP |' in text
+    assert 'not run (deformable-detr_ms-inputs-k1 missing)' in text
+    saved = json.loads((work_dir / 'results.json').read_text())
+    assert saved['budget']['max_iters'] == 2 and saved['budget']['synthetic_data']['num_val'] == 4
+    image = cv2.imread(str(work_dir / 'curves.png'))
+    assert image is not None and min(image.shape[:2]) > 200
+    # resume: the finished runs are read back, nothing is trained
+    monkeypatch.setattr(ablations, 'run_in_process',
+                        lambda *args: pytest.fail('resume retrained a finished run'))
+    again = ablations.run_ablations(rows, seeds=[0], work_dir=str(work_dir),
+                                    data_root=str(tmp_path / 'data'), max_iters=2,
+                                    synthetic_overrides=TINY_DATA, resume=True, progress=False)
+    assert [r['metrics'] for r in again['runs']] == [r['metrics'] for r in result['runs']]
+
+
+def test_row_names_and_selection():
+    assert ablations.row_name('a/deformable-detr_ss-k1_r18_1xb8-360i_synthetic.py') == \
+        'deformable-detr_ss-k1'
+    with pytest.raises(ValueError, match='not named'):
+        ablations.row_name('base.py')
+    rows = ablations.find_rows()
+    assert list(rows) == list(ablations.ROW_ORDER)  # the table follows the paper's order
+    assert set(report.claims_rows()) <= set(rows)
+    # a variant alone selects only its exact row (not ms-attn-k4-fpn)
+    assert list(ablations.find_rows(patterns=['ms-attn-k4'])) == ['deformable-detr_ms-attn-k4']
+    with pytest.raises(ValueError, match=r"\['k8'\] match no row"):
+        ablations.find_rows(patterns=['ss-k1', 'k8'])
+
+
+def test_describe_row():
+    model = dict(encoder=dict(type='DeformableEncoder', num_levels=4, layer_cfg=dict(
+        num_points=1, self_attn_cfg=dict(type='SameLevelDeformAttn'))),
+        neck=dict(type='MultiScaleProjection'))
+    assert ablations.describe_row(model) == dict(levels='4', attention='within-level', K='1',
+                                                 neck='MultiScaleProjection')
+    model['encoder'] = dict(type='DeformableEncoder', num_levels=1, layer_cfg=dict(num_points=4))
+    assert ablations.describe_row(model)['attention'] == 'single-level'
+    model['encoder'] = dict(type='DenseEncoder', num_levels=1, layer_cfg=dict(embed_dims=8))
+    assert ablations.describe_row(model)['attention'] == 'dense'
+
+
+def test_rows_must_share_the_budget(tmp_path):
+    base = ablations.find_rows(patterns=['ss-k1'])['deformable-detr_ss-k1']
+    other = tmp_path / 'deformable-detr_other_r18_synthetic.py'
+    other.write_text(f'_base_ = {base!r}\ntrain_cfg = dict(max_iters=7)\n')
+    rows = {'a': base, 'b': str(other)}
+    with pytest.raises(ValueError, match='max_iters is 360 in .* and 7 in'):
+        ablations.check_same_budget(rows)
+    assert ablations.check_same_budget(rows, max_iters=5)['max_iters'] == 5
+    other.write_text(f'_base_ = {base!r}\nsynthetic_data = dict(num_val=3)\n')
+    with pytest.raises(ValueError, match='synthetic_data'):
+        ablations.check_same_budget(rows, max_iters=5)
+
+
+def test_summary_table_and_noise():
+    runs = [fake_run('a', 0, 0.30), fake_run('a', 1, 0.34), fake_run('b', 0, 0.20)]
+    summary = report.summarize(runs)
+    assert summary['a']['seeds'] == [0, 1]
+    np.testing.assert_allclose(summary['a']['values']['AP'], [30.0, 34.0])
+    assert np.isnan(summary['a']['values']['AP_L']).all()  # COCO's -1: no large object
+    # one row with two seeds: s.d. of (30, 34) = 2.83
+    assert report.seed_noise(summary) == pytest.approx(math.sqrt(8))
+    assert report.seed_noise(report.summarize(runs[2:])) is None
+    lines = report.format_table(summary).splitlines()
+    assert lines[2].startswith('| a | 4 | multi-scale | 4 | FPN | 32.0 ± 2.8 | 64.0 ± 5.7 |')
+    assert '| n/a | 11 | 1.00 M | 2 |' in lines[2]
+    assert lines[3].startswith('| b | 4 | multi-scale | 4 | FPN | 20.0 | 40.0 |')
+
+
+@pytest.mark.parametrize('higher,lower,noise,no_gain,verdict', [
+    (0.40, 0.30, None, False, 'reproduced (sign only: 1 seed)'),
+    (0.30, 0.40, None, False, 'reversed (sign only: 1 seed)'),
+    (0.30, 0.30, None, False, 'not reproduced'),
+    (0.40, 0.30, 2.0, False, 'reproduced (> 5.7)'),  # 10 > 2 * 2 * sqrt(2)
+    (0.34, 0.30, 2.0, False, 'same sign, within noise (5.7)'),
+    (0.20, 0.30, 2.0, False, 'reversed (> 5.7)'),
+    (0.32, 0.30, 2.0, True, 'reproduced (gain below 5.7)'),
+    (0.40, 0.30, 2.0, True, 'not reproduced: a gain (> 5.7)'),
+])
+def test_claim_verdicts(higher, lower, noise, no_gain, verdict):
+    summary = report.summarize([fake_run('h', 0, higher), fake_run('l', 0, lower)])
+    claim = report.Claim('text', 'h', 'l', '+1', no_gain=no_gain)
+    diff, got = report.check_claim(claim, summary, noise)
+    assert diff == f'{100 * (higher - lower):+.1f}'
+    assert got == verdict
+    missing = report.check_claim(report.Claim('t', 'h', 'x', '+1'), summary, noise)
+    assert missing == ('-', 'not run (x missing)')
+
+
+def test_convergence_line():
+    dense = fake_run(report.DENSE_ROW, 0, 0.2, curve=[
+        dict(iter=10, AP=0.1), dict(iter=20, AP=0.15), dict(iter=40, AP=0.2)])
+    fast = fake_run(report.DEFORMABLE_ROW, 0, 0.5, curve=[
+        dict(iter=10, AP=0.12), dict(iter=20, AP=0.25), dict(iter=40, AP=0.5)])
+    line = report.convergence_line(report.summarize([dense, fast]))
+    assert 'final AP of dense-detr_ss (20.0 at iteration 40) by its evaluation at ' \
+           'iteration 20, 2.0x fewer' in line
+    slow = dict(fast, curve=[dict(iter=10, AP=0.0), dict(iter=20, AP=0.05),
+                             dict(iter=40, AP=0.1)])
+    assert 'never reaches' in report.convergence_line(report.summarize([dense, slow]))
+    assert 'not measured' in report.convergence_line(report.summarize([dense]))
+
+
+def test_plot_with_seed_bands(tmp_path):
+    runs = [fake_run('a', 0, 0.3), fake_run('a', 1, 0.4), fake_run(report.DENSE_ROW, 0, 0.1)]
+    counts = report.plot_ablation_curves(runs, str(tmp_path / 'c.png'))
+    assert counts == {'a': 2, report.DENSE_ROW: 2}
+    assert cv2.imread(str(tmp_path / 'c.png')) is not None
