@@ -277,6 +277,7 @@ def plot_ablation_curves(runs: Sequence[dict], out_file: str,
                                 color=style['color'], alpha=0.15)
     for ax, metric in zip(axes[0], metrics):
         ax.set(xlabel='iteration', ylabel=f'{metric} (points)', title=f'validation {metric}')
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize='small')
     seeds = sorted({run['seed'] for run in runs})
