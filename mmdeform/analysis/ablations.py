@@ -120,6 +120,9 @@ def describe_row(model: dict) -> Dict[str, str]:
 def _budget(config: str) -> dict:
     """What must be equal across rows: data, iterations, batch size."""
     cfg = Config.fromfile(config)
+    if 'synthetic_data' not in cfg:
+        raise KeyError(f'ablations: {config} has no "synthetic_data"; the rows must be '
+                       'synthetic configs (e.g. configs/synthetic/ablations)')
     return dict(synthetic_data=cfg.synthetic_data.to_dict(),
                 max_iters=cfg.train_cfg.max_iters,
                 batch_size=cfg.train_dataloader.batch_size)

@@ -97,6 +97,9 @@ def test_rows_must_share_the_budget(tmp_path):
     other.write_text(f'_base_ = {base!r}\nsynthetic_data = dict(num_val=3)\n')
     with pytest.raises(ValueError, match='synthetic_data'):
         ablations.check_same_budget(rows, max_iters=5)
+    coco_rows = ablations.find_rows(ablations.REPO_ROOT + '/configs/ablations', ['ss-k1'])
+    with pytest.raises(KeyError, match='has no "synthetic_data"'):
+        ablations.check_same_budget(coco_rows)
 
 
 def test_summary_table_and_noise():
