@@ -181,9 +181,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   // Value gradients accumulate over many samples: reduced-precision inputs
   // accumulate them in float32 and are rounded once at the end.
   const bool reduced = value.scalar_type() == at::kHalf || value.scalar_type() == at::kBFloat16;
-  // Uninitialized: the kernel zeroes each (batch, head) slice before
-  // accumulating into it (in parallel, and cache-warm for the scatter).
-  auto grad_value_acc = at::empty(value.sizes(), value.options().dtype(
+  // Zeroed by one contiguous, parallel fill: the (batch, head) slices the
+  // kernel owns are strided 128-byte pieces, too short to clear fast.
+  auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(
                                                      reduced ? at::kFloat : value.scalar_type()));
   if (grad_output.numel() > 0 && value.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -196,7 +196,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
               grad_locs.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), d);
         });
   } else {
-    grad_value_acc.zero_();
     grad_locs.zero_();
     grad_attn.zero_();
   }

@@ -224,8 +224,8 @@ void collect_footprints(const scalar_t* value_head, acc_t* grad_head, const scal
   }
 }
 
-// grad_value_acc has the layout of value, in the accumulation type; the
-// kernel overwrites all of it (no need to zero it first).
+// grad_value_acc has the layout of value, in the accumulation type, and
+// arrives zeroed.
 template <typename scalar_t, int kChannels, typename acc_t = at::opmath_type<scalar_t>>
 void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
                      const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
@@ -243,12 +243,6 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / d.heads, m = nm % d.heads;
       const int64_t base = n * d.num_value * row + m * channels;
-      // The pair zeroes its own slice first: in parallel, and it leaves the
-      // slice in this core's cache for the scatter that follows.
-      for (int64_t t = 0; t < d.num_value; ++t) {
-        acc_t* __restrict__ grad_row = grad_value_acc + base + t * row;
-        for (int64_t k = 0; k < channels; ++k) grad_row[k] = acc_t(0);
-      }
       for (int64_t q = 0; q < d.num_query; ++q) {
         const int64_t nqm = (n * d.num_query + q) * d.heads + m;
         const scalar_t* g = grad_out + nqm * channels;
