@@ -149,6 +149,10 @@ def test_convergence_line():
                              dict(iter=40, AP=0.1)])
     assert 'never reaches' in report.convergence_line(report.summarize([dense, slow]))
     assert 'not measured' in report.convergence_line(report.summarize([dense]))
+    flat = dict(dense, curve=[dict(iter=10, AP=0.0), dict(iter=20, AP=0.001),
+                              dict(iter=40, AP=0.002)])
+    line = report.convergence_line(report.summarize([flat, fast]))
+    assert 'not measurable' in line and 'final AP 0.2 < 1 point' in line
 
 
 def test_plot_with_seed_bands(tmp_path):
