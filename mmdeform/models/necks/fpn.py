@@ -8,14 +8,7 @@ from torch import nn
 
 from mmdeform.registry import MODELS
 
-
-def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int,
-               num_groups: int) -> nn.Sequential:
-    """Conv2d (with bias, 'same' padding for odd kernels) + GroupNorm."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                  padding=kernel_size // 2),
-        nn.GroupNorm(num_groups, out_channels))
+from .multi_scale_projection import check_neck_args, check_neck_inputs, conv_norm, init_conv_norms
 
 
 @MODELS.register_module()
@@ -55,35 +48,24 @@ class FPN(BaseModule):
                  num_extra_levels: int = 1, num_groups: int = 32,
                  init_cfg: Union[dict, List[dict], None] = None):
         super().__init__(init_cfg=init_cfg)
-        in_channels = list(in_channels)
-        if not in_channels or any(int(c) != c or c <= 0 for c in in_channels):
-            raise ValueError('FPN: in_channels must be a non-empty list of positive ints, '
-                             f'got {in_channels}')
-        if num_extra_levels < 0:
-            raise ValueError(f'FPN: num_extra_levels must be >= 0, got {num_extra_levels}')
-        if num_groups <= 0 or out_channels % num_groups != 0:
-            raise ValueError(f'FPN: out_channels ({out_channels}) must be divisible by '
-                             f'num_groups ({num_groups})')
+        in_channels = check_neck_args('FPN', in_channels, out_channels, num_extra_levels,
+                                      num_groups)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_extra_levels = num_extra_levels
         self.num_levels = len(in_channels) + num_extra_levels
         self.lateral_convs = nn.ModuleList(
-            _conv_norm(c, out_channels, 1, 1, num_groups) for c in in_channels)
+            conv_norm(c, out_channels, 1, 1, num_groups) for c in in_channels)
         self.output_convs = nn.ModuleList(
-            _conv_norm(out_channels, out_channels, 3, 1, num_groups) for _ in in_channels)
+            conv_norm(out_channels, out_channels, 3, 1, num_groups) for _ in in_channels)
         extra_in = [in_channels[-1]] + [out_channels] * (num_extra_levels - 1)
         self.extra_convs = nn.ModuleList(
-            _conv_norm(c, out_channels, 3, 2, num_groups) for c in extra_in[:num_extra_levels])
+            conv_norm(c, out_channels, 3, 2, num_groups) for c in extra_in[:num_extra_levels])
         self._init_default()
 
     def _init_default(self) -> None:
         """Xavier-uniform conv weights, zero biases, GroupNorm weight 1 and bias 0."""
-        for convs in (self.lateral_convs, self.output_convs, self.extra_convs):
-            for conv, norm in convs:
-                nn.init.xavier_uniform_(conv.weight, gain=1)
-                nn.init.zeros_(conv.bias)
-                norm.reset_parameters()
+        init_conv_norms([*self.lateral_convs, *self.output_convs, *self.extra_convs])
 
     def init_weights(self) -> None:
         """The default initialization, or mmengine's handling of ``init_cfg``."""
@@ -104,13 +86,7 @@ class FPN(BaseModule):
             input levels keep their sizes, extra level k has ``ceil(H / 2)``
             rows of the level before it.
         """
-        if len(feats) != len(self.in_channels):
-            raise ValueError(f'FPN: expected {len(self.in_channels)} feature maps '
-                             f'(in_channels={self.in_channels}), got {len(feats)}')
-        for level, (feat, channels) in enumerate(zip(feats, self.in_channels)):
-            if feat.dim() != 4 or feat.shape[1] != channels:
-                raise ValueError(f'FPN: feats[{level}] must be (B, {channels}, H, W), '
-                                 f'got {tuple(feat.shape)}')
+        check_neck_inputs('FPN', feats, self.in_channels)
         merged = [lateral(feat) for lateral, feat in zip(self.lateral_convs, feats)]
         for level in range(len(merged) - 2, -1, -1):
             # (B, C, H_{l+1}, W_{l+1}) -> (B, C, H_l, W_l), nearest neighbour

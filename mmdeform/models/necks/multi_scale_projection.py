@@ -8,6 +8,55 @@ from torch import nn
 from mmdeform.registry import MODELS
 
 
+def conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int,
+              num_groups: int) -> nn.Sequential:
+    """Conv2d (with bias, 'same' padding for odd kernels) + GroupNorm."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                  padding=kernel_size // 2),
+        nn.GroupNorm(num_groups, out_channels))
+
+
+def init_conv_norms(pairs) -> None:
+    """Xavier-uniform conv weights, zero biases, GroupNorm weight 1 and bias 0.
+
+    Args:
+        pairs (Iterable[nn.Sequential]): (conv, GroupNorm) pairs, initialized
+            in this order.
+    """
+    for conv, norm in pairs:
+        nn.init.xavier_uniform_(conv.weight, gain=1)
+        nn.init.zeros_(conv.bias)
+        norm.reset_parameters()
+
+
+def check_neck_args(name: str, in_channels: Sequence[int], out_channels: int,
+                    num_extra_levels: int, num_groups: int) -> List[int]:
+    """Validate a neck's constructor arguments; returns ``in_channels`` as a list."""
+    in_channels = list(in_channels)
+    if not in_channels or any(int(c) != c or c <= 0 for c in in_channels):
+        raise ValueError(f'{name}: in_channels must be a non-empty list of positive ints, '
+                         f'got {in_channels}')
+    if num_extra_levels < 0:
+        raise ValueError(f'{name}: num_extra_levels must be >= 0, got {num_extra_levels}')
+    if num_groups <= 0 or out_channels % num_groups != 0:
+        raise ValueError(f'{name}: out_channels ({out_channels}) must be divisible by '
+                         f'num_groups ({num_groups})')
+    return in_channels
+
+
+def check_neck_inputs(name: str, feats: Sequence[torch.Tensor],
+                      in_channels: Sequence[int]) -> None:
+    """One (B, in_channels[l], H, W) map per input level, or a ValueError naming it."""
+    if len(feats) != len(in_channels):
+        raise ValueError(f'{name}: expected {len(in_channels)} feature maps '
+                         f'(in_channels={list(in_channels)}), got {len(feats)}')
+    for level, (feat, channels) in enumerate(zip(feats, in_channels)):
+        if feat.dim() != 4 or feat.shape[1] != channels:
+            raise ValueError(f'{name}: feats[{level}] must be (B, {channels}, H, W), '
+                             f'got {tuple(feat.shape)}')
+
+
 @MODELS.register_module()
 class MultiScaleProjection(BaseModule):
     """Project backbone maps to ``out_channels`` and add coarser levels.
@@ -39,39 +88,23 @@ class MultiScaleProjection(BaseModule):
                  num_extra_levels: int = 1, num_groups: int = 32,
                  init_cfg: Union[dict, List[dict], None] = None):
         super().__init__(init_cfg=init_cfg)
-        in_channels = list(in_channels)
-        if not in_channels or any(int(c) != c or c <= 0 for c in in_channels):
-            raise ValueError('MultiScaleProjection: in_channels must be a non-empty list of '
-                             f'positive ints, got {in_channels}')
-        if num_extra_levels < 0:
-            raise ValueError('MultiScaleProjection: num_extra_levels must be >= 0, '
-                             f'got {num_extra_levels}')
-        if num_groups <= 0 or out_channels % num_groups != 0:
-            raise ValueError(f'MultiScaleProjection: out_channels ({out_channels}) must be '
-                             f'divisible by num_groups ({num_groups})')
+        in_channels = check_neck_args('MultiScaleProjection', in_channels, out_channels,
+                                      num_extra_levels, num_groups)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_extra_levels = num_extra_levels
         self.num_levels = len(in_channels) + num_extra_levels
-        projections = [
-            nn.Sequential(nn.Conv2d(c, out_channels, kernel_size=1),
-                          nn.GroupNorm(num_groups, out_channels))
-            for c in in_channels]
+        projections = [conv_norm(c, out_channels, 1, 1, num_groups) for c in in_channels]
         extra_in = in_channels[-1]
         for _ in range(num_extra_levels):
-            projections.append(nn.Sequential(
-                nn.Conv2d(extra_in, out_channels, kernel_size=3, stride=2, padding=1),
-                nn.GroupNorm(num_groups, out_channels)))
+            projections.append(conv_norm(extra_in, out_channels, 3, 2, num_groups))
             extra_in = out_channels
         self.projections = nn.ModuleList(projections)
         self._init_default()
 
     def _init_default(self) -> None:
         """Xavier-uniform conv weights, zero biases, GroupNorm weight 1 and bias 0."""
-        for conv, norm in self.projections:
-            nn.init.xavier_uniform_(conv.weight, gain=1)
-            nn.init.zeros_(conv.bias)
-            norm.reset_parameters()
+        init_conv_norms(self.projections)
 
     def init_weights(self) -> None:
         """The default initialization, or mmengine's handling of ``init_cfg``."""
@@ -91,13 +124,7 @@ class MultiScaleProjection(BaseModule):
             tuple[Tensor]: ``num_levels`` maps (B, out_channels, H_l, W_l); the
             extra level k has ``ceil(H / 2)`` rows of the level before it.
         """
-        if len(feats) != len(self.in_channels):
-            raise ValueError(f'MultiScaleProjection: expected {len(self.in_channels)} feature '
-                             f'maps (in_channels={self.in_channels}), got {len(feats)}')
-        for level, (feat, channels) in enumerate(zip(feats, self.in_channels)):
-            if feat.dim() != 4 or feat.shape[1] != channels:
-                raise ValueError(f'MultiScaleProjection: feats[{level}] must be (B, {channels}, '
-                                 f'H, W), got {tuple(feat.shape)}')
+        check_neck_inputs('MultiScaleProjection', feats, self.in_channels)
         outs = [proj(feat) for proj, feat in zip(self.projections, feats)]
         extra = feats[-1]  # raw last backbone map feeds the first extra level
         for proj in self.projections[len(feats):]:
