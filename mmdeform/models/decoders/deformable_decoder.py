@@ -31,6 +31,35 @@ def scale_by_valid_ratios(reference_points: torch.Tensor,
     return reference_points[:, :, None] * ratios[:, None]
 
 
+def check_decoder_inputs(name: str, embed_dims: int, query: torch.Tensor,
+                         query_pos: torch.Tensor, reference_points: torch.Tensor,
+                         memory: torch.Tensor) -> None:
+    """Shapes every decoder receives, or a ValueError naming the argument.
+
+    Args:
+        name (str): The decoder's class name, named in errors.
+        embed_dims (int): Channels C of the decoder.
+        query, query_pos (Tensor): (B, Q, C).
+        reference_points (Tensor): (B, Q, 2|4).
+        memory (Tensor): (B, S, C) encoder output.
+    """
+    if query.dim() != 3 or query.shape[-1] != embed_dims:
+        raise ValueError(f'{name}: query must be (B, Q, {embed_dims}), '
+                         f'got {tuple(query.shape)}')
+    if query_pos.shape != query.shape:
+        raise ValueError(f'{name}: query_pos must have the shape of query '
+                         f'{tuple(query.shape)}, got {tuple(query_pos.shape)}')
+    if reference_points.shape[:2] != query.shape[:2] or \
+            reference_points.dim() != 3 or reference_points.shape[-1] not in (2, 4):
+        raise ValueError(f'{name}: reference_points must be (B, Q, 2|4) = '
+                         f'({query.shape[0]}, {query.shape[1]}, 2|4), '
+                         f'got {tuple(reference_points.shape)}')
+    if memory.dim() != 3 or memory.shape[0] != query.shape[0] or \
+            memory.shape[-1] != embed_dims:
+        raise ValueError(f'{name}: encoder_output.memory must be ({query.shape[0]}, S, '
+                         f'{embed_dims}), got {tuple(memory.shape)}')
+
+
 @MODELS.register_module()
 class DeformableDecoder(BaseModule):
     """Post-norm deformable decoder; every layer uses the initial reference.
@@ -88,25 +117,6 @@ class DeformableDecoder(BaseModule):
         """
         return reference_points
 
-    def _check_inputs(self, query: torch.Tensor, query_pos: torch.Tensor,
-                      reference_points: torch.Tensor, memory: torch.Tensor) -> None:
-        name = type(self).__name__
-        if query.dim() != 3 or query.shape[-1] != self.embed_dims:
-            raise ValueError(f'{name}: query must be (B, Q, {self.embed_dims}), '
-                             f'got {tuple(query.shape)}')
-        if query_pos.shape != query.shape:
-            raise ValueError(f'{name}: query_pos must have the shape of query '
-                             f'{tuple(query.shape)}, got {tuple(query_pos.shape)}')
-        if reference_points.shape[:2] != query.shape[:2] or \
-                reference_points.dim() != 3 or reference_points.shape[-1] not in (2, 4):
-            raise ValueError(f'{name}: reference_points must be (B, Q, 2|4) = '
-                             f'({query.shape[0]}, {query.shape[1]}, 2|4), '
-                             f'got {tuple(reference_points.shape)}')
-        if memory.dim() != 3 or memory.shape[0] != query.shape[0] or \
-                memory.shape[-1] != self.embed_dims:
-            raise ValueError(f'{name}: encoder_output.memory must be ({query.shape[0]}, S, '
-                             f'{self.embed_dims}), got {tuple(memory.shape)}')
-
     def forward(self, query: torch.Tensor, query_pos: torch.Tensor,
                 reference_points: torch.Tensor, encoder_output: EncoderOutput,
                 reg_branches: Optional[nn.ModuleList] = None) -> DecoderOutput:
@@ -129,7 +139,8 @@ class DeformableDecoder(BaseModule):
             layer received.
         """
         memory = encoder_output.memory
-        self._check_inputs(query, query_pos, reference_points, memory)
+        check_decoder_inputs(type(self).__name__, self.embed_dims, query, query_pos,
+                             reference_points, memory)
         hidden_states, references = [], []
         output = query
         for index, layer in enumerate(self.layers):

@@ -9,6 +9,7 @@ from mmdeform.registry import MODELS
 
 from ..layers import DenseDecoderLayer, check_dense_layer_cfg, init_dense_transformer
 from ..stage_outputs import DecoderOutput, EncoderOutput
+from .deformable_decoder import check_decoder_inputs
 
 
 @MODELS.register_module()
@@ -56,21 +57,9 @@ class DenseDecoder(BaseModule):
 
     def _check_inputs(self, query: torch.Tensor, query_pos: torch.Tensor,
                       reference_points: torch.Tensor, encoder_output: EncoderOutput) -> None:
-        batch, num_query = query.shape[:2]
         memory, memory_pos = encoder_output.memory, encoder_output.memory_pos
-        if query.dim() != 3 or query.shape[-1] != self.embed_dims:
-            raise ValueError(f'DenseDecoder: query must be (B, Q, {self.embed_dims}), '
-                             f'got {tuple(query.shape)}')
-        if query_pos.shape != query.shape:
-            raise ValueError(f'DenseDecoder: query_pos must have the shape of query '
-                             f'{tuple(query.shape)}, got {tuple(query_pos.shape)}')
-        if reference_points.dim() != 3 or reference_points.shape[:2] != (batch, num_query) \
-                or reference_points.shape[-1] not in (2, 4):
-            raise ValueError(f'DenseDecoder: reference_points must be (B, Q, 2|4) = '
-                             f'({batch}, {num_query}, 2|4), got {tuple(reference_points.shape)}')
-        if memory.dim() != 3 or memory.shape[0] != batch or memory.shape[-1] != self.embed_dims:
-            raise ValueError(f'DenseDecoder: encoder_output.memory must be ({batch}, S, '
-                             f'{self.embed_dims}), got {tuple(memory.shape)}')
+        check_decoder_inputs('DenseDecoder', self.embed_dims, query, query_pos,
+                             reference_points, memory)
         if memory_pos is None:
             raise ValueError('DenseDecoder: encoder_output.memory_pos is None; the dense '
                              'cross-attention needs the position encoding of the memory '

@@ -4,7 +4,6 @@ from .dense_layers import (
     DenseDecoderLayer,
     DenseEncoderLayer,
     check_dense_layer_cfg,
-    init_dense_transformer,
 )
 from .mlp import MLP
 from .per_level_deform_attn import PerLevelDeformAttn
@@ -15,6 +14,7 @@ from .transformer_layers import (
     DeformableEncoderLayer,
     build_deformable_attention,
     init_deformable_transformer,
+    init_dense_transformer,
 )
 from .utils import boxes_from_reference, inverse_sigmoid
 

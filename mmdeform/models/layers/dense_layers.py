@@ -37,18 +37,6 @@ def check_dense_layer_cfg(layer_cfg: Optional[dict], owner: str) -> dict:
     return layer_cfg
 
 
-def init_dense_transformer(module: nn.Module) -> None:
-    """DETR's initialization: Xavier-uniform for every parameter with more
-    than one dimension; biases and norms keep their PyTorch defaults.
-
-    Args:
-        module (nn.Module): Dense encoder or decoder.
-    """
-    for param in module.parameters():
-        if param.dim() > 1:
-            nn.init.xavier_uniform_(param)
-
-
 class DenseEncoderLayer(nn.Module):
     """DETR encoder layer: full self-attention, then FFN (post-norm).
 

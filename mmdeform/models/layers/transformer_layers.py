@@ -210,6 +210,19 @@ class DeformableDecoderLayer(nn.Module):
         return self.ffn_norm(query + self.ffn(query))
 
 
+def init_dense_transformer(module: nn.Module) -> None:
+    """DETR's initialization: Xavier-uniform for every parameter with more
+    than one dimension; biases and norms keep their PyTorch defaults.
+
+    Args:
+        module (nn.Module): Dense encoder or decoder (also the first step of
+            ``init_deformable_transformer``).
+    """
+    for param in module.parameters():
+        if param.dim() > 1:
+            nn.init.xavier_uniform_(param)
+
+
 def init_deformable_transformer(module: nn.Module) -> None:
     """The official transformer initialization, applied to ``module``.
 
@@ -222,9 +235,7 @@ def init_deformable_transformer(module: nn.Module) -> None:
         module (nn.Module): Encoder or decoder (or any module holding
             deformable transformer layers).
     """
-    for param in module.parameters():
-        if param.dim() > 1:
-            nn.init.xavier_uniform_(param)
+    init_dense_transformer(module)
     for submodule in module.modules():
         if isinstance(submodule, MSDeformAttn):
             submodule.init_weights()
