@@ -9,16 +9,15 @@ run at a reduced size; synthetic rows run as they are on 128 px images.
 """
 from pathlib import Path
 
+import detector_inputs
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.structures import InstanceData
 
 from mmdeform.models.layers import PerLevelDeformAttn, SameLevelDeformAttn
 from mmdeform.models.necks import FPN, MultiScaleProjection
 from mmdeform.ops import MSDeformAttn
 from mmdeform.registry import MODELS
-from mmdeform.structures import DetDataSample
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 FAMILIES = {
@@ -93,17 +92,8 @@ def shrink(model: dict) -> dict:
 
 def make_batch(size: int, num_classes: int):
     """Two uint8 images (the second one padded) with 3 and 1 ground-truth boxes."""
-    torch.manual_seed(0)
-    inputs, samples = [], []
-    for (h, w), num_boxes in zip([(size, size), (size - 16, size - 8)], [3, 1]):
-        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
-        top_left = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2])
-        box_size = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2]) + 4
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
-        sample.gt_instances = InstanceData(bboxes=torch.cat([top_left, top_left + box_size], 1),
-                                           labels=torch.randint(0, num_classes, (num_boxes,)))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
+    return detector_inputs.make_batch([(size, size), (size - 16, size - 8)], [3, 1],
+                                      num_classes, min_box_size=4)
 
 
 def deform_attns(module) -> list:

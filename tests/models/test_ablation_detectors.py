@@ -7,13 +7,12 @@ predicts. ResNet-18 without pretrained weights, 32 channels, 64x64 images.
 """
 from pathlib import Path
 
+import detector_inputs
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.structures import InstanceData
 
 from mmdeform.registry import MODELS
-from mmdeform.structures import DetDataSample
 
 BASE = (Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr'
         / 'deformable-detr_r50_16xb2-50e_coco.py')
@@ -58,18 +57,7 @@ def tiny_model_cfg(name):
 
 
 def make_batch(boxes_per_image):
-    torch.manual_seed(0)
-    inputs, samples = [], []
-    for (h, w), num_boxes in zip([(64, 64), (48, 56)], boxes_per_image):
-        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
-        top_left = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2])
-        size = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2]) + 2
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
-        sample.gt_instances = InstanceData(
-            bboxes=torch.cat([top_left, top_left + size], 1),
-            labels=torch.randint(0, NUM_CLASSES, (num_boxes,)))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
+    return detector_inputs.make_batch([(64, 64), (48, 56)], boxes_per_image, NUM_CLASSES)
 
 
 @pytest.fixture(scope='module', params=sorted(VARIANTS))

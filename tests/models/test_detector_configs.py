@@ -6,13 +6,12 @@ queries, 64x64 images). No test calls ``init_weights``, so nothing is downloaded
 """
 from pathlib import Path
 
+import detector_inputs
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.structures import InstanceData
 
 from mmdeform.registry import MODELS
-from mmdeform.structures import DetDataSample
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr'
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py'))
@@ -47,19 +46,8 @@ def tiny_model_cfg(name: str) -> dict:
 
 def make_batch(boxes_per_image):
     """Raw uint8 images of different sizes and their data samples."""
-    torch.manual_seed(0)
-    sizes = [(64, 64), (48, 56)]
-    inputs, samples = [], []
-    for (h, w), num_boxes in zip(sizes, boxes_per_image):
-        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
-        top_left = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2])
-        size = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2]) + 2
-        data_sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(2 * h, 2 * w)))
-        data_sample.gt_instances = InstanceData(
-            bboxes=torch.cat([top_left, top_left + size], 1),
-            labels=torch.randint(0, NUM_CLASSES, (num_boxes,)))
-        samples.append(data_sample)
-    return dict(inputs=inputs, data_samples=samples)
+    return detector_inputs.make_batch([(64, 64), (48, 56)], boxes_per_image, NUM_CLASSES,
+                                      ori_scale=2)
 
 
 @pytest.fixture(scope='module', params=CONFIGS)

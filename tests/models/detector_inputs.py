@@ -1,0 +1,37 @@
+"""Raw detector batches shared by the tiny-detector tests of this folder."""
+from typing import Sequence, Tuple
+
+import torch
+from mmengine.structures import InstanceData
+
+from mmdeform.structures import DetDataSample
+
+
+def make_batch(sizes: Sequence[Tuple[int, int]], boxes_per_image: Sequence[int],
+               num_classes: int, ori_scale: int = 1, min_box_size: float = 2) -> dict:
+    """Random uint8 images of the given sizes, with random ground-truth boxes.
+
+    Seeded (``torch.manual_seed(0)``), so every call gives the same batch.
+
+    Args:
+        sizes: (h, w) of each image.
+        boxes_per_image: number of boxes of each image.
+        num_classes: labels are drawn from ``range(num_classes)``.
+        ori_scale: ``ori_shape`` is ``ori_scale`` times ``img_shape``.
+        min_box_size: added to the random box width and height (pixels).
+
+    Returns:
+        dict: ``inputs`` (list of (3, h, w) uint8) and ``data_samples``.
+    """
+    torch.manual_seed(0)
+    inputs, samples = [], []
+    for (h, w), num_boxes in zip(sizes, boxes_per_image):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
+        top_left = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2])
+        box_size = torch.rand(num_boxes, 2) * torch.tensor([w / 2, h / 2]) + min_box_size
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w),
+                                             ori_shape=(ori_scale * h, ori_scale * w)))
+        sample.gt_instances = InstanceData(bboxes=torch.cat([top_left, top_left + box_size], 1),
+                                           labels=torch.randint(0, num_classes, (num_boxes,)))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
