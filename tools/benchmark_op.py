@@ -1,22 +1,29 @@
 """Benchmark the compiled ms_deform_attn op against the pure-PyTorch reference.
 
-Prints, for each shape, forward and forward+backward time (median of
-``--repeats`` runs after warm-up) and peak extra memory of both backends, and
-the ratios reference / compiled, all measured in the same run.
+Prints, for each shape, forward and forward+backward time and peak extra
+memory of both backends, and the ratios reference / compiled, all measured in
+the same run. Times are medians over rounds in which the two backends take
+turns (each round: one warm-up call, then five timed calls; at least
+``--repeats`` timed calls each and ``--min-seconds`` per shape and mode), so
+that load from other tenants of a shared machine falls on both alike.
 
     python tools/benchmark_op.py                 # CPU shapes of issue 2
     python tools/benchmark_op.py --device cuda   # GPU shapes of issue 5
 
 CPU peak memory is measured in a fresh subprocess per case as the growth of
 the process' peak resident set size (VmHWM, reset before the run) during one
-forward+backward; CUDA peak
-memory with torch.cuda.max_memory_allocated. The CUDA table also gives the
+forward+backward, with glibc told to map every allocation of 64 KiB or more
+separately so that freed tensors leave the resident set at once; CUDA peak
+memory with torch.cuda.max_memory_allocated. "mem ratio floor" is what any
+implementation must return (output and the three input gradients) divided by
+the reference's peak: no kernel's ratio can be lower. The CUDA table also gives the
 effective bandwidth: the bytes the op must at least read and write (value,
 locations, weights, output; for backward also their gradients) divided by
 the time.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -73,17 +80,30 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_call(fn, device, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_in_rounds(fns, device, repeats, min_seconds, per_round=5):
+    """Median wall time of each callable in ``fns`` (a dict), measured in rounds.
+
+    A round gives each function one untimed call (its caches warm again after
+    the other's run) and then ``per_round`` timed calls; rounds go on until
+    every function has at least ``repeats`` timings and ``min_seconds`` have
+    passed. Slow spells of a shared machine (other tenants' load on the caches
+    and memory bus) thus fall on all functions alike, and none runs right
+    after another has flushed its data out of the caches.
+    """
+    times = {name: [] for name in fns}
+    start_all = time.perf_counter()
+    while (min(len(t) for t in times.values()) < repeats
+           or time.perf_counter() - start_all < min_seconds):
+        for name, fn in fns.items():
+            fn()
+            _sync(device)
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+    return ({name: statistics.median(t) for name, t in times.items()},
+            min(len(t) for t in times.values()))
 
 
 def run_case(impl, inputs, grad_out):
@@ -101,7 +121,11 @@ def run_case(impl, inputs, grad_out):
 def measure_cpu_memory(case, impl, dtype):
     """Runs one forward+backward in a subprocess; returns its peak RSS growth (bytes)."""
     cmd = [sys.executable, __file__, '--memory-probe', json.dumps([case, impl, str(dtype)])]
-    result = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    # Every allocation of 64 KiB or more gets its own mapping, returned to the
+    # system when freed: the resident set then follows the live tensors, and
+    # the peak does not depend on what glibc's heap happened to keep cached.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
+    result = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return int(result.stdout.strip().splitlines()[-1])
 
 
@@ -155,22 +179,33 @@ def minimum_bytes(inputs, grad_out):
     return forward, 2 * forward
 
 
-def benchmark(device, dtype, repeats):
+def returned_bytes(inputs, grad_out):
+    """Bytes a forward+backward must hand back whatever the implementation:
+    the output and the gradients of value, locations and weights."""
+    value, _, _, locations, weights = inputs
+    return sum(t.numel() * t.element_size() for t in (grad_out, value, locations, weights))
+
+
+def benchmark(device, dtype, repeats, min_seconds):
     rows = []
     for case, spec in SHAPES[device.type].items():
         inputs = make_inputs(spec['levels'], spec['n'], spec['num_query'], device, dtype)
         grad_out = torch.rand(inputs[3].shape[0], inputs[3].shape[1], 8 * 32, device=device,
                               dtype=dtype)
         row = dict(case=case, lq=inputs[3].shape[1])
+        cases = {impl: run_case(impl, inputs, grad_out) for impl in IMPLS}
+        for mode, index in (('fwd', 0), ('fwdbwd', 1)):
+            medians, row[f'{mode}_repeats'] = time_in_rounds(
+                {impl: fns[index] for impl, fns in cases.items()}, device, repeats, min_seconds)
+            for impl, median in medians.items():
+                row[f'{impl}_{mode}'] = median
         for impl in IMPLS:
-            forward, forward_backward = run_case(impl, inputs, grad_out)
-            row[f'{impl}_fwd'] = time_call(forward, device, repeats)
-            row[f'{impl}_fwdbwd'] = time_call(forward_backward, device, repeats)
             if device.type == 'cuda':
                 row[f'{impl}_mem'] = measure_cuda_memory(impl, inputs, grad_out, device)
             else:
                 row[f'{impl}_mem'] = measure_cpu_memory(case, impl, dtype)
         row['bytes_fwd'], row['bytes_fwdbwd'] = minimum_bytes(inputs, grad_out)
+        row['bytes_returned'] = returned_bytes(inputs, grad_out)
         rows.append(row)
     return rows
 
@@ -178,7 +213,7 @@ def benchmark(device, dtype, repeats):
 def print_table(rows, device):
     header = ('| shape | Lq | fwd compiled | fwd reference | fwd speed-up | fwd+bwd compiled '
               '| fwd+bwd reference | fwd+bwd speed-up | peak mem compiled | peak mem reference '
-              '| mem ratio |')
+              '| mem ratio | mem ratio floor | repeats |')
     if device.type == 'cuda':
         header += ' fwd GB/s | fwd+bwd GB/s |'
     print(header)
@@ -190,7 +225,9 @@ def print_table(rows, device):
                 f"| {r['compiled_fwdbwd'] * 1e3:.2f} ms | {r['reference_fwdbwd'] * 1e3:.2f} ms "
                 f"| {r['reference_fwdbwd'] / r['compiled_fwdbwd']:.1f}x "
                 f"| {r['compiled_mem'] / 2**20:.1f} MiB | {r['reference_mem'] / 2**20:.1f} MiB "
-                f"| {r['compiled_mem'] / max(r['reference_mem'], 1):.3f} |")
+                f"| {r['compiled_mem'] / max(r['reference_mem'], 1):.3f} "
+                f"| {r['bytes_returned'] / max(r['reference_mem'], 1):.3f} "
+                f"| {r['fwd_repeats']}/{r['fwdbwd_repeats']} |")
         if device.type == 'cuda':
             line += (f" {r['bytes_fwd'] / r['compiled_fwd'] / 1e9:.0f} "
                      f"| {r['bytes_fwdbwd'] / r['compiled_fwdbwd'] / 1e9:.0f} |")
@@ -201,7 +238,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=20,
+                        help='at least this many timed calls of each backend per mode')
+    parser.add_argument('--min-seconds', type=float, default=2.0,
+                        help='and at least this long per shape and mode')
     parser.add_argument('--memory-probe', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
@@ -214,8 +254,8 @@ def main(argv=None):
     name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
             else f'CPU, {torch.get_num_threads()} threads')
     print(f'ms_deform_attn benchmark on {name}, {args.dtype}, torch {torch.__version__}, '
-          f'M=8 D=32 P=4, median of {args.repeats}')
-    rows = benchmark(device, getattr(torch, args.dtype), args.repeats)
+          f'M=8 D=32 P=4, medians of alternating rounds')
+    rows = benchmark(device, getattr(torch, args.dtype), args.repeats, args.min_seconds)
     print_table(rows, device)
 
 
