@@ -282,6 +282,7 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
   const int64_t row = d.heads * channels;
   const int64_t samples = d.levels * d.points;  // per (query, head)
   constexpr int64_t kAhead = 2;
+  const bool sweep = worth_sweeping<scalar_t>(d, channels);
   at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t begin, int64_t end) {
     ChannelBuffer<acc_t, kChannels> go_buffer(channels);
     CornerRows<scalar_t, acc_t, kChannels> rows(channels);
@@ -290,6 +291,7 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / d.heads, m = nm % d.heads;
       const int64_t base = n * d.num_value * row + m * channels;
+      if (sweep) sweep_rows(value + base, d.num_value, row, channels);
       for (int64_t q = 0; q < d.num_query; ++q) {
         const int64_t nqm = (n * d.num_query + q) * d.heads + m;
         if (q + 2 < d.num_query) {  // this head's per-query arrays two queries ahead
