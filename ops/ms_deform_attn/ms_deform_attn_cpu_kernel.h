@@ -74,21 +74,22 @@ inline void prefetch_span(const T* p, int64_t count) {
   __builtin_prefetch(end - 1, kWrite);
 }
 
-// Whether to pull a head's value rows into the cache in one sweep before its
-// queries sample them: when the rows fit in a core's L2 cache and the queries
-// touch most of them (each sample reads four), a run of independent prefetches
-// loads them far faster than the samples' scattered misses would.
+// Whether to pull a head's value rows (and, in the backward, its gradient
+// rows) into the cache in one sweep before its queries sample them: when the
+// rows fit in a core's L2 cache and the queries touch most of them (each
+// sample reads four), a run of independent prefetches loads them far faster
+// than the samples' scattered misses would.
 template <typename scalar_t>
 inline bool worth_sweeping(const Dims& d, int64_t channels) {
   const int64_t bytes = d.num_value * channels * static_cast<int64_t>(sizeof(scalar_t));
   return bytes <= 768 * 1024 && 4 * d.num_query * d.levels * d.points >= d.num_value;
 }
 
-template <typename T>
+template <int kWrite, typename T>
 inline void sweep_rows(const T* first, int64_t count, int64_t row, int64_t channels) {
   for (int64_t r = 0; r < count; ++r) {
-    __builtin_prefetch(first + r * row, 0, 2);
-    __builtin_prefetch(first + r * row + channels - 1, 0, 2);
+    __builtin_prefetch(first + r * row, kWrite, 2);
+    __builtin_prefetch(first + r * row + channels - 1, kWrite, 2);
   }
 }
 
@@ -150,7 +151,7 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
       const int64_t q_end = std::min(d.num_query, (item % blocks + 1) * block);
       const scalar_t* value_head = value + n * d.num_value * row + m * channels;
       if (sweep && (item == begin || item % blocks == 0)) {
-        sweep_rows(value_head, d.num_value, row, channels);
+        sweep_rows<0>(value_head, d.num_value, row, channels);
       }
       for (int64_t q = (item % blocks) * block; q < q_end; ++q) {
         const int64_t nqm = (n * d.num_query + q) * d.heads + m;
@@ -291,7 +292,10 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / d.heads, m = nm % d.heads;
       const int64_t base = n * d.num_value * row + m * channels;
-      if (sweep) sweep_rows(value + base, d.num_value, row, channels);
+      if (sweep) {
+        sweep_rows<0>(value + base, d.num_value, row, channels);
+        sweep_rows<1>(grad_value_acc + base, d.num_value, row, channels);
+      }
       for (int64_t q = 0; q < d.num_query; ++q) {
         const int64_t nqm = (n * d.num_query + q) * d.heads + m;
         if (q + 2 < d.num_query) {  // this head's per-query arrays two queries ahead
