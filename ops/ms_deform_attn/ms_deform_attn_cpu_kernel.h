@@ -6,18 +6,35 @@
 // therefore has no include guard and includes nothing; it relies on Dims,
 // <cmath>, <vector>, ATen/Parallel.h and ATen/OpMathType.h being included first.
 //
-// Forward: parallel over (batch, query) blocks; each (n, q, m) accumulates its
+// Forward: parallel over (batch, head, query block) items, head-major, so a
+// thread reads one head's value rows at a time; each (n, q, m) accumulates its
 // D channels in registers (D fixed at compile time for common head sizes).
 // Backward: parallel over (batch, head) pairs. A pair owns its slice of
 // grad_value, so the scatter of value gradients needs no atomics and runs in a
 // fixed order: results are bitwise identical from run to run whatever the
 // number of threads. For each (query, head) the corner addresses and weights of
 // all its samples are computed first, then the samples are processed with the
-// rows of the sample two ahead prefetched (the scatter into grad_value is
-// bound by memory latency, not arithmetic). grad_sampling_locations and grad_attention_weights are
-// written once per sample by the pair that owns it. Dot products over channels
-// use 8 independent partial sums in a fixed order, so they vectorize without
-// -ffast-math and stay deterministic.
+// rows of the sample two ahead prefetched. grad_sampling_locations and
+// grad_attention_weights are written once per sample by the pair that owns it.
+// Dot products over channels use 8 independent partial sums in a fixed order,
+// so they vectorize without -ffast-math and stay deterministic.
+//
+// Both directions are bound by memory access, not arithmetic, and three
+// things about access decide their speed on a small CPU:
+// - the per-query arrays of one head (locations, weights, output gradient and
+//   the location/weight gradients) are walked at a stride of all heads' data,
+//   about 1 KiB, which the hardware prefetchers do not follow across pages:
+//   the kernels prefetch them two queries ahead;
+// - when a head's rows fit in L2 and its queries touch most of them, one sweep
+//   of independent prefetches loads them before the scattered accesses start
+//   (worth_sweeping / sweep_rows);
+// - the scattered corner rows of the next samples are prefetched.
+// Tried and measured slower on the project's 2-core VM: splitting the backward
+// by level (more passes over the per-query arrays), separate read and scatter
+// sweeps, clearing grad_value inside the kernel instead of one parallel fill,
+// work stealing between threads (neighbouring heads share cache lines and
+// pages), a longer prefetch distance, and prefetching in batches in the
+// forward.
 
 // Bilinear footprint of one sampling location on one level: four corners, each
 // a token offset inside the level (-1 when outside) and a weight. dw / dh are
