@@ -306,6 +306,12 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
     CornerRows<scalar_t, acc_t, kChannels> rows(channels);
     acc_t* __restrict__ go = go_buffer.data;
     SampleBatch<scalar_t, acc_t> batch(samples);
+    // Level size of each of a query's samples, as factors of the location gradient.
+    std::vector<acc_t> level_width(samples), level_height(samples);
+    for (int64_t i = 0; i < samples; ++i) {
+      level_height[i] = static_cast<acc_t>(shapes[2 * (i / d.points)]);
+      level_width[i] = static_cast<acc_t>(shapes[2 * (i / d.points) + 1]);
+    }
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / d.heads, m = nm % d.heads;
       const int64_t base = n * d.num_value * row + m * channels;
@@ -351,12 +357,9 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
                                                         gr[2], gr[3], go, f, a, channels,
                                                         result);
           }
-          const int64_t l = i / d.points;
           grad_attn[s] = static_cast<scalar_t>(result[0]);
-          grad_locs[2 * s] =
-              static_cast<scalar_t>(result[1] * a * static_cast<acc_t>(shapes[2 * l + 1]));
-          grad_locs[2 * s + 1] =
-              static_cast<scalar_t>(result[2] * a * static_cast<acc_t>(shapes[2 * l]));
+          grad_locs[2 * s] = static_cast<scalar_t>(result[1] * a * level_width[i]);
+          grad_locs[2 * s + 1] = static_cast<scalar_t>(result[2] * a * level_height[i]);
         }
       }
     }
