@@ -16,7 +16,9 @@ forward+backward, with glibc told to map every allocation of 64 KiB or more
 separately so that freed tensors leave the resident set at once; CUDA peak
 memory with torch.cuda.max_memory_allocated. "mem ratio floor" is what any
 implementation must return (output and the three input gradients) divided by
-the reference's peak: no kernel's ratio can be lower. The CUDA table also gives the
+the reference's peak: no kernel's ratio can be meaningfully lower (the
+resident-set figure can come out a few per cent under it when some returned
+pages were already resident). The CUDA table also gives the
 effective bandwidth: the bytes the op must at least read and write (value,
 locations, weights, output; for backward also their gradients) divided by
 the time.
