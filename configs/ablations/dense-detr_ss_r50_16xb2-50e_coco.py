@@ -4,8 +4,4 @@
 # Boxes are still predicted relative to the learned reference points.
 _base_ = './deformable-detr_ss-k4_r50_16xb2-50e_coco.py'
 
-model = dict(
-    encoder=dict(_delete_=True, type='DenseEncoder', num_layers=6, num_levels=1,
-                 layer_cfg=dict(embed_dims=256, num_heads=8, feedforward_dims=1024, dropout=0.1)),
-    decoder=dict(_delete_=True, type='DenseDecoder', num_layers=6, num_levels=1,
-                 layer_cfg=dict(embed_dims=256, num_heads=8, feedforward_dims=1024, dropout=0.1)))
+model = dict(encoder=dict(type='DenseEncoder'), decoder=dict(type='DenseDecoder'))

@@ -2,7 +2,7 @@
 # synthetic shapes dataset (mmdeform.datasets.synthetic) with 2 CPU cores: bbox mAP ~0.69 in about
 # 5 minutes. tools/demo.py generates the data described by `synthetic_data`, trains, evaluates
 # and plots the curves; configs/synthetic/README.md says what was tried to get there.
-_base_ = '../_base_/default_runtime.py'
+_base_ = ['../_base_/models/deformable-detr_r50.py', '../_base_/default_runtime.py']
 
 # ---- data: the generator's defaults: 128 px images with 1-5 shapes of 8-64 px (~60 % COCO
 # "small"), 4 classes, random colours on gradient backgrounds, overlaps up to a quarter ---------
@@ -11,64 +11,20 @@ classes = ('circle', 'square', 'triangle', 'cross')
 synthetic_data = dict(num_train=2000, num_val=200, image_size=128, seed=0, ext='png',
                       min_object_size=8, max_object_fraction=0.5, max_objects=5)
 
-# ---- model: ResNet-18 stem..layer2 -> 3 levels (strides 8, 16, 32) of 128 channels,
-# 1 encoder layer, 50 two-stage queries, 3 refining decoder layers, no dropout --------------
+# ---- model: the base Deformable DETR with two-stage queries and box refinement, shrunk:
+# ResNet-18 stem..layer2 -> 3 levels (strides 8, 16, 32) of 128 channels, 1 encoder layer,
+# 50 queries, 3 refining decoder layers, no dropout -------------------------------------------
+layer_cfg = dict(num_heads=8, feedforward_dims=512, dropout=0.0)
 model = dict(
-    type='DeformableDETR',
-    data_preprocessor=dict(
-        type='DetDataPreprocessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
-        pad_size_divisor=1,
-        pad_value=0),
+    num_queries=50,
     # From scratch (no download), nothing frozen; layer3 and layer4 are not built.
-    backbone=dict(type='ResNet', depth=18, out_indices=(1, ), frozen_stages=-1,
-                  dilate_last_stage=False, init_cfg=None),
-    neck=dict(
-        type='MultiScaleProjection',
-        in_channels=[128],
-        out_channels=128,
-        num_extra_levels=2,  # stride-2 3x3 convs: strides 16 and 32
-        num_groups=32),
-    positional_encoding=dict(
-        type='SinePositionalEncoding',
-        num_feats=64,
-        temperature=10000,
-        normalize=True,
-        offset=-0.5),
-    encoder=dict(
-        type='DeformableEncoder',
-        num_layers=1,
-        num_levels=3,
-        layer_cfg=dict(embed_dims=128, num_heads=8, num_points=4, feedforward_dims=512,
-                       dropout=0.0)),
-    query_generator=dict(type='TwoStageProposals', num_queries=50, embed_dims=128,
-                         num_classes=4),
-    decoder=dict(
-        type='RefineDeformableDecoder',
-        num_layers=3,
-        num_levels=3,
-        layer_cfg=dict(embed_dims=128, num_heads=8, num_points=4, feedforward_dims=512,
-                       dropout=0.0)),
-    bbox_head=dict(
-        type='DeformableDETRHead',
-        num_classes=4,
-        embed_dims=128,
-        num_layers=3,
-        share_branches=False,
-        init_wh_bias=0.0,
-        loss_cls=dict(type='FocalLoss', alpha=0.25, gamma=2.0, loss_weight=2.0),
-        loss_bbox=dict(type='L1Loss', loss_weight=5.0),
-        loss_iou=dict(type='GIoULoss', loss_weight=2.0),
-        assigner=dict(
-            type='HungarianAssigner',
-            match_costs=[
-                dict(type='FocalLossCost', weight=2.0),
-                dict(type='BBoxL1Cost', weight=5.0),
-                dict(type='GIoUCost', weight=2.0),
-            ]),
-        num_predictions=50))
+    backbone=dict(depth=18, out_indices=(1, ), frozen_stages=-1, init_cfg=None),
+    neck=dict(out_channels=128, num_extra_levels=2),  # stride-2 3x3 convs: strides 16 and 32
+    encoder=dict(num_layers=1, layer_cfg=layer_cfg),
+    query_generator=dict(type='TwoStageProposals'),
+    decoder=dict(type='RefineDeformableDecoder', num_layers=3, layer_cfg=layer_cfg),
+    bbox_head=dict(num_classes=4),  # the 4 classes above
+    test_cfg=dict(max_per_img=50))
 
 train_pipeline = [
     dict(type='LoadImage'),

@@ -6,15 +6,15 @@
 _base_ = '../../configs/deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'
 
 classes = ('circle', 'square', 'triangle', 'cross')  # mmdeform.datasets.SYNTHETIC_CLASSES
-layer_cfg = dict(embed_dims=32, num_heads=4, num_points=2, feedforward_dims=64, dropout=0.0)
+layer_cfg = dict(num_heads=4, num_points=2, feedforward_dims=64, dropout=0.0)
 model = dict(
+    num_queries=10,
     backbone=dict(depth=18, out_indices=(2, 3), frozen_stages=-1, init_cfg=None),
-    neck=dict(in_channels=[256, 512], out_channels=32, num_extra_levels=0, num_groups=8),
-    positional_encoding=dict(num_feats=16),
-    encoder=dict(num_layers=1, num_levels=2, layer_cfg=layer_cfg),
-    query_generator=dict(num_queries=10, embed_dims=32),
-    decoder=dict(num_layers=1, num_levels=2, layer_cfg=layer_cfg),
-    bbox_head=dict(num_classes=4, embed_dims=32, num_layers=1, num_predictions=10))
+    neck=dict(out_channels=32, num_extra_levels=0, num_groups=8),
+    encoder=dict(num_layers=1, layer_cfg=layer_cfg),
+    decoder=dict(num_layers=1, layer_cfg=layer_cfg),
+    bbox_head=dict(num_classes=4),
+    test_cfg=dict(max_per_img=10))
 
 data_root = 'data/synthetic/'
 train_pipeline = [

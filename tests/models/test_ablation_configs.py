@@ -9,11 +9,11 @@ run at a reduced size; synthetic rows run as they are on 128 px images.
 """
 from pathlib import Path
 
-import detector_inputs
 import pytest
 import torch
 from mmengine.config import Config
 
+from mmdeform import testing
 from mmdeform.models.layers import PerLevelDeformAttn, SameLevelDeformAttn
 from mmdeform.models.necks import FPN, MultiScaleProjection
 from mmdeform.ops import MSDeformAttn
@@ -25,9 +25,7 @@ FAMILIES = {
     'synthetic': (CONFIG_ROOT / 'synthetic' / 'ablations', 'r18_1xb8-360i_synthetic'),
 }
 BASE_ROW = 'deformable-detr_ms-attn-k4'
-SINGLE_SCALE_KEYS = {'model.backbone.out_indices', 'model.neck.in_channels',
-                     'model.neck.num_extra_levels', 'model.encoder.num_levels',
-                     'model.decoder.num_levels'}
+SINGLE_SCALE_KEYS = {'model.backbone.out_indices', 'model.neck.num_extra_levels'}
 POINTS_KEYS = {'model.encoder.layer_cfg.num_points', 'model.decoder.layer_cfg.num_points'}
 WITHIN_LEVEL_KEYS = {'model.encoder.layer_cfg.self_attn_cfg.type',
                      'model.decoder.layer_cfg.cross_attn_cfg.type'}
@@ -40,9 +38,7 @@ EXPECTED_CHANGES = {
     'deformable-detr_ms-attn-k1': POINTS_KEYS,
     BASE_ROW: set(),
     'deformable-detr_ms-attn-k4-fpn': {'model.neck.type'},
-    # the dense layers take no num_points
-    'dense-detr_ss': SINGLE_SCALE_KEYS | POINTS_KEYS | {'model.encoder.type',
-                                                        'model.decoder.type'},
+    'dense-detr_ss': SINGLE_SCALE_KEYS | {'model.encoder.type', 'model.decoder.type'},
 }
 ROWS = [(family, row) for family in FAMILIES for row in EXPECTED_CHANGES]
 
@@ -75,25 +71,10 @@ def changed_keys(family: str, row: str) -> set:
             if base.get(key, '<absent>') != other.get(key, '<absent>')}
 
 
-def shrink(model: dict) -> dict:
-    """The same components at a tiny size (COCO rows): ResNet-18, 32 channels, 2+2 layers."""
-    model.backbone.depth = 18
-    channels = (64, 128, 256, 512)
-    model.neck.in_channels = [channels[i] for i in model.backbone.out_indices]
-    model.neck.update(out_channels=32, num_groups=8)
-    model.positional_encoding.num_feats = 16
-    for stage in (model.encoder, model.decoder):
-        stage.num_layers = 2
-        stage.layer_cfg.update(embed_dims=32, num_heads=4, feedforward_dims=64)
-    model.query_generator.update(num_queries=20, embed_dims=32)
-    model.bbox_head.update(num_classes=5, embed_dims=32, num_layers=2, num_predictions=20)
-    return model
-
-
 def make_batch(size: int, num_classes: int):
     """Two uint8 images (the second one padded) with 3 and 1 ground-truth boxes."""
-    return detector_inputs.make_batch([(size, size), (size - 16, size - 8)], [3, 1],
-                                      num_classes, min_box_size=4)
+    return testing.make_batch([(size, size), (size - 16, size - 8)], [3, 1], num_classes,
+                              min_box_size=4)
 
 
 def deform_attns(module) -> list:
@@ -141,7 +122,8 @@ def test_built_model_has_the_row_structure(family, row):
 def test_row_trains_and_predicts_on_a_tiny_input(family, row):
     model_cfg = load(family, row).model
     if family == 'coco':
-        model_cfg = shrink(model_cfg)
+        model_cfg = testing.shrink_model_cfg(model_cfg)
+        model_cfg.test_cfg = dict(max_per_img=20)
     size = 64 if family == 'coco' else 128  # two-stage synthetic rows need >= 50 tokens
     torch.manual_seed(0)
     model = MODELS.build(model_cfg)
@@ -157,7 +139,7 @@ def test_row_trains_and_predicts_on_a_tiny_input(family, row):
     data = model.data_preprocessor(make_batch(size, num_classes), training=False)
     with torch.no_grad():
         results = model(**data, mode='predict')
-    num_predictions = model_cfg.bbox_head.num_predictions
+    num_predictions = model_cfg.test_cfg.max_per_img
     for result in results:
         pred = result.pred_instances
         assert pred.bboxes.shape == (num_predictions, 4)

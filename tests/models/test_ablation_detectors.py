@@ -7,38 +7,38 @@ predicts. ResNet-18 without pretrained weights, 32 channels, 64x64 images.
 """
 from pathlib import Path
 
-import detector_inputs
 import pytest
 import torch
 from mmengine.config import Config
 
+from mmdeform import testing
 from mmdeform.registry import MODELS
 
 BASE = (Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr'
         / 'deformable-detr_r50_16xb2-50e_coco.py')
 NUM_CLASSES, NUM_QUERIES, DIMS = 3, 8, 32
-DENSE_LAYER = dict(embed_dims=DIMS, num_heads=4, feedforward_dims=64, dropout=0.1)
+DENSE_LAYER = dict(num_heads=4, feedforward_dims=64, dropout=0.1)
 DEFORMABLE_LAYER = dict(DENSE_LAYER, num_points=2)
-# name -> (backbone out_indices, neck, encoder, decoder); stage channels of ResNet-18
+# name -> (backbone out_indices, neck, encoder, decoder); the detector gives them their sizes
 VARIANTS = {
     'dense-single-scale': (
-        (3,), dict(type='MultiScaleProjection', in_channels=[512], num_extra_levels=0),
-        dict(type='DenseEncoder', num_levels=1, layer_cfg=DENSE_LAYER),
-        dict(type='DenseDecoder', num_levels=1, layer_cfg=DENSE_LAYER)),
+        (3,), dict(type='MultiScaleProjection', num_extra_levels=0),
+        dict(type='DenseEncoder', layer_cfg=DENSE_LAYER),
+        dict(type='DenseDecoder', layer_cfg=DENSE_LAYER)),
     'fpn-same-level-encoder-per-level-decoder': (
-        (2, 3), dict(type='FPN', in_channels=[256, 512], num_extra_levels=1),
-        dict(type='DeformableEncoder', num_levels=3, layer_cfg=dict(
+        (2, 3), dict(type='FPN', num_extra_levels=1),
+        dict(type='DeformableEncoder', layer_cfg=dict(
             DEFORMABLE_LAYER, self_attn_cfg=dict(type='SameLevelDeformAttn'))),
-        dict(type='DeformableDecoder', num_levels=3, layer_cfg=dict(
+        dict(type='DeformableDecoder', layer_cfg=dict(
             DEFORMABLE_LAYER, cross_attn_cfg=dict(type='PerLevelDeformAttn')))),
     'dense-encoder-deformable-decoder': (
-        (2, 3), dict(type='MultiScaleProjection', in_channels=[256, 512], num_extra_levels=0),
-        dict(type='DenseEncoder', num_levels=2, layer_cfg=DENSE_LAYER),
-        dict(type='DeformableDecoder', num_levels=2, layer_cfg=DEFORMABLE_LAYER)),
+        (2, 3), dict(type='MultiScaleProjection', num_extra_levels=0),
+        dict(type='DenseEncoder', layer_cfg=DENSE_LAYER),
+        dict(type='DeformableDecoder', layer_cfg=DEFORMABLE_LAYER)),
     'deformable-encoder-dense-decoder': (
-        (3,), dict(type='MultiScaleProjection', in_channels=[512], num_extra_levels=0),
-        dict(type='DeformableEncoder', num_levels=1, layer_cfg=DEFORMABLE_LAYER),
-        dict(type='DenseDecoder', num_levels=1, layer_cfg=DENSE_LAYER)),
+        (3,), dict(type='MultiScaleProjection', num_extra_levels=0),
+        dict(type='DeformableEncoder', layer_cfg=DEFORMABLE_LAYER),
+        dict(type='DenseDecoder', layer_cfg=DENSE_LAYER)),
 }
 
 
@@ -47,17 +47,15 @@ def tiny_model_cfg(name):
     model = Config.fromfile(BASE).model
     model.backbone.update(depth=18, out_indices=out_indices, init_cfg=None)
     model.neck = dict(neck, out_channels=DIMS, num_groups=8)
-    model.positional_encoding.num_feats = DIMS // 2
     model.encoder = dict(encoder, num_layers=2)
     model.decoder = dict(decoder, num_layers=2)
-    model.query_generator.update(num_queries=NUM_QUERIES, embed_dims=DIMS)
-    model.bbox_head.update(num_classes=NUM_CLASSES, embed_dims=DIMS, num_layers=2,
-                           num_predictions=10)
+    model.update(num_queries=NUM_QUERIES, test_cfg=dict(max_per_img=10))
+    model.bbox_head.num_classes = NUM_CLASSES
     return model
 
 
 def make_batch(boxes_per_image):
-    return detector_inputs.make_batch([(64, 64), (48, 56)], boxes_per_image, NUM_CLASSES)
+    return testing.make_batch([(64, 64), (48, 56)], boxes_per_image, NUM_CLASSES)
 
 
 @pytest.fixture(scope='module', params=sorted(VARIANTS))

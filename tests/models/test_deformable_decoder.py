@@ -8,7 +8,7 @@ from mmdeform.models.stage_outputs import EncoderOutput
 from mmdeform.registry import MODELS
 
 C, B, Q, NUM_LAYERS = 32, 2, 5, 3
-LAYER_CFG = dict(embed_dims=C, num_heads=4, num_points=2, feedforward_dims=64, dropout=0.1)
+LAYER_CFG = dict(num_heads=4, num_points=2, feedforward_dims=64, dropout=0.1)
 SHAPES = [(6, 7), (3, 4)]
 VALID = [[(6, 7), (3, 4)], [(4, 5), (2, 3)]]  # valid (h, w) per image and level
 
@@ -17,7 +17,7 @@ def make_decoder(decoder_type='DeformableDecoder', seed=0):
     """Float64 decoder with random (not zero) offset/attention projections,
     so that queries and references influence the outputs."""
     torch.manual_seed(seed)
-    decoder = MODELS.build(dict(type=decoder_type, num_layers=NUM_LAYERS, num_levels=2,
+    decoder = MODELS.build(dict(type=decoder_type, num_layers=NUM_LAYERS, embed_dims=C, num_levels=2,
                                 layer_cfg=LAYER_CFG)).double().eval()
     with torch.no_grad():
         for layer in decoder.layers:
@@ -179,7 +179,7 @@ def test_padded_memory_does_not_change_outputs():
 
 def test_decoder_layer_order_matches_the_official_one():
     torch.manual_seed(0)
-    layer = DeformableDecoderLayer(num_levels=2, **LAYER_CFG).double().eval()
+    layer = DeformableDecoderLayer(embed_dims=C, num_levels=2, **LAYER_CFG).double().eval()
     enc = make_encoder_output()
     query, query_pos, ref = make_queries()
     ref = ref[:, :, None] * enc.valid_ratios.double()[:, None]

@@ -19,7 +19,7 @@ def make_head(**kwargs) -> DeformableDETRHead:
     kwargs.setdefault('num_classes', K)
     kwargs.setdefault('embed_dims', C)
     kwargs.setdefault('num_layers', 3)
-    kwargs.setdefault('num_predictions', 10)
+    kwargs.setdefault('test_cfg', dict(max_per_img=10))
     return DeformableDETRHead(**kwargs)
 
 
@@ -110,6 +110,23 @@ def test_init_matches_the_official_head(share, wh_bias):
         assert reg_branch.layers[-1].bias.tolist() == [0.0, 0.0, expected_wh, expected_wh]
 
 
+@pytest.mark.parametrize('reference_dims, wh_bias', [(2, -2.0), (4, 0.0)])
+def test_default_wh_bias_follows_the_reference_kind(reference_dims, wh_bias):
+    head = make_head(share_branches=False, reference_dims=reference_dims)
+    assert head.reg_branches[0].layers[-1].bias.tolist() == [0.0, 0.0, wh_bias, wh_bias]
+
+
+def test_bad_train_and_test_cfg_are_refused():
+    with pytest.raises(ValueError, match=r"test_cfg has unknown keys \['num_predictions'\]"):
+        make_head(test_cfg=dict(num_predictions=5))
+    with pytest.raises(ValueError, match=r"train_cfg has unknown keys \['assigners'\]"):
+        make_head(train_cfg=dict(assigners=[]))
+    with pytest.raises(ValueError, match='max_per_img must be >= 1'):
+        make_head(test_cfg=dict(max_per_img=0))
+    with pytest.raises(ValueError, match='reference_dims must be 2'):
+        make_head(reference_dims=3)
+
+
 def test_forward_checks_the_number_of_layers():
     head = make_head(num_layers=3)
     with pytest.raises(ValueError, match='3 decoder layers'):
@@ -133,7 +150,7 @@ def brute_force_top_k(logits, boxes_cxcywh, k, height, width):
 
 @pytest.mark.parametrize('rescale', [True, False])
 def test_predict_matches_a_brute_force_top_k(rescale):
-    head = make_head(num_predictions=12)
+    head = make_head(test_cfg=dict(max_per_img=12))
     torch.manual_seed(1)
     logits = torch.randn(3, B, Q, K, dtype=torch.float64)
     boxes = torch.rand(3, B, Q, 4, dtype=torch.float64)  # may leave the image: no clipping
@@ -151,7 +168,7 @@ def test_predict_matches_a_brute_force_top_k(rescale):
 
 
 def test_predict_keeps_at_most_all_pairs():
-    head = make_head(num_predictions=1000)
+    head = make_head(test_cfg=dict(max_per_img=1000))
     out = HeadOutput(logits=torch.randn(3, 1, Q, K), boxes_cxcywh=torch.rand(3, 1, Q, 4))
     result = head.predict(out, [sample((10, 10), (10, 10), [], [])])[0]
     assert result.pred_instances.scores.shape == (Q * K,)

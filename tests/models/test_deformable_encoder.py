@@ -13,7 +13,7 @@ from mmdeform.models.layers import DeformableEncoderLayer
 from mmdeform.registry import MODELS
 
 C = 32
-LAYER_CFG = dict(embed_dims=C, num_heads=4, num_points=2, feedforward_dims=64, dropout=0.1)
+LAYER_CFG = dict(num_heads=4, num_points=2, feedforward_dims=64, dropout=0.1)
 SHAPES = [(6, 7), (3, 4)]
 # valid (h, w) per image and level; image 1 is padded at the bottom and right
 VALID = [[(6, 7), (3, 4)], [(4, 5), (2, 3)]]
@@ -24,7 +24,8 @@ def make_encoder(seed=0):
     offset and attention-weight projections are zero, so the query (and the
     position encoding) would have no effect; give them small random weights."""
     torch.manual_seed(seed)
-    cfg = dict(type='DeformableEncoder', num_layers=2, num_levels=2, layer_cfg=LAYER_CFG)
+    cfg = dict(type='DeformableEncoder', num_layers=2, embed_dims=C, num_levels=2,
+               layer_cfg=LAYER_CFG)
     encoder = MODELS.build(cfg).double().eval()
     with torch.no_grad():
         for layer in encoder.layers:
@@ -136,7 +137,7 @@ def test_level_embed_is_added_to_each_level_position_encoding():
 
 def test_layer_adds_position_to_query_only():
     torch.manual_seed(0)
-    layer = DeformableEncoderLayer(num_levels=2, **LAYER_CFG).double().eval()
+    layer = DeformableEncoderLayer(embed_dims=C, num_levels=2, **LAYER_CFG).double().eval()
     feats, masks, pos_embeds = make_inputs()
     encoder = make_encoder()
     query, query_pos, padding_mask, shapes = encoder.flatten_levels(feats, masks, pos_embeds)
@@ -188,8 +189,10 @@ def test_bad_inputs_raise_clear_errors():
         encoder(feats, [masks[0], masks[1][:, :2]], pos_embeds)
     with pytest.raises(ValueError, match=r'pos_embeds\[0\]'):
         encoder(feats, masks, [pos_embeds[0][:, :4], pos_embeds[1]])
-    with pytest.raises(ValueError, match='num_levels'):
-        DeformableEncoder(num_levels=2, layer_cfg=dict(LAYER_CFG, num_levels=2))
+    with pytest.raises(ValueError, match='remove layer_cfg.num_levels'):
+        DeformableEncoder(embed_dims=C, num_levels=2, layer_cfg=dict(LAYER_CFG, num_levels=2))
+    with pytest.raises(ValueError, match='remove layer_cfg.embed_dims'):
+        DeformableEncoder(embed_dims=C, num_levels=2, layer_cfg=dict(LAYER_CFG, embed_dims=C))
 
 
 def test_memory_pos_is_the_attention_position_encoding():

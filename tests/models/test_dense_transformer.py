@@ -11,14 +11,14 @@ from mmdeform.models.stage_outputs import EncoderOutput
 from mmdeform.registry import MODELS
 
 C, B, Q = 16, 2, 5
-LAYER_CFG = dict(embed_dims=C, num_heads=4, feedforward_dims=32, dropout=0.1)
+LAYER_CFG = dict(num_heads=4, feedforward_dims=32, dropout=0.1)
 SHAPES = [(5, 6), (3, 3)]
 VALID = [[(5, 6), (3, 3)], [(3, 4), (2, 2)]]  # valid (h, w) per image and level
 
 
 def build(cfg_type, num_levels=2, layer_cfg=LAYER_CFG, seed=0):
     torch.manual_seed(seed)
-    return MODELS.build(dict(type=cfg_type, num_layers=2, num_levels=num_levels,
+    return MODELS.build(dict(type=cfg_type, num_layers=2, embed_dims=C, num_levels=num_levels,
                              layer_cfg=layer_cfg)).double().eval()
 
 
@@ -81,7 +81,7 @@ def test_encoder_level_embedding_only_with_several_levels():
 
 def test_encoder_layer_is_post_norm_dense_self_attention():
     torch.manual_seed(0)
-    layer = DenseEncoderLayer(**LAYER_CFG).double().eval()
+    layer = DenseEncoderLayer(embed_dims=C, **LAYER_CFG).double().eval()
     feats, masks, pos_embeds = make_inputs()
     query, query_pos, padding_mask, _ = flatten_levels(feats, masks, pos_embeds, None)
     attn = manual_attention(layer.self_attn, query + query_pos, query + query_pos, query,
@@ -136,7 +136,7 @@ def test_decoder_shapes_and_fixed_references():
 
 def test_decoder_layer_is_post_norm_self_then_cross_attention():
     torch.manual_seed(0)
-    layer = DenseDecoderLayer(**LAYER_CFG).double().eval()
+    layer = DenseDecoderLayer(embed_dims=C, **LAYER_CFG).double().eval()
     query, query_pos, _ = make_queries()
     enc = make_encoder_output()
     x = query + query_pos
@@ -197,6 +197,8 @@ def test_bad_inputs_raise_clear_errors():
             build(cfg_type, layer_cfg=dict(LAYER_CFG, num_points=4))
         with pytest.raises(ValueError, match='give num_levels to'):
             build(cfg_type, layer_cfg=dict(LAYER_CFG, num_levels=2))
+        with pytest.raises(ValueError, match='remove layer_cfg.embed_dims'):
+            build(cfg_type, layer_cfg=dict(LAYER_CFG, embed_dims=C))
     with pytest.raises(ValueError, match='expected 2 levels'):
         build('DenseEncoder')(*(x[:1] for x in make_inputs()))
     decoder = build('DenseDecoder')

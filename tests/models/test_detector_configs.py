@@ -6,16 +6,16 @@ queries, 64x64 images). No test calls ``init_weights``, so nothing is downloaded
 """
 from pathlib import Path
 
-import detector_inputs
 import pytest
 import torch
 from mmengine.config import Config
 
+from mmdeform import testing
 from mmdeform.registry import MODELS
+from mmdeform.testing import shrink_model_cfg
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr'
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py'))
-STAGE_CHANNELS = {18: (64, 128, 256, 512), 50: (256, 512, 1024, 2048)}
 NUM_CLASSES, NUM_QUERIES, DIMS = 5, 20, 32
 
 
@@ -27,27 +27,13 @@ def load(name: str) -> Config:
 
 def tiny_model_cfg(name: str) -> dict:
     """The config's model with the same components at a tiny size."""
-    model = load(name).model
-    # a dilated stage needs bottleneck blocks (as in torchvision): DC5 keeps ResNet-50
-    model.backbone.depth = 50 if model.backbone.dilate_last_stage else 18
-    channels = STAGE_CHANNELS[model.backbone.depth]
-    model.neck.in_channels = [channels[i] for i in model.backbone.out_indices]
-    model.neck.update(out_channels=DIMS, num_groups=8)
-    model.positional_encoding.num_feats = DIMS // 2
-    for stage in (model.encoder, model.decoder):
-        stage.num_layers = 2
-        stage.layer_cfg.update(embed_dims=DIMS, num_heads=4, feedforward_dims=64)
-    model.query_generator.update(num_queries=NUM_QUERIES, embed_dims=DIMS)
-    if model.query_generator.type == 'TwoStageProposals':
-        model.query_generator.num_classes = NUM_CLASSES
-    model.bbox_head.update(num_classes=NUM_CLASSES, embed_dims=DIMS, num_layers=2)
-    return model
+    return shrink_model_cfg(load(name).model, embed_dims=DIMS, num_classes=NUM_CLASSES,
+                            num_queries=NUM_QUERIES)
 
 
 def make_batch(boxes_per_image):
     """Raw uint8 images of different sizes and their data samples."""
-    return detector_inputs.make_batch([(64, 64), (48, 56)], boxes_per_image, NUM_CLASSES,
-                                      ori_scale=2)
+    return testing.make_batch([(64, 64), (48, 56)], boxes_per_image, NUM_CLASSES, ori_scale=2)
 
 
 @pytest.fixture(scope='module', params=CONFIGS)

@@ -24,7 +24,7 @@ def _random_case(generator, num_queries, num_classes, num_gts, dtype=torch.float
 def test_builds_default_costs_from_registry():
     assigner = TASK_UTILS.build(dict(type='HungarianAssigner'))
     assert [type(c).__name__ for c in assigner.match_costs] == [
-        'FocalLossCost', 'BBoxL1Cost', 'GIoUCost']
+        'FocalLossCost', 'BBoxL1Cost', 'IoUCost']
     assert [c.weight for c in assigner.match_costs] == [2.0, 5.0, 2.0]
 
 
@@ -132,7 +132,7 @@ def test_non_finite_inputs_and_costs_raise():
         HungarianAssigner().assign(logits, boxes, labels, gt_boxes)
     # Two identical zero-area boxes: union 0, so GIoU is 0/0.
     point = torch.tensor([[0.5, 0.5, 0.0, 0.0]], dtype=torch.float64)
-    with pytest.raises(ValueError, match='cost matrix.*GIoUCost'):
+    with pytest.raises(ValueError, match='cost matrix.*IoUCost'):
         HungarianAssigner().assign(logits[:1], point, labels[:1], point.clone())
 
 

@@ -180,8 +180,8 @@ def test_default_layer_init_consumes_the_rng_as_before():
 def test_encoder_with_same_level_attention_keeps_levels_apart():
     torch.manual_seed(0)
     encoder = MODELS.build(dict(
-        type='DeformableEncoder', num_layers=2, num_levels=2,
-        layer_cfg=dict(embed_dims=C, num_heads=M, num_points=P, feedforward_dims=32,
+        type='DeformableEncoder', num_layers=2, embed_dims=C, num_levels=2,
+        layer_cfg=dict(num_heads=M, num_points=P, feedforward_dims=32,
                        dropout=0.0, self_attn_cfg=dict(type='SameLevelDeformAttn')))).double()
     with torch.no_grad():  # random offsets / weights so that the queries matter
         for layer in encoder.layers:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mmdeform.models  # noqa: F401  (registers the costs)
-from mmdeform.models.task_modules import BBoxL1Cost, FocalLossCost, GIoUCost
+from mmdeform.models.task_modules import BBoxL1Cost, FocalLossCost, IoUCost
 from mmdeform.registry import TASK_UTILS
 
 
@@ -61,19 +61,19 @@ def test_giou_cost_by_hand():
     # pred xyxy (0, 0, 0.5, 0.5); gt xyxy (0.25, 0.25, 0.75, 0.75) and the pred box itself.
     pred = torch.tensor([[0.25, 0.25, 0.5, 0.5]], dtype=torch.float64)
     gt = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]], dtype=torch.float64)
-    cost = GIoUCost()(torch.zeros(1, 2, dtype=torch.float64), pred, torch.tensor([0, 1]), gt)
+    cost = IoUCost()(torch.zeros(1, 2, dtype=torch.float64), pred, torch.tensor([0, 1]), gt)
     inter, union, enclosing = 0.0625, 0.25 + 0.25 - 0.0625, 0.75 * 0.75
     giou = inter / union - (enclosing - union) / enclosing
     torch.testing.assert_close(cost, torch.tensor([[-2.0 * giou, -2.0]], dtype=torch.float64))
 
 
-@pytest.mark.parametrize('cost_type', ['FocalLossCost', 'BBoxL1Cost', 'GIoUCost'])
+@pytest.mark.parametrize('cost_type', ['FocalLossCost', 'BBoxL1Cost', 'IoUCost'])
 def test_costs_without_ground_truth(cost_type):
     cost = TASK_UTILS.build(dict(type=cost_type))(*_empty_inputs())
     assert cost.shape == (3, 0)
 
 
-@pytest.mark.parametrize('cost_type', ['FocalLossCost', 'BBoxL1Cost', 'GIoUCost'])
+@pytest.mark.parametrize('cost_type', ['FocalLossCost', 'BBoxL1Cost', 'IoUCost'])
 def test_costs_reject_bad_shapes(cost_type):
     logits, boxes, _, _ = _empty_inputs()
     match_cost = TASK_UTILS.build(dict(type=cost_type))
@@ -91,3 +91,14 @@ def test_focal_cost_rejects_labels_out_of_range():
     with pytest.raises(ValueError, match=r'gt_labels must lie in \[0, 4\)'):
         FocalLossCost()(logits, boxes, torch.tensor([4]), torch.full((1, 4), 0.5,
                                                                      dtype=torch.float64))
+
+
+def test_iou_cost_plain_iou_mode_and_bad_mode():
+    # pred xyxy (0, 0, 0.5, 0.5) against gt xyxy (0.25, 0.25, 0.75, 0.75): IoU 1/7.
+    pred = torch.tensor([[0.25, 0.25, 0.5, 0.5]], dtype=torch.float64)
+    gt = torch.tensor([[0.5, 0.5, 0.5, 0.5]], dtype=torch.float64)
+    cost = IoUCost(iou_mode='iou', weight=3.0)(torch.zeros(1, 2, dtype=torch.float64), pred,
+                                               torch.tensor([0]), gt)
+    torch.testing.assert_close(cost, torch.tensor([[-3.0 / 7.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="iou_mode must be 'giou' or 'iou'"):
+        IoUCost(iou_mode='diou')

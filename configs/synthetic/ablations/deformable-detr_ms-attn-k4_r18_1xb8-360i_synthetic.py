@@ -16,14 +16,7 @@ test_evaluator = val_evaluator
 
 # ---- model: ResNet-18 to C4 (strides 8, 16) + 2 stride-2 levels (32, 64) = 4 levels of 128
 # channels; 1 encoder layer, 50 two-stage queries, 3 decoder layers with fixed references ----
-layer_cfg = dict(embed_dims=128, num_heads=8, num_points=4, feedforward_dims=512, dropout=0.0)
-model = dict(
-    backbone=dict(out_indices=(1, 2)),
-    neck=dict(in_channels=[128, 256], num_extra_levels=2),
-    encoder=dict(num_layers=1, num_levels=4, layer_cfg=layer_cfg),
-    query_generator=dict(type='TwoStageProposals', num_queries=50),
-    decoder=dict(type='DeformableDecoder', num_layers=3, num_levels=4, layer_cfg=layer_cfg),
-    bbox_head=dict(share_branches=True))
+model = dict(backbone=dict(out_indices=(1, 2)), decoder=dict(type='DeformableDecoder'))
 
 # ---- schedule: 360 iterations, 20-iteration warm-up then cosine; 4 evaluations ---------------
 train_cfg = dict(max_iters=360, val_interval=90)

@@ -2,8 +2,4 @@
 # uses C5 (stride 32); at 128 px that is 4 x 4 = 16 tokens, fewer than the 50 two-stage queries.
 _base_ = './deformable-detr_ms-attn-k4_r18_1xb8-360i_synthetic.py'
 
-model = dict(
-    backbone=dict(out_indices=(2, )),
-    neck=dict(in_channels=[256], num_extra_levels=0),
-    encoder=dict(num_levels=1),
-    decoder=dict(num_levels=1))
+model = dict(backbone=dict(out_indices=(2, )), neck=dict(num_extra_levels=0))

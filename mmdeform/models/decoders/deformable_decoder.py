@@ -7,7 +7,7 @@ from torch import nn
 
 from mmdeform.registry import MODELS
 
-from ..layers import DeformableDecoderLayer, init_deformable_transformer
+from ..layers import DeformableDecoderLayer, init_deformable_transformer, stage_layer_cfg
 from ..stage_outputs import DecoderOutput, EncoderOutput
 
 
@@ -69,31 +69,40 @@ class DeformableDecoder(BaseModule):
 
     Args:
         num_layers (int): Number of decoder layers.
-        num_levels (int): Feature levels L of the memory (given to each layer).
+        embed_dims (int): Channels C (given to each layer); the detector
+            passes the neck's ``out_channels``.
+        num_levels (int): Feature levels L of the memory (given to each
+            layer); the detector passes the neck's ``num_levels``.
         layer_cfg (dict, optional): Keyword arguments of
-            ``DeformableDecoderLayer`` except ``num_levels``: ``embed_dims``
-            (256), ``num_heads`` (8), ``num_points`` (4),
+            ``DeformableDecoderLayer`` except ``embed_dims`` and
+            ``num_levels``: ``num_heads`` (8), ``num_points`` (4),
             ``feedforward_dims`` (1024), ``dropout`` (0.1), ``cross_attn_cfg``
             (``dict(type='MSDeformAttn')``).
         init_cfg (dict, optional): mmengine init config, applied by
             ``init_weights`` after the official initialization.
+
+    Attributes:
+        refines_references (bool): False: the head may share one class/box
+            branch pair across layers. ``RefineDeformableDecoder`` sets it
+            True (it needs one box branch per layer); the detector passes it
+            to the head as ``share_branches = not refines_references``.
     """
 
-    def __init__(self, num_layers: int = 6, num_levels: int = 4,
+    refines_references = False
+
+    def __init__(self, num_layers: int = 6, embed_dims: int = 256, num_levels: int = 4,
                  layer_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        layer_cfg = dict(layer_cfg or {})
         name = type(self).__name__
-        if 'num_levels' in layer_cfg:
-            raise ValueError(f'{name}: give num_levels to the decoder, not in layer_cfg')
+        layer_cfg = stage_layer_cfg(name, layer_cfg, embed_dims=embed_dims,
+                                    num_levels=num_levels)
         if num_layers < 1:
             raise ValueError(f'{name}: num_layers must be >= 1, got {num_layers}')
         self.num_layers = num_layers
         self.num_levels = num_levels
+        self.embed_dims = embed_dims
         self.layers = nn.ModuleList(
-            DeformableDecoderLayer(num_levels=num_levels, **layer_cfg)
-            for _ in range(num_layers))
-        self.embed_dims = self.layers[0].embed_dims
+            DeformableDecoderLayer(**layer_cfg) for _ in range(num_layers))
         init_deformable_transformer(self)
 
     def init_weights(self) -> None:

@@ -27,27 +27,31 @@ class DenseDecoder(BaseModule):
 
     Args:
         num_layers (int): Number of decoder layers.
+        embed_dims (int): Channels C, given to every layer; the detector passes
+            the neck's ``out_channels``.
         num_levels (int): Feature levels L of the memory; the attention does
             not use it, it is checked against ``encoder_output.spatial_shapes``
             (interface symmetry with ``DeformableDecoder``).
         layer_cfg (dict, optional): Keyword arguments of
-            ``DenseDecoderLayer``: ``embed_dims`` (256), ``num_heads`` (8),
+            ``DenseDecoderLayer`` except ``embed_dims``: ``num_heads`` (8),
             ``feedforward_dims`` (1024), ``dropout`` (0.1). Other keys
             (``num_points``, ``cross_attn_cfg``, ``num_levels``) are an error.
         init_cfg (dict, optional): mmengine init config, applied by
             ``init_weights`` after DETR's initialization (Xavier, dim > 1).
     """
 
-    def __init__(self, num_layers: int = 6, num_levels: int = 1,
+    refines_references = False  # fixed references: the head may share its branches
+
+    def __init__(self, num_layers: int = 6, embed_dims: int = 256, num_levels: int = 1,
                  layer_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        layer_cfg = check_dense_layer_cfg(layer_cfg, 'DenseDecoder')
+        layer_cfg = check_dense_layer_cfg(layer_cfg, 'DenseDecoder', embed_dims)
         if num_layers < 1:
             raise ValueError(f'DenseDecoder: num_layers must be >= 1, got {num_layers}')
         self.num_layers = num_layers
         self.num_levels = num_levels
         self.layers = nn.ModuleList(DenseDecoderLayer(**layer_cfg) for _ in range(num_layers))
-        self.embed_dims = self.layers[0].embed_dims
+        self.embed_dims = embed_dims
         init_dense_transformer(self)
 
     def init_weights(self) -> None:

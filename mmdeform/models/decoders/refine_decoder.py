@@ -27,6 +27,8 @@ class RefineDeformableDecoder(DeformableDecoder):
     ``DeformableDecoder``.
     """
 
+    refines_references = True
+
     def update_reference(self, layer_index: int, output: torch.Tensor,
                          reference_points: torch.Tensor,
                          reg_branches: Optional[nn.ModuleList]) -> torch.Tensor:

@@ -7,7 +7,7 @@ from torch import nn
 
 from mmdeform.registry import MODELS
 
-from ..layers import DeformableEncoderLayer, init_deformable_transformer
+from ..layers import DeformableEncoderLayer, init_deformable_transformer, stage_layer_cfg
 from ..stage_outputs import EncoderOutput
 
 
@@ -145,30 +145,30 @@ class DeformableEncoder(BaseModule):
 
     Args:
         num_layers (int): Number of encoder layers.
-        num_levels (int): Feature levels L (also given to each layer).
+        embed_dims (int): Channels C (given to each layer). The detector
+            passes the neck's ``out_channels``; configs do not write it.
+        num_levels (int): Feature levels L (given to each layer). The
+            detector passes the neck's ``num_levels``.
         layer_cfg (dict, optional): Keyword arguments of
-            ``DeformableEncoderLayer`` except ``num_levels``: ``embed_dims``
-            (256), ``num_heads`` (8), ``num_points`` (4),
+            ``DeformableEncoderLayer`` except ``embed_dims`` and
+            ``num_levels``: ``num_heads`` (8), ``num_points`` (4),
             ``feedforward_dims`` (1024), ``dropout`` (0.1), ``self_attn_cfg``
             (``dict(type='MSDeformAttn')``).
         init_cfg (dict, optional): mmengine init config, applied by
             ``init_weights`` after the official initialization.
     """
 
-    def __init__(self, num_layers: int = 6, num_levels: int = 4,
+    def __init__(self, num_layers: int = 6, embed_dims: int = 256, num_levels: int = 4,
                  layer_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        layer_cfg = dict(layer_cfg or {})
-        if 'num_levels' in layer_cfg:
-            raise ValueError('DeformableEncoder: give num_levels to the encoder, '
-                             'not in layer_cfg')
+        layer_cfg = stage_layer_cfg('DeformableEncoder', layer_cfg,
+                                    embed_dims=embed_dims, num_levels=num_levels)
         if num_layers < 1:
             raise ValueError(f'DeformableEncoder: num_layers must be >= 1, got {num_layers}')
         self.num_levels = num_levels
+        self.embed_dims = embed_dims
         self.layers = nn.ModuleList(
-            DeformableEncoderLayer(num_levels=num_levels, **layer_cfg)
-            for _ in range(num_layers))
-        self.embed_dims = self.layers[0].embed_dims
+            DeformableEncoderLayer(**layer_cfg) for _ in range(num_layers))
         self.level_embed = nn.Parameter(torch.empty(num_levels, self.embed_dims))
         self._reset_parameters()
 

@@ -30,26 +30,28 @@ class DenseEncoder(BaseModule):
 
     Args:
         num_layers (int): Number of encoder layers.
+        embed_dims (int): Channels C, given to every layer; the detector passes
+            the neck's ``out_channels``.
         num_levels (int): Feature levels L.
         layer_cfg (dict, optional): Keyword arguments of
-            ``DenseEncoderLayer``: ``embed_dims`` (256), ``num_heads`` (8),
+            ``DenseEncoderLayer`` except ``embed_dims``: ``num_heads`` (8),
             ``feedforward_dims`` (1024), ``dropout`` (0.1). Other keys
             (``num_points``, ``self_attn_cfg``, ``num_levels``) are an error.
         init_cfg (dict, optional): mmengine init config, applied by
             ``init_weights`` after DETR's initialization.
     """
 
-    def __init__(self, num_layers: int = 6, num_levels: int = 1,
+    def __init__(self, num_layers: int = 6, embed_dims: int = 256, num_levels: int = 1,
                  layer_cfg: Optional[dict] = None, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        layer_cfg = check_dense_layer_cfg(layer_cfg, 'DenseEncoder')
+        layer_cfg = check_dense_layer_cfg(layer_cfg, 'DenseEncoder', embed_dims)
         if num_layers < 1:
             raise ValueError(f'DenseEncoder: num_layers must be >= 1, got {num_layers}')
         if num_levels < 1:
             raise ValueError(f'DenseEncoder: num_levels must be >= 1, got {num_levels}')
         self.num_levels = num_levels
         self.layers = nn.ModuleList(DenseEncoderLayer(**layer_cfg) for _ in range(num_layers))
-        self.embed_dims = self.layers[0].embed_dims
+        self.embed_dims = embed_dims
         if num_levels > 1:
             self.level_embed = nn.Parameter(torch.empty(num_levels, self.embed_dims))
         else:

@@ -21,7 +21,17 @@ DEFAULT_LOSS_IOU = dict(type='GIoULoss', loss_weight=2.0)
 DEFAULT_ASSIGNER = dict(
     type='HungarianAssigner',
     match_costs=[dict(type='FocalLossCost', weight=2.0), dict(type='BBoxL1Cost', weight=5.0),
-                 dict(type='GIoUCost', weight=2.0)])
+                 dict(type='IoUCost', iou_mode='giou', weight=2.0)])
+
+
+def check_cfg_keys(name: str, cfg: Optional[dict], allowed: Sequence[str]) -> dict:
+    """A copy of ``cfg`` (empty for None), refusing keys outside ``allowed``."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(allowed))
+    if unknown:
+        raise ValueError(f'DeformableDETRHead: {name} has unknown keys {unknown}; '
+                         f'allowed: {list(allowed)}')
+    return cfg
 
 
 @MODELS.register_module()
@@ -37,13 +47,24 @@ class DeformableDETRHead(BaseModule):
 
     Args:
         num_classes (int): Number of object classes (sigmoid classifier, no
-            background class).
-        embed_dims (int): Channels C of the decoder's hidden states.
-        num_layers (int): Number of decoder layers the head is applied to.
+            background class). The head owns this size; the detector gives
+            it to a query generator that scores classes (two-stage).
+        embed_dims (int): Channels C of the decoder's hidden states; the
+            detector passes the neck's ``out_channels``.
+        num_layers (int): Number of decoder layers the head is applied to;
+            the detector passes the decoder's ``num_layers``.
         share_branches (bool): True: one class branch and one box MLP used by
             every layer (``cls_branches`` / ``reg_branches`` hold one module
-            each). False: one branch pair per layer (box refinement needs
-            this, the decoder refines its references with ``reg_branches``).
+            each). False: one branch pair per layer. The detector passes
+            ``not decoder.refines_references`` (box refinement needs a box
+            branch per layer) and refuses a config that contradicts it.
+        reference_dims (int): 2 when the decoder's references are points
+            (learned queries), 4 when they are boxes (two-stage proposals);
+            the detector passes the query generator's ``reference_dims``.
+        init_wh_bias (float, optional): Initial bias of the (w, h) outputs of
+            the first box branch. Default: -2.0 for point references (small
+            boxes around them), 0.0 for box references (proposals already
+            carry a size), as in the official model.
         loss_cls (dict, optional): Classification loss config, called as
             ``loss(logits (K, C), targets (K, C), avg_factor)``; default
             ``DEFAULT_LOSS_CLS`` (focal loss, weight 2).
@@ -51,35 +72,43 @@ class DeformableDETRHead(BaseModule):
             boxes; default L1, weight 5.
         loss_iou (dict, optional): IoU loss on normalized xyxy boxes; default
             GIoU, weight 2.
-        assigner (dict, optional): One-to-one assigner config (``TASK_UTILS``);
-            default Hungarian matching with the paper's costs.
-        num_predictions (int): Detections kept per image by :meth:`predict`.
-        init_wh_bias (float): Initial bias of the (w, h) outputs of the first
-            box branch: -2.0 starts with small boxes around 2-d reference
-            points; two-stage configs use 0.0 (proposals already carry a size).
+        train_cfg (dict, optional): ``assigner``: one-to-one assigner config
+            (``TASK_UTILS``); default Hungarian matching with the paper's
+            costs. MMDetection's key; the detector passes its ``train_cfg``.
+        test_cfg (dict, optional): ``max_per_img`` (100): detections kept
+            per image by :meth:`predict`. The detector passes its ``test_cfg``.
         init_cfg (dict, optional): mmengine initialization config.
     """
 
     def __init__(self,
-                 num_classes: int = 91,
+                 num_classes: int = 80,
                  embed_dims: int = 256,
                  num_layers: int = 6,
                  share_branches: bool = True,
+                 reference_dims: int = 2,
+                 init_wh_bias: Optional[float] = None,
                  loss_cls: Optional[dict] = None,
                  loss_bbox: Optional[dict] = None,
                  loss_iou: Optional[dict] = None,
-                 assigner: Optional[dict] = None,
-                 num_predictions: int = 100,
-                 init_wh_bias: float = -2.0,
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        if num_layers < 1 or num_predictions < 1:
-            raise ValueError('DeformableDETRHead: num_layers and num_predictions must be >= 1, '
-                             f'got {num_layers} and {num_predictions}')
+        train_cfg = check_cfg_keys('train_cfg', train_cfg, ('assigner', ))
+        test_cfg = check_cfg_keys('test_cfg', test_cfg, ('max_per_img', ))
+        max_per_img = test_cfg.get('max_per_img', 100)
+        if num_layers < 1 or max_per_img < 1:
+            raise ValueError('DeformableDETRHead: num_layers and test_cfg.max_per_img must be '
+                             f'>= 1, got {num_layers} and {max_per_img}')
+        if reference_dims not in (2, 4):
+            raise ValueError(f'DeformableDETRHead: reference_dims must be 2 (points) or 4 '
+                             f'(boxes), got {reference_dims}')
         self.num_classes, self.num_layers = num_classes, num_layers
         self.share_branches = share_branches
-        self.num_predictions = num_predictions
-        self.init_wh_bias = init_wh_bias
+        self.reference_dims = reference_dims
+        self.max_per_img = max_per_img
+        self.init_wh_bias = (-2.0 if reference_dims == 2 else 0.0) \
+            if init_wh_bias is None else init_wh_bias
         num_branches = 1 if share_branches else num_layers
         self.cls_branches = nn.ModuleList(
             nn.Linear(embed_dims, num_classes) for _ in range(num_branches))
@@ -88,7 +117,7 @@ class DeformableDETRHead(BaseModule):
         self.loss_cls = MODELS.build(loss_cls or DEFAULT_LOSS_CLS)
         self.loss_bbox = MODELS.build(loss_bbox or DEFAULT_LOSS_BBOX)
         self.loss_iou = MODELS.build(loss_iou or DEFAULT_LOSS_IOU)
-        self.assigner = TASK_UTILS.build(assigner or DEFAULT_ASSIGNER)
+        self.assigner = TASK_UTILS.build(train_cfg.get('assigner', DEFAULT_ASSIGNER))
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -111,6 +140,11 @@ class DeformableDETRHead(BaseModule):
     def branch_index(self, layer: int) -> int:
         """Index into ``cls_branches`` / ``reg_branches`` used by ``layer``."""
         return 0 if self.share_branches else layer
+
+    def shared_branches(self) -> Optional[Tuple[nn.Module, nn.Module]]:
+        """The (class, box) branch pair every layer uses, or None when each
+        layer has its own; the detector passes it to the query generator."""
+        return (self.cls_branches[0], self.reg_branches[0]) if self.share_branches else None
 
     def forward(self, decoder_output: DecoderOutput) -> HeadOutput:
         """Predictions of every decoder layer.
@@ -249,7 +283,7 @@ class DeformableDETRHead(BaseModule):
         """Top-scoring (query, class) pairs of the last layer of every image.
 
         Scores are ``sigmoid(logits)`` over all Q*K pairs; the best
-        ``num_predictions`` are kept (sorted, no threshold, no NMS), so one
+        ``test_cfg.max_per_img`` are kept (sorted, no threshold, no NMS), so one
         query may appear with several labels. Boxes are not clipped.
 
         Args:
@@ -265,7 +299,7 @@ class DeformableDETRHead(BaseModule):
         """
         logits, boxes_cxcywh = head_output.logits[-1], head_output.boxes_cxcywh[-1]
         num_classes = logits.shape[-1]
-        k = min(self.num_predictions, logits.shape[1] * num_classes)
+        k = min(self.max_per_img, logits.shape[1] * num_classes)
         for b, sample in enumerate(data_samples):
             # (Q, K) -> (Q*K,): index = query * K + class
             scores, index = logits[b].sigmoid().flatten().topk(k)

@@ -16,10 +16,10 @@ from .transformer_layers import (
     init_deformable_transformer,
     init_dense_transformer,
 )
-from .utils import boxes_from_reference, inverse_sigmoid
+from .utils import boxes_from_reference, inverse_sigmoid, stage_layer_cfg
 
 __all__ = ['FFN', 'MLP', 'DeformableEncoderLayer', 'DeformableDecoderLayer',
            'init_deformable_transformer', 'build_deformable_attention', 'inverse_sigmoid',
            'boxes_from_reference', 'SameLevelDeformAttn', 'PerLevelDeformAttn',
            'DenseEncoderLayer', 'DenseDecoderLayer', 'check_dense_layer_cfg',
-           'init_dense_transformer']
+           'init_dense_transformer', 'stage_layer_cfg']

@@ -11,29 +11,31 @@ import torch
 from torch import nn
 
 from .transformer_layers import FFN
+from .utils import stage_layer_cfg
 
 DENSE_LAYER_KEYS = ('embed_dims', 'num_heads', 'feedforward_dims', 'dropout')
 
 
-def check_dense_layer_cfg(layer_cfg: Optional[dict], owner: str) -> dict:
-    """Copy of ``layer_cfg`` after rejecting keys the dense layers do not take.
+def check_dense_layer_cfg(layer_cfg: Optional[dict], owner: str, embed_dims: int) -> dict:
+    """``layer_cfg`` with ``embed_dims`` added, after rejecting keys the dense layers do not take.
 
     Args:
-        layer_cfg (dict, optional): keyword arguments of a dense layer.
+        layer_cfg (dict, optional): keyword arguments of a dense layer,
+            without ``embed_dims`` (the stage owns it).
         owner (str): class name of the encoder / decoder, named in errors.
+        embed_dims (int): channels C, given by the stage to every layer.
 
     Returns:
-        dict: the keyword arguments (empty for ``None``).
+        dict: the keyword arguments of every layer.
     """
-    layer_cfg = dict(layer_cfg or {})
+    layer_cfg = stage_layer_cfg(owner, layer_cfg, embed_dims=embed_dims)
     if 'num_levels' in layer_cfg:
         raise ValueError(f'{owner}: give num_levels to {owner}, not in layer_cfg')
     unknown = sorted(set(layer_cfg) - set(DENSE_LAYER_KEYS))
     if unknown:
         raise ValueError(f'{owner}: layer_cfg has unknown keys {unknown} (dense attention has '
                          f'no sampling points or attention config); allowed: '
-                         f'{list(DENSE_LAYER_KEYS)}. A config inheriting a deformable one '
-                         'must replace layer_cfg (_delete_=True), not merge into it')
+                         f'{[key for key in DENSE_LAYER_KEYS if key != "embed_dims"]}')
     return layer_cfg
 
 

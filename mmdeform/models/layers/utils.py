@@ -1,4 +1,6 @@
 """Small functions shared by model components."""
+from typing import Optional
+
 import torch
 
 
@@ -31,3 +33,27 @@ def boxes_from_reference(delta: torch.Tensor, reference: torch.Tensor) -> torch.
                          f'got shape {tuple(reference.shape)}')
     centre = delta[..., :2] + inverse_sigmoid(reference)
     return torch.cat([centre, delta[..., 2:]], dim=-1).sigmoid()
+
+
+def stage_layer_cfg(owner: str, layer_cfg: Optional[dict], **owned) -> dict:
+    """A stage's ``layer_cfg`` completed with the sizes the stage owns.
+
+    The encoder or decoder receives ``embed_dims`` and ``num_levels`` (from
+    the detector, which takes them from the neck) and hands them to every
+    layer; a ``layer_cfg`` that sets one of them itself would write the same
+    size twice, so it is refused.
+
+    Args:
+        owner (str): class name of the stage, named in errors.
+        layer_cfg (dict, optional): keyword arguments of one layer.
+        **owned: the sizes the stage passes to each layer.
+
+    Returns:
+        dict: ``layer_cfg`` with ``owned`` added.
+    """
+    layer_cfg = dict(layer_cfg or {})
+    for key in owned:
+        if key in layer_cfg:
+            raise ValueError(f'{owner}: {key} is given to {owner} itself (by the detector, '
+                             f'from the neck), not in layer_cfg; remove layer_cfg.{key}')
+    return {**layer_cfg, **owned}

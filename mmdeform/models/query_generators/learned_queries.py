@@ -1,5 +1,5 @@
 """``LearnedQueries``: learned object queries with predicted reference points."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from mmengine.model import BaseModule
@@ -19,15 +19,22 @@ class LearnedQueries(BaseModule):
     official layout). The reference point of a query is
     ``sigmoid(reference_points(query_pos))``.
 
+    Every query generator takes the sizes the detector gives it: its
+    ``num_queries``, the neck's ``out_channels`` as ``embed_dims`` and the
+    head's ``num_classes``; it declares ``reference_dims`` (2 here: points).
+
     Args:
         num_queries (int): Number of object queries Q.
         embed_dims (int): Channels C.
+        num_classes (int, optional): Unused (learned queries score no class).
         init_cfg (dict, optional): mmengine init config, applied by
             ``init_weights`` after the official initialization.
     """
 
+    reference_dims = 2
+
     def __init__(self, num_queries: int = 300, embed_dims: int = 256,
-                 init_cfg: Optional[dict] = None):
+                 num_classes: Optional[int] = None, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.num_queries = num_queries
         self.embed_dims = embed_dims
@@ -46,12 +53,14 @@ class LearnedQueries(BaseModule):
         self._reset_parameters()
         super().init_weights()
 
-    def forward(self, encoder_output: EncoderOutput) -> QueryOutput:
+    def forward(self, encoder_output: EncoderOutput,
+                head_branches: Optional[Tuple[nn.Module, nn.Module]] = None) -> QueryOutput:
         """Expand the learned queries to the batch.
 
         Args:
             encoder_output (EncoderOutput): only the batch size of its
                 memory (B, S, C) is used.
+            head_branches (tuple, optional): unused (see ``TwoStageProposals``).
 
         Returns:
             QueryOutput: query and query_pos (B, Q, C), reference_points

@@ -109,26 +109,42 @@ class TwoStageProposals(BaseModule):
     ``transformer.pos_trans(_norm)``, ``class_embed.6`` (``cls_branch``)
     and ``bbox_embed.6`` (``reg_branch``).
 
+    Branches: by default the proposals have their own class and box branch
+    (the official two-stage model, which always refines boxes, clones them
+    for the encoder). With ``share_head_branches=True`` they use the head's
+    one shared pair instead, passed by the detector at every call: the
+    official design's intent (and MMDetection's behaviour) for two-stage
+    without box refinement, where every prediction layer shares one pair.
+
     Args:
         num_queries (int): Proposals kept per image (k of the top-k).
         embed_dims (int): Channels C (even).
-        num_classes (int): Outputs of ``cls_branch``.
+        num_classes (int): Outputs of ``cls_branch``; the detector passes the
+            head's ``num_classes``.
+        share_head_branches (bool): Use the head's shared branches (given to
+            :meth:`forward`) instead of owning ``cls_branch`` / ``reg_branch``.
+            The detector refuses it with a head that has a branch pair per
+            layer (box refinement).
         init_cfg (dict, optional): mmengine init config, applied by
             ``init_weights`` after the official initialization.
     """
 
-    def __init__(self, num_queries: int = 300, embed_dims: int = 256, num_classes: int = 91,
-                 init_cfg: Optional[dict] = None):
+    reference_dims = 4
+
+    def __init__(self, num_queries: int = 300, embed_dims: int = 256, num_classes: int = 80,
+                 share_head_branches: bool = False, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         if embed_dims % 2 != 0:
             raise ValueError(f'TwoStageProposals: embed_dims must be even, got {embed_dims}')
         self.num_queries = num_queries
         self.embed_dims = embed_dims
         self.num_classes = num_classes
+        self.share_head_branches = share_head_branches
         self.enc_output = nn.Linear(embed_dims, embed_dims)
         self.enc_output_norm = nn.LayerNorm(embed_dims)
-        self.cls_branch = nn.Linear(embed_dims, num_classes)
-        self.reg_branch = MLP(embed_dims, embed_dims, 4, 3)
+        if not share_head_branches:
+            self.cls_branch = nn.Linear(embed_dims, num_classes)
+            self.reg_branch = MLP(embed_dims, embed_dims, 4, 3)
         self.pos_trans = nn.Linear(2 * embed_dims, 2 * embed_dims)
         self.pos_trans_norm = nn.LayerNorm(2 * embed_dims)
         self._reset_parameters()
@@ -138,21 +154,35 @@ class TwoStageProposals(BaseModule):
         (0.01), zero last box layer; the rest keeps PyTorch defaults."""
         nn.init.xavier_uniform_(self.enc_output.weight)
         nn.init.xavier_uniform_(self.pos_trans.weight)
-        nn.init.constant_(self.cls_branch.bias, -math.log((1 - 0.01) / 0.01))
-        nn.init.zeros_(self.reg_branch.layers[-1].weight)
-        nn.init.zeros_(self.reg_branch.layers[-1].bias)
+        if not self.share_head_branches:
+            nn.init.constant_(self.cls_branch.bias, -math.log((1 - 0.01) / 0.01))
+            nn.init.zeros_(self.reg_branch.layers[-1].weight)
+            nn.init.zeros_(self.reg_branch.layers[-1].bias)
 
     def init_weights(self) -> None:
         """Official initialization, then ``init_cfg`` (if any) on top."""
         self._reset_parameters()
         super().init_weights()
 
-    def forward(self, encoder_output: EncoderOutput) -> QueryOutput:
+    def branches(self, head_branches: Optional[Tuple[nn.Module, nn.Module]]
+                 ) -> Tuple[nn.Module, nn.Module]:
+        """The (class, box) branches that score the proposals."""
+        if not self.share_head_branches:
+            return self.cls_branch, self.reg_branch
+        if head_branches is None:
+            raise ValueError('TwoStageProposals: share_head_branches=True needs the head\'s '
+                             'shared (cls, reg) branches as head_branches')
+        return head_branches
+
+    def forward(self, encoder_output: EncoderOutput,
+                head_branches: Optional[Tuple[nn.Module, nn.Module]] = None) -> QueryOutput:
         """Score all tokens and build queries from the best proposals.
 
         Args:
             encoder_output (EncoderOutput): memory (B, S, C), padding mask
                 and spatial shapes are used; S must be >= num_queries.
+            head_branches (tuple, optional): the head's shared (class, box)
+                branches; used, and required, when ``share_head_branches``.
 
         Returns:
             QueryOutput: query and query_pos (B, Q, C); reference_points
@@ -173,9 +203,10 @@ class TwoStageProposals(BaseModule):
                                              encoder_output.spatial_shapes)
         output_memory = memory.masked_fill(unusable[..., None], 0.0)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
-        enc_logits = self.cls_branch(output_memory)  # (B, S, num_classes)
+        cls_branch, reg_branch = self.branches(head_branches)
+        enc_logits = cls_branch(output_memory)  # (B, S, num_classes)
         # float32 proposals (+inf kept) cast exactly to the memory dtype
-        enc_coords = self.reg_branch(output_memory) + proposals.to(memory.dtype)
+        enc_coords = reg_branch(output_memory) + proposals.to(memory.dtype)
         topk_index = torch.topk(enc_logits[..., 0], self.num_queries, dim=1)[1]  # (B, Q)
         topk_coords = torch.gather(
             enc_coords, 1, topk_index.unsqueeze(-1).repeat(1, 1, 4)).detach()  # (B, Q, 4)

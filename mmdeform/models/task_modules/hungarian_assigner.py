@@ -11,7 +11,7 @@ from .match_costs import check_match_inputs
 
 DEFAULT_MATCH_COSTS = (dict(type='FocalLossCost', weight=2.0),
                        dict(type='BBoxL1Cost', weight=5.0),
-                       dict(type='GIoUCost', weight=2.0))
+                       dict(type='IoUCost', iou_mode='giou', weight=2.0))
 
 
 @TASK_UTILS.register_module()

@@ -8,7 +8,7 @@ Deformable DETR matcher; the summed cost decides the Hungarian assignment.
 import torch
 
 from mmdeform.registry import TASK_UTILS
-from mmdeform.structures import box_cxcywh_to_xyxy, generalized_box_iou
+from mmdeform.structures import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 
 
 def check_match_inputs(pred_logits: torch.Tensor, pred_boxes_cxcywh: torch.Tensor,
@@ -100,23 +100,34 @@ class BBoxL1Cost:
 
 
 @TASK_UTILS.register_module()
-class GIoUCost:
-    """Negative generalized IoU of the boxes (compared as xyxy), times ``weight``.
+class IoUCost:
+    """Negative IoU or generalized IoU of the boxes (compared as xyxy), times ``weight``.
+
+    MMDetection's ``IoUCost``; Deformable DETR matches with
+    ``iou_mode='giou'``.
 
     Args:
+        iou_mode (str): ``'giou'`` (generalized IoU) or ``'iou'``.
         weight (float): Multiplier of the cost.
     """
 
-    def __init__(self, weight: float = 2.0) -> None:
+    def __init__(self, iou_mode: str = 'giou', weight: float = 2.0) -> None:
+        if iou_mode not in ('giou', 'iou'):
+            raise ValueError(f"IoUCost: iou_mode must be 'giou' or 'iou', got {iou_mode!r}")
+        self.iou_mode = iou_mode
         self.weight = weight
 
     def __call__(self, pred_logits: torch.Tensor, pred_boxes_cxcywh: torch.Tensor,
                  gt_labels: torch.Tensor, gt_boxes_cxcywh: torch.Tensor) -> torch.Tensor:
         """Args and shapes as in :func:`check_match_inputs`. Returns (Q, n)."""
         check_match_inputs(pred_logits, pred_boxes_cxcywh, gt_labels, gt_boxes_cxcywh)
-        giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes_cxcywh),
-                                   box_cxcywh_to_xyxy(gt_boxes_cxcywh))
-        return self.weight * -giou
+        pred_xyxy = box_cxcywh_to_xyxy(pred_boxes_cxcywh)
+        gt_xyxy = box_cxcywh_to_xyxy(gt_boxes_cxcywh)
+        if self.iou_mode == 'giou':
+            overlap = generalized_box_iou(pred_xyxy, gt_xyxy)
+        else:
+            overlap = box_iou(pred_xyxy, gt_xyxy)[0]
+        return self.weight * -overlap
 
     def __repr__(self) -> str:
-        return f'{type(self).__name__}(weight={self.weight})'
+        return f'{type(self).__name__}(iou_mode={self.iou_mode!r}, weight={self.weight})'

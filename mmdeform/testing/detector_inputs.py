@@ -1,4 +1,4 @@
-"""Raw detector batches shared by the tiny-detector tests of this folder."""
+"""Seeded detector inputs and tiny model configs for tests (like ``mmdet.testing``)."""
 from typing import Sequence, Tuple
 
 import torch
@@ -35,3 +35,30 @@ def make_batch(sizes: Sequence[Tuple[int, int]], boxes_per_image: Sequence[int],
                                            labels=torch.randint(0, num_classes, (num_boxes,)))
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
+
+
+def shrink_model_cfg(model: dict, embed_dims: int = 32, num_layers: int = 2,
+                     num_classes: int = 5, num_queries: int = 20) -> dict:
+    """The same components as ``model`` at a tiny size, for fast tests.
+
+    ResNet-18 (ResNet-50 when the last stage is dilated: DC5 needs
+    bottleneck blocks), no pretrained weights, ``embed_dims`` channels (8
+    GroupNorm groups, 4 heads, FFN of ``2 * embed_dims``), ``num_layers``
+    encoder and decoder layers. Only the owning keys change: the detector
+    gives every other stage its sizes.
+
+    Args:
+        model (dict): a model config (an mmengine ``ConfigDict``), changed in place.
+
+    Returns:
+        dict: ``model``.
+    """
+    backbone = model['backbone']
+    backbone.update(depth=50 if backbone.get('dilate_last_stage') else 18, init_cfg=None)
+    model['neck'].update(out_channels=embed_dims, num_groups=8)
+    for stage in (model['encoder'], model['decoder']):
+        stage['num_layers'] = num_layers
+        stage.setdefault('layer_cfg', {}).update(num_heads=4, feedforward_dims=2 * embed_dims)
+    model['bbox_head']['num_classes'] = num_classes
+    model['num_queries'] = num_queries
+    return model
