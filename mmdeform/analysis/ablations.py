@@ -29,9 +29,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from mmengine.config import Config
 from mmengine.utils import mkdir_or_exist
+from torch import nn
 
 from mmdeform import demo
 from mmdeform.analysis.ablation_report import plot_ablation_curves, write_report
+from mmdeform.models.layers import SameLevelDeformAttn
+from mmdeform.ops import MSDeformAttn
+from mmdeform.registry import MODELS
 from mmdeform.visualization.curves import load_scalars
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -91,30 +95,38 @@ def find_rows(config_dir: str = DEFAULT_CONFIG_DIR,
     return dict(sorted(rows.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
 
 
-def describe_row(model: dict) -> Dict[str, str]:
-    """What a row's model config sets: levels, encoder attention, K, neck.
+def describe_row(model: nn.Module) -> Dict[str, str]:
+    """What a row's detector is made of: levels, encoder attention, K, neck.
+
+    Read from the built model: the config writes the level count only
+    through the backbone and neck (the detector derives the rest).
 
     Args:
-        model (dict): The ``model`` of a detector config.
+        model (nn.Module): A built ``DeformableDETR``.
 
     Returns:
         dict[str, str]: ``levels`` (feature levels), ``attention``
         (``multi-scale``, ``within-level``, ``single-level`` or ``dense``),
         ``K`` (sampling points; ``-`` for dense attention) and ``neck``.
     """
-    encoder = model['encoder']
-    levels = encoder['num_levels']
-    layer_cfg = encoder.get('layer_cfg') or {}
-    if encoder['type'] == 'DenseEncoder':
+    levels = model.encoder.num_levels
+    attn = getattr(model.encoder.layers[0], 'self_attn', None)
+    if not isinstance(attn, MSDeformAttn):
         attention, points = 'dense', '-'
+    elif isinstance(attn, SameLevelDeformAttn):
+        attention, points = 'within-level', str(attn.n_points)
     else:
-        attn_type = (layer_cfg.get('self_attn_cfg') or {}).get('type', 'MSDeformAttn')
-        if attn_type == 'SameLevelDeformAttn':
-            attention = 'within-level'
-        else:
-            attention = 'multi-scale' if levels > 1 else 'single-level'
-        points = str(layer_cfg.get('num_points', 'default'))
-    return dict(levels=str(levels), attention=attention, K=points, neck=model['neck']['type'])
+        attention = 'multi-scale' if levels > 1 else 'single-level'
+        points = str(attn.n_points)
+    return dict(levels=str(levels), attention=attention, K=points,
+                neck=type(model.neck).__name__)
+
+
+def describe_config(config: str) -> Dict[str, str]:
+    """:func:`describe_row` of the model a config builds (random weights)."""
+    model_cfg = Config.fromfile(config).model
+    model_cfg.backbone.init_cfg = None
+    return describe_row(MODELS.build(model_cfg))
 
 
 def _budget(config: str) -> dict:
@@ -290,7 +302,7 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
                      max_iters=max_iters, val_interval=val_interval,
                      synthetic_overrides=synthetic_overrides, num_threads=num_threads),
                 result_file)
-        result['description'] = describe_row(Config.fromfile(config).model.to_dict())
+        result['description'] = describe_config(config)
         runs.append(result)
         print(f'ablations [{index}/{total}] {name} seed {seed}: AP {result["metrics"]["AP"]:.3f}'
               f', train {result["train_seconds"]:.0f} s', flush=True)

@@ -75,15 +75,15 @@ def test_row_names_and_selection():
 
 
 def test_describe_row():
-    model = dict(encoder=dict(type='DeformableEncoder', num_levels=4, layer_cfg=dict(
-        num_points=1, self_attn_cfg=dict(type='SameLevelDeformAttn'))),
-        neck=dict(type='MultiScaleProjection'))
-    assert ablations.describe_row(model) == dict(levels='4', attention='within-level', K='1',
-                                                 neck='MultiScaleProjection')
-    model['encoder'] = dict(type='DeformableEncoder', num_levels=1, layer_cfg=dict(num_points=4))
-    assert ablations.describe_row(model)['attention'] == 'single-level'
-    model['encoder'] = dict(type='DenseEncoder', num_levels=1, layer_cfg=dict(embed_dims=8))
-    assert ablations.describe_row(model)['attention'] == 'dense'
+    rows = ablations.find_rows(patterns=['ms-inputs-k1', 'ss-k4', 'dense-detr_ss', 'ms-attn-k4-fpn'])
+    described = {name: ablations.describe_config(path) for name, path in rows.items()}
+    assert described['deformable-detr_ms-inputs-k1'] == dict(
+        levels='4', attention='within-level', K='1', neck='MultiScaleProjection')
+    assert described['deformable-detr_ss-k4'] == dict(
+        levels='1', attention='single-level', K='4', neck='MultiScaleProjection')
+    assert described['dense-detr_ss']['attention'] == 'dense'
+    assert described['dense-detr_ss']['K'] == '-'
+    assert described['deformable-detr_ms-attn-k4-fpn']['neck'] == 'FPN'
 
 
 def test_rows_must_share_the_budget(tmp_path):
