@@ -31,7 +31,7 @@ from mmcv.transforms import BaseTransform, Compose
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.logging import print_log
-from mmengine.registry import DefaultScope
+from mmengine.registry import init_default_scope
 
 from mmdeform.engine import load_weights_only
 from mmdeform.registry import DATASETS, MODELS, TRANSFORMS
@@ -142,8 +142,8 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
         the config's test dataset; None if neither has them).
     """
     cfg = _load_config(config, cfg_options)
-    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdeform')):
-        model = MODELS.build(cfg.model)
+    init_default_scope(cfg.get('default_scope', 'mmdeform'))
+    model = MODELS.build(cfg.model)
     meta = {}
     if checkpoint is not None:
         meta = load_checkpoint_weights(model, str(checkpoint))
@@ -175,8 +175,8 @@ def build_inference_pipeline(cfg: Config) -> Compose:
     if not steps or steps[0].get('type') not in _IMAGE_LOADERS:
         raise ValueError(f'inference: the test pipeline must start with one of '
                          f'{_IMAGE_LOADERS}, got {[s.get("type") for s in steps]}')
-    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdeform')):
-        transforms = [TRANSFORMS.build(step) for step in steps]
+    init_default_scope(cfg.get('default_scope', 'mmdeform'))
+    transforms = [TRANSFORMS.build(step) for step in steps]
     return Compose([LoadImageOrArray(transforms[0])] + transforms[1:])
 
 
@@ -260,7 +260,7 @@ def add_model_arguments(parser, checkpoint: str = 'required') -> None:
         parser.add_argument('--checkpoint', help='checkpoint file (default: random weights)')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda, cuda:1')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config entries, e.g. model.bbox_head.num_predictions=50')
+                        help='override config entries, e.g. model.test_cfg.max_per_img=50')
 
 
 def init_detector_from_args(args) -> torch.nn.Module:

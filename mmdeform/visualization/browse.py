@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence
 import mmcv
 import numpy as np
 from mmengine.config import Config
-from mmengine.registry import DefaultScope
+from mmengine.registry import init_default_scope
 from mmengine.visualization import Visualizer
 
 from mmdeform.registry import DATASETS
@@ -45,8 +45,8 @@ def build_phase_dataset(cfg: Config, phase: str):
     key = f'{phase}_dataloader'
     if key not in cfg or 'dataset' not in cfg[key]:
         raise KeyError(f'the config has no {key}.dataset')
-    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdeform')):
-        return DATASETS.build(cfg[key].dataset)
+    init_default_scope(cfg.get('default_scope', 'mmdeform'))
+    return DATASETS.build(cfg[key].dataset)
 
 
 def browse_dataset(cfg: Config, output_dir: str, num: int = 10,

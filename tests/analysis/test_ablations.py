@@ -75,7 +75,8 @@ def test_row_names_and_selection():
 
 
 def test_describe_row():
-    rows = ablations.find_rows(patterns=['ms-inputs-k1', 'ss-k4', 'dense-detr_ss', 'ms-attn-k4-fpn'])
+    rows = ablations.find_rows(
+        patterns=['ms-inputs-k1', 'ss-k4', 'dense-detr_ss', 'ms-attn-k4-fpn'])
     described = {name: ablations.describe_config(path) for name, path in rows.items()}
     assert described['deformable-detr_ms-inputs-k1'] == dict(
         levels='4', attention='within-level', K='1', neck='MultiScaleProjection')

@@ -1,5 +1,4 @@
 """benchmark_model on the tiny model, 2 timed iterations."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -7,22 +6,11 @@ import torch
 from mmdeform.analysis import benchmark_model, format_benchmark
 from mmdeform.apis import init_detector
 
-TINY_CONFIG = str(Path(__file__).resolve().parents[1] / 'data'
-                  / 'deformable-detr_tiny_synthetic.py')
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads that
-    wait for each other make the tiny model many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_benchmark_bf16():
-    model = init_detector(TINY_CONFIG)
+def test_benchmark_bf16(tiny_config):
+    model = init_detector(tiny_config)
     calls = []
     hook = model.backbone.register_forward_pre_hook(
         lambda module, args: calls.append((args[0].shape[0], torch.is_autocast_enabled('cpu'))))

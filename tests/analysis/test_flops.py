@@ -1,5 +1,4 @@
 """FLOP counting: the deformable op's formula, fake tensors count what real ones do."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,27 +9,15 @@ from mmdeform.apis import init_detector
 from mmdeform.models.encoders import deformable_encoder
 from mmdeform.ops import get_backend
 
-TINY_CONFIG = str(Path(__file__).resolve().parents[1] / 'data'
-                  / 'deformable-detr_tiny_synthetic.py')
-
-pytestmark = pytest.mark.skipif(get_backend(torch.device('cpu')) != 'compiled',
-                                reason='needs the compiled ms_deform_attn op')
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads that
-    wait for each other make the tiny model many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.skipif(get_backend(torch.device('cpu')) != 'compiled',
+                                 reason='needs the compiled ms_deform_attn op'),
+              pytest.mark.usefixtures('one_thread')]
 
 
 @pytest.fixture(scope='module')
-def model():
+def model(tiny_config):
     torch.manual_seed(0)
-    return init_detector(TINY_CONFIG)
+    return init_detector(tiny_config)
 
 
 def test_op_formula():

@@ -9,25 +9,16 @@ import torch
 from mmdeform.apis import inference_detector, init_detector, same_size_batches
 from mmdeform.engine import CheckpointRefusedError
 
-TINY_CONFIG = str(Path(__file__).resolve().parents[1] / 'data'
-                  / 'deformable-detr_tiny_synthetic.py')
 CLASSES = ('circle', 'square', 'triangle', 'cross')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads that
-    wait for each other make the tiny model many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
-def model():
+def model(tiny_config):
     torch.manual_seed(0)
-    return init_detector(TINY_CONFIG)
+    return init_detector(tiny_config)
 
 
 def random_images(sizes, seed=0):
@@ -87,13 +78,13 @@ def test_bad_inputs(model):
         inference_detector(model, [])
 
 
-def test_checkpoint_weights_and_classes(model, tmp_path):
+def test_checkpoint_weights_and_classes(tiny_config, model, tmp_path):
     state_dict = {k: v + 0.5 if v.is_floating_point() else v
                   for k, v in model.state_dict().items()}
     names = ('a', 'b', 'c', 'd')
     ckpt = tmp_path / 'model.pth'
     torch.save({'state_dict': state_dict, 'meta': {'dataset_meta': {'classes': names}}}, ckpt)
-    loaded = init_detector(TINY_CONFIG, str(ckpt))
+    loaded = init_detector(tiny_config, str(ckpt))
     assert loaded.dataset_meta == {'classes': names}
     assert not loaded.training
     for key, value in loaded.state_dict().items():
@@ -102,21 +93,21 @@ def test_checkpoint_weights_and_classes(model, tmp_path):
     assert model.dataset_meta == {'classes': CLASSES}
 
 
-def test_checkpoint_errors(tmp_path):
+def test_checkpoint_errors(tiny_config, tmp_path):
     wrong = tmp_path / 'wrong.pth'
     torch.save({'state_dict': {'backbone.nothing': torch.zeros(1)}}, wrong)
     with pytest.raises(ValueError, match='does not fit the model'):
-        init_detector(TINY_CONFIG, str(wrong))
+        init_detector(tiny_config, str(wrong))
     unsafe = tmp_path / 'unsafe.pth'
     torch.save({'state_dict': {}, 'meta': {'obj': Path('x')}}, unsafe)
     with pytest.raises(CheckpointRefusedError):
-        init_detector(TINY_CONFIG, str(unsafe))
+        init_detector(tiny_config, str(unsafe))
     with pytest.raises(FileNotFoundError, match='config'):
         init_detector(str(tmp_path / 'missing.py'))
 
 
-def test_cfg_options(tmp_path):
-    model = init_detector(TINY_CONFIG, cfg_options={'model.bbox_head.num_predictions': 3})
+def test_cfg_options(tiny_config, tmp_path):
+    model = init_detector(tiny_config, cfg_options={'model.test_cfg.max_per_img': 3})
     sample = inference_detector(model, random_images([(32, 32)])[0])
     assert len(sample.pred_instances.scores) == 3
 

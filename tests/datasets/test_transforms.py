@@ -12,7 +12,7 @@ from mmdeform.datasets import (
     LoadDetAnnotations,
     LoadImage,
     PackDetInputs,
-    RandomCropDet,
+    RandomCrop,
 )
 from mmdeform.registry import TRANSFORMS
 from mmdeform.structures import DetDataSample
@@ -27,7 +27,7 @@ TRAIN_PIPELINE = [
         [dict(type='RandomChoiceResize', scales=MULTI_SCALE, keep_ratio=True)],
         [dict(type='RandomChoiceResize', scales=[(400, 4200), (500, 4200), (600, 4200)],
               keep_ratio=True),
-         dict(type='RandomCropDet', crop_size=(384, 600), crop_type='absolute_range',
+         dict(type='RandomCrop', crop_size=(384, 600), crop_type='absolute_range',
               allow_negative_crop=True),
          dict(type='RandomChoiceResize', scales=MULTI_SCALE, keep_ratio=True)]]),
     dict(type='PackDetInputs'),
@@ -128,7 +128,7 @@ def test_load_det_annotations():
     assert empty['gt_bboxes'].shape == (0, 4) and empty['gt_ignore_flags'].shape == (0,)
 
 
-# ------------------------------------------------------------- RandomCropDet
+# ------------------------------------------------------------- RandomCrop
 def coordinate_image(h, w):
     """Pixel (y, x) holds (y, x, 0) so a crop reveals its offset."""
     ys, xs = np.mgrid[:h, :w]
@@ -136,7 +136,7 @@ def coordinate_image(h, w):
 
 
 def test_random_crop_window_and_boxes():
-    crop = RandomCropDet(crop_size=(20, 30))
+    crop = RandomCrop(crop_size=(20, 30))
     img = coordinate_image(40, 50)
     boxes = np.array([[0, 0, 50, 40], [10, 10, 12, 12], [45, 35, 50, 40]], np.float32)
     seen_kept = set()
@@ -163,7 +163,7 @@ def test_random_crop_window_and_boxes():
 
 def test_random_crop_capped_by_image_size():
     np.random.seed(0)
-    results = RandomCropDet(crop_size=(384, 600))(dict(img=np.zeros((100, 700, 3), np.uint8)))
+    results = RandomCrop(crop_size=(384, 600))(dict(img=np.zeros((100, 700, 3), np.uint8)))
     h, w = results['img'].shape[:2]
     assert h == 100 and 384 <= w <= 600
 
@@ -172,7 +172,7 @@ def test_random_crop_negative_crop():
     img = np.zeros((100, 100, 3), np.uint8)
     results = dict(img=img, gt_bboxes=np.array([[0, 0, 50, 50]], np.float32),
                    gt_bboxes_labels=np.array([0]))
-    crop = RandomCropDet(crop_size=(10, 10), crop_type='absolute', allow_negative_crop=False)
+    crop = RandomCrop(crop_size=(10, 10), crop_type='absolute', allow_negative_crop=False)
     outcomes = set()
     for seed in range(30):
         np.random.seed(seed)
@@ -192,8 +192,8 @@ def test_random_crop_negative_crop():
                                     dict(crop_size=(0.5, 0.5)),
                                     dict(crop_size=(2, 0.5), crop_type='relative')])
 def test_random_crop_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match='RandomCropDet'):
-        RandomCropDet(**kwargs)
+    with pytest.raises(ValueError, match='RandomCrop'):
+        RandomCrop(**kwargs)
 
 
 # ------------------------------------------------------------- PackDetInputs

@@ -1,6 +1,5 @@
 """DeviceAmpOptimWrapper on a CPU-only machine: bfloat16 autocast, no loss scaling."""
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from mmdeform.registry import MODELS
 from mmdeform.structures import DetDataSample
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason='tests the CPU path')
-TINY_CONFIG = Path(__file__).resolve().parents[1] / 'data' / 'deformable-detr_tiny_synthetic.py'
 
 
 def build(model, optimizer_type='AdamW', **kwargs):
@@ -69,8 +67,8 @@ def test_float16_on_cpu_is_refused():
     assert build(torch.nn.Linear(2, 2), dtype='bfloat16').cast_dtype == torch.bfloat16
 
 
-def test_tiny_detector_trains_a_step_in_bfloat16():
-    cfg = Config.fromfile(TINY_CONFIG)
+def test_tiny_detector_trains_a_step_in_bfloat16(tiny_config):
+    cfg = Config.fromfile(tiny_config)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     optim_cfg = copy.deepcopy(cfg.optim_wrapper)

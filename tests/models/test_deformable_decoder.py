@@ -17,8 +17,8 @@ def make_decoder(decoder_type='DeformableDecoder', seed=0):
     """Float64 decoder with random (not zero) offset/attention projections,
     so that queries and references influence the outputs."""
     torch.manual_seed(seed)
-    decoder = MODELS.build(dict(type=decoder_type, num_layers=NUM_LAYERS, embed_dims=C, num_levels=2,
-                                layer_cfg=LAYER_CFG)).double().eval()
+    decoder = MODELS.build(dict(type=decoder_type, num_layers=NUM_LAYERS, embed_dims=C,
+                                num_levels=2, layer_cfg=LAYER_CFG)).double().eval()
     with torch.no_grad():
         for layer in decoder.layers:
             layer.cross_attn.sampling_offsets.weight.normal_(0, 0.05)

@@ -8,7 +8,6 @@ the config it inherits from.
 from pathlib import Path
 
 import pytest
-import torch
 from mmengine.config import Config
 
 from mmdeform import testing

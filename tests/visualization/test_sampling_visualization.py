@@ -1,5 +1,4 @@
 """Sampling capture (hooks on MSDeformAttn) and the mapping to image pixels."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,24 +16,13 @@ from mmdeform.visualization import (
 )
 from mmdeform.visualization.sampling import attention_module_names
 
-TINY_CONFIG = str(Path(__file__).resolve().parents[1] / 'data'
-                  / 'deformable-detr_tiny_synthetic.py')
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads that
-    wait for each other make the tiny model many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
-def model():
+def model(tiny_config):
     torch.manual_seed(0)
-    model = init_detector(TINY_CONFIG)
+    model = init_detector(tiny_config)
     # non-zero attention weights and offsets, so that every head and point differs
     for name in attention_module_names(model, 'encoder') + attention_module_names(model, 'decoder'):
         attn = model.get_submodule(name)

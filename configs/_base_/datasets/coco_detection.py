@@ -18,7 +18,7 @@ train_pipeline = [
             [
                 dict(type='RandomChoiceResize', scales=[(400, 4200), (500, 4200), (600, 4200)],
                      keep_ratio=True),
-                dict(type='RandomCropDet', crop_size=(384, 600), crop_type='absolute_range',
+                dict(type='RandomCrop', crop_size=(384, 600), crop_type='absolute_range',
                      allow_negative_crop=True),
                 dict(type='RandomChoiceResize', scales=multi_scale, keep_ratio=True),
             ],

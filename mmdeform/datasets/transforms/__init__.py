@@ -14,7 +14,7 @@ The paper's (official repo's) pipelines, as tested in
             [dict(type='RandomChoiceResize', scales=multi_scale, keep_ratio=True)],
             [dict(type='RandomChoiceResize', scales=[(400, 4200), (500, 4200), (600, 4200)],
                   keep_ratio=True),
-             dict(type='RandomCropDet', crop_size=(384, 600), crop_type='absolute_range',
+             dict(type='RandomCrop', crop_size=(384, 600), crop_type='absolute_range',
                   allow_negative_crop=True),
              dict(type='RandomChoiceResize', scales=multi_scale, keep_ratio=True)]]),
         dict(type='PackDetInputs'),
@@ -32,6 +32,6 @@ default scope's registry: run under ``default_scope='mmdeform'`` (a
 """
 from .formatting import PackDetInputs
 from .loading import LoadDetAnnotations, LoadImage
-from .random_crop import RandomCropDet
+from .random_crop import RandomCrop
 
-__all__ = ['LoadDetAnnotations', 'LoadImage', 'PackDetInputs', 'RandomCropDet']
+__all__ = ['LoadDetAnnotations', 'LoadImage', 'PackDetInputs', 'RandomCrop']

@@ -1,4 +1,4 @@
-"""``RandomCropDet``: random crop of the image and its boxes."""
+"""``RandomCrop``: random crop of the image and its boxes."""
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -11,7 +11,7 @@ _CROP_TYPES = ('absolute', 'absolute_range', 'relative', 'relative_range')
 
 
 @TRANSFORMS.register_module()
-class RandomCropDet(BaseTransform):
+class RandomCrop(BaseTransform):
     """Crop a random window of the image; shift, clip and filter the boxes.
 
     The crop size (h, w) depends on ``crop_type`` (image size h_img, w_img):
@@ -45,19 +45,19 @@ class RandomCropDet(BaseTransform):
     def __init__(self, crop_size: Tuple[Union[int, float], Union[int, float]] = (384, 600),
                  crop_type: str = 'absolute_range', allow_negative_crop: bool = True) -> None:
         if crop_type not in _CROP_TYPES:
-            raise ValueError(f'RandomCropDet: crop_type must be one of {_CROP_TYPES}, '
+            raise ValueError(f'RandomCrop: crop_type must be one of {_CROP_TYPES}, '
                              f'got {crop_type!r}')
         if len(crop_size) != 2:
-            raise ValueError(f'RandomCropDet: crop_size needs 2 values, got {crop_size}')
+            raise ValueError(f'RandomCrop: crop_size needs 2 values, got {crop_size}')
         if crop_type.startswith('absolute'):
             if not all(isinstance(v, int) and v > 0 for v in crop_size):
-                raise ValueError(f'RandomCropDet: {crop_type} crop_size needs positive ints, '
+                raise ValueError(f'RandomCrop: {crop_type} crop_size needs positive ints, '
                                  f'got {crop_size}')
             if crop_type == 'absolute_range' and crop_size[0] > crop_size[1]:
-                raise ValueError(f'RandomCropDet: absolute_range crop_size must be (lo, hi) '
+                raise ValueError(f'RandomCrop: absolute_range crop_size must be (lo, hi) '
                                  f'with lo <= hi, got {crop_size}')
         elif not all(0 < v <= 1 for v in crop_size):
-            raise ValueError(f'RandomCropDet: {crop_type} crop_size needs values in (0, 1], '
+            raise ValueError(f'RandomCrop: {crop_type} crop_size needs values in (0, 1], '
                              f'got {crop_size}')
         self.crop_size = tuple(crop_size)
         self.crop_type = crop_type

@@ -199,7 +199,7 @@ class DeformableDETR(BaseModel):
         pos_embeds = [self.positional_encoding(mask).to(feat.dtype)
                       for mask, feat in zip(masks, feats)]  # L x (B, C, H_l, W_l)
         encoder_output = self.encoder(feats, masks, pos_embeds)  # memory (B, S, C)
-        # query (B, Q, C), refs (B, Q, 2|4); a two-stage generator may score with the head's branches
+        # query (B, Q, C), refs (B, Q, 2|4); two-stage proposals may use the head's branches
         query_output = self.query_generator(encoder_output, self.bbox_head.shared_branches())
         decoder_output = self.decoder(
             query_output.query, query_output.query_pos, query_output.reference_points,
