@@ -90,7 +90,8 @@ def official_name_map(keys: List[str]) -> Tuple[Dict[str, str], Dict[str, str]]:
         if key.startswith('backbone.0.body.'):
             new = 'backbone.' + key[len('backbone.0.body.'):]
         elif m := re.match(r'input_proj\.(\d+)\.([01])\.(.+)$', key):
-            new = f'neck.projections.{m.group(1)}.{m.group(2)}.{m.group(3)}'
+            part = 'conv' if m.group(2) == '0' else 'gn'  # Sequential(conv, GN) -> ConvModule
+            new = f'neck.projections.{m.group(1)}.{part}.{m.group(3)}'
         elif key == 'transformer.level_embed':
             new = 'encoder.level_embed'
         elif key == 'query_embed.weight':

@@ -30,14 +30,14 @@ def test_shapes_with_odd_sizes_and_extra_levels():
     outs = fpn(make_feats())
     assert [tuple(o.shape) for o in outs] == [(2, 16, 15, 21), (2, 16, 8, 11), (2, 16, 4, 6),
                                               (2, 16, 2, 3), (2, 16, 1, 2)]
-    assert fpn.extra_convs[0][0].in_channels == 24 and fpn.extra_convs[1][0].in_channels == 16
-    assert fpn.extra_convs[0][0].stride == (2, 2)
+    assert fpn.extra_convs[0].conv.in_channels == 24 and fpn.extra_convs[1].conv.in_channels == 16
+    assert fpn.extra_convs[0].conv.stride == (2, 2)
     single = FPN(in_channels=[24], out_channels=16, num_extra_levels=0, num_groups=4)
     assert [tuple(o.shape) for o in single(make_feats()[2:])] == [(2, 16, 4, 6)]
 
 
 def conv_gn(module, x):
-    conv, norm = module
+    conv, norm = module.conv, module.gn
     x = F.conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding)
     return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
@@ -78,7 +78,7 @@ def test_default_init_is_xavier_with_zero_bias():
             param.fill_(0.5)
     fpn.init_weights()
     for convs in (fpn.lateral_convs, fpn.output_convs, fpn.extra_convs):
-        for conv, norm in convs:
+        for conv, norm in ((m.conv, m.gn) for m in convs):
             fan_in = conv.weight[0].numel()
             fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
             bound = math.sqrt(6 / (fan_in + fan_out))

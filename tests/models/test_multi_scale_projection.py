@@ -27,17 +27,17 @@ def test_four_levels_shapes_and_official_layout():
                                               (2, 256, 4, 6), (2, 256, 2, 3)]
     shapes = {k: tuple(v.shape) for k, v in neck.state_dict().items()}
     assert shapes == {
-        'projections.0.0.weight': (256, 512, 1, 1), 'projections.0.0.bias': (256,),
-        'projections.0.1.weight': (256,), 'projections.0.1.bias': (256,),
-        'projections.1.0.weight': (256, 1024, 1, 1), 'projections.1.0.bias': (256,),
-        'projections.1.1.weight': (256,), 'projections.1.1.bias': (256,),
-        'projections.2.0.weight': (256, 2048, 1, 1), 'projections.2.0.bias': (256,),
-        'projections.2.1.weight': (256,), 'projections.2.1.bias': (256,),
-        'projections.3.0.weight': (256, 2048, 3, 3), 'projections.3.0.bias': (256,),
-        'projections.3.1.weight': (256,), 'projections.3.1.bias': (256,),
+        'projections.0.conv.weight': (256, 512, 1, 1), 'projections.0.conv.bias': (256,),
+        'projections.0.gn.weight': (256,), 'projections.0.gn.bias': (256,),
+        'projections.1.conv.weight': (256, 1024, 1, 1), 'projections.1.conv.bias': (256,),
+        'projections.1.gn.weight': (256,), 'projections.1.gn.bias': (256,),
+        'projections.2.conv.weight': (256, 2048, 1, 1), 'projections.2.conv.bias': (256,),
+        'projections.2.gn.weight': (256,), 'projections.2.gn.bias': (256,),
+        'projections.3.conv.weight': (256, 2048, 3, 3), 'projections.3.conv.bias': (256,),
+        'projections.3.gn.weight': (256,), 'projections.3.gn.bias': (256,),
     }
-    assert neck.projections[3][0].stride == (2, 2) and neck.projections[3][0].padding == (1, 1)
-    assert neck.projections[3][1].num_groups == 32
+    assert neck.projections[3].conv.stride == (2, 2) and neck.projections[3].conv.padding == (1, 1)
+    assert neck.projections[3].gn.num_groups == 32
 
 
 def test_single_level():
@@ -57,7 +57,7 @@ def test_levels_match_explicit_conv_groupnorm_float64():
     feats = make_feats([8, 16], [(7, 9), (4, 5)], dtype=torch.float64)
 
     def conv_gn(level, x, **conv_kwargs):
-        conv, norm = neck.projections[level]
+        conv, norm = neck.projections[level].conv, neck.projections[level].gn
         y = F.conv2d(x, conv.weight, conv.bias, **conv_kwargs)
         return F.group_norm(y, 4, norm.weight, norm.bias, eps=1e-5)
 
@@ -77,8 +77,8 @@ def test_extra_level_reads_the_raw_last_map():
     with torch.no_grad():
         base = neck(feats)
         # changing the last level's projection must not touch the extra level
-        neck.projections[1][0].weight.mul_(3.0)
-        neck.projections[1][1].bias.add_(1.0)
+        neck.projections[1].conv.weight.mul_(3.0)
+        neck.projections[1].gn.bias.add_(1.0)
         changed = neck(feats)
         assert not torch.allclose(changed[1], base[1])
         assert torch.equal(changed[2], base[2])
@@ -92,7 +92,7 @@ def test_extra_level_reads_the_raw_last_map():
 def test_default_initialization():
     torch.manual_seed(0)
     neck = MultiScaleProjection(in_channels=[512, 1024, 2048])
-    for conv, norm in neck.projections:
+    for conv, norm in ((m.conv, m.gn) for m in neck.projections):
         fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
         fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
         bound = math.sqrt(6 / (fan_in + fan_out))
@@ -100,9 +100,9 @@ def test_default_initialization():
         assert abs(conv.weight.std().item() / (bound / math.sqrt(3)) - 1) < 0.05
         assert torch.all(conv.bias == 0)
         assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
-    neck.projections[0][0].bias.data.fill_(5)
+    neck.projections[0].conv.bias.data.fill_(5)
     neck.init_weights()
-    assert torch.all(neck.projections[0][0].bias == 0)
+    assert torch.all(neck.projections[0].conv.bias == 0)
 
 
 def test_wrong_inputs_are_named():

@@ -2,6 +2,7 @@
 from typing import List, Sequence, Tuple, Union
 
 import torch
+from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import nn
 
@@ -9,25 +10,26 @@ from mmdeform.registry import MODELS
 
 
 def conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int,
-              num_groups: int) -> nn.Sequential:
-    """Conv2d (with bias, 'same' padding for odd kernels) + GroupNorm."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                  padding=kernel_size // 2),
-        nn.GroupNorm(num_groups, out_channels))
+              num_groups: int) -> ConvModule:
+    """mmcv's ``ConvModule``: Conv2d (with bias, 'same' padding for odd
+    kernels) + GroupNorm, no activation; submodules ``conv`` and ``gn``."""
+    return ConvModule(in_channels, out_channels, kernel_size, stride=stride,
+                      padding=kernel_size // 2, bias=True,
+                      norm_cfg=dict(type='GN', num_groups=num_groups), act_cfg=None)
 
 
-def init_conv_norms(pairs) -> None:
-    """Xavier-uniform conv weights, zero biases, GroupNorm weight 1 and bias 0.
+def init_conv_norms(modules) -> None:
+    """Xavier-uniform conv weights, zero biases, GroupNorm weight 1 and bias 0
+    (the official init; ConvModule's own is Kaiming).
 
     Args:
-        pairs (Iterable[nn.Sequential]): (conv, GroupNorm) pairs, initialized
+        modules (Iterable[ConvModule]): conv + GroupNorm modules, initialized
             in this order.
     """
-    for conv, norm in pairs:
-        nn.init.xavier_uniform_(conv.weight, gain=1)
-        nn.init.zeros_(conv.bias)
-        norm.reset_parameters()
+    for module in modules:
+        nn.init.xavier_uniform_(module.conv.weight, gain=1)
+        nn.init.zeros_(module.conv.bias)
+        module.gn.reset_parameters()
 
 
 def check_neck_args(name: str, in_channels: Sequence[int], out_channels: int,
@@ -79,7 +81,7 @@ class MultiScaleProjection(BaseModule):
             it conv weights are Xavier-uniform (gain 1) and biases 0.
 
     Attributes:
-        projections (nn.ModuleList): One ``nn.Sequential(conv, GroupNorm)``
+        projections (nn.ModuleList): One ``ConvModule`` (``conv``, ``gn``)
             per output level (the official ``input_proj`` layout).
         num_levels (int): ``len(in_channels) + num_extra_levels``.
     """
