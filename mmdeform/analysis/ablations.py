@@ -114,10 +114,10 @@ def describe_row(model: nn.Module) -> Dict[str, str]:
     if not isinstance(attn, MSDeformAttn):
         attention, points = 'dense', '-'
     elif isinstance(attn, SameLevelDeformAttn):
-        attention, points = 'within-level', str(attn.n_points)
+        attention, points = 'within-level', str(attn.num_points)
     else:
         attention = 'multi-scale' if levels > 1 else 'single-level'
-        points = str(attn.n_points)
+        points = str(attn.num_points)
     return dict(levels=str(levels), attention=attention, K=points,
                 neck=type(model.neck).__name__)
 

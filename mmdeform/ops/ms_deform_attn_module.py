@@ -16,40 +16,52 @@ from .ms_deform_attn import ms_deform_attn
 class MSDeformAttn(BaseModule):
     """Multi-scale deformable attention (Zhu et al., 2020, Eq. 2).
 
-    Each query predicts, from its own feature, ``n_heads * n_levels * n_points``
+    Each query predicts, from its own feature, ``num_heads * num_levels * num_points``
     sampling offsets around its reference point and as many attention weights
-    (softmax over the ``n_levels * n_points`` samples of each head). Values are
+    (softmax over the ``num_levels * num_points`` samples of each head). Values are
     read by bilinear interpolation; there is no query-key product.
 
     Args:
-        d_model (int): Channels of queries, values and output.
-        n_heads (int): Attention heads M. ``d_model`` must be divisible by it.
-        n_levels (int): Feature levels L.
-        n_points (int): Sampling points P per head and level.
+        embed_dims (int): Channels of queries, values and output. The argument
+            names are those of mmcv's ``MultiScaleDeformableAttention``.
+        num_heads (int): Attention heads M. ``embed_dims`` must be divisible by it.
+        num_levels (int): Feature levels L.
+        num_points (int): Sampling points P per head and level.
         init_cfg (dict, optional): mmengine initialization config.
     """
 
-    def __init__(self, d_model: int = 256, n_heads: int = 8, n_levels: int = 4,
-                 n_points: int = 4, init_cfg: Optional[dict] = None):
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
+                 num_points: int = 4, init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        if d_model % n_heads != 0:
-            raise ValueError(f'MSDeformAttn: d_model ({d_model}) must be divisible by '
-                             f'n_heads ({n_heads})')
-        head_dim = d_model // n_heads
+        if embed_dims % num_heads != 0:
+            raise ValueError(f'MSDeformAttn: embed_dims ({embed_dims}) must be divisible by '
+                             f'num_heads ({num_heads})')
+        head_dim = embed_dims // num_heads
         if head_dim & (head_dim - 1) != 0:
             warnings.warn(
-                f'MSDeformAttn: d_model / n_heads = {head_dim} is not a power of two; '
+                f'MSDeformAttn: embed_dims / num_heads = {head_dim} is not a power of two; '
                 'the CUDA kernel is most efficient with power-of-two head sizes.',
                 stacklevel=2)
-        self.d_model, self.n_heads = d_model, n_heads
-        self.n_levels, self.n_points = n_levels, n_points
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
-        self.init_weights()
+        self.embed_dims, self.num_heads = embed_dims, num_heads
+        self.num_levels, self.num_points = num_levels, num_points
+        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dims, embed_dims)
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.reset_parameters()
 
     def init_weights(self) -> None:
+        """The paper's initialization, then ``init_cfg`` (if any) on top.
+
+        Every call gives the same weights: mmengine applies an ``init_cfg``
+        once per module, so it is re-armed after the paper's init resets them.
+        """
+        self.reset_parameters()
+        if self.init_cfg:
+            self._is_init = False
+            super().init_weights()
+
+    def reset_parameters(self) -> None:
         """The initialization of the paper's code.
 
         Offsets start on a ring: head ``m`` points in direction ``2*pi*m/M``
@@ -58,13 +70,13 @@ class MSDeformAttn(BaseModule):
         (zero projection), value/output projections are Xavier-uniform.
         """
         nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2 * math.pi / self.n_heads)
+        angles = torch.arange(self.num_heads, dtype=torch.float32) * (2 * math.pi / self.num_heads)
         directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # (M, 2)
         directions = directions / directions.abs().max(dim=-1, keepdim=True).values
-        scale = torch.arange(1, self.n_points + 1, dtype=torch.float32)
+        scale = torch.arange(1, self.num_points + 1, dtype=torch.float32)
         # (M, 1, 1, 2) * (1, 1, P, 1) -> (M, L, P, 2), the bias' layout
         bias = directions[:, None, None, :] * scale[None, None, :, None]
-        bias = bias.expand(self.n_heads, self.n_levels, self.n_points, 2)
+        bias = bias.expand(self.num_heads, self.num_levels, self.num_points, 2)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(bias.reshape(-1))
         nn.init.zeros_(self.attention_weights.weight)
@@ -88,7 +100,7 @@ class MSDeformAttn(BaseModule):
             (x, y) and weights (N, Lq, M, L, P), softmaxed over L*P per head.
         """
         n, num_query, _ = query.shape
-        m, lv, p = self.n_heads, self.n_levels, self.n_points
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
         if spatial_shapes.shape[0] != lv:
             raise ValueError(f'MSDeformAttn: built for {lv} levels but spatial_shapes '
                              f'has {spatial_shapes.shape[0]} rows')
@@ -135,7 +147,7 @@ class MSDeformAttn(BaseModule):
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         # (N, S, C) -> (N, S, M, D)
-        value = value.view(n, num_value, self.n_heads, self.d_model // self.n_heads)
+        value = value.view(n, num_value, self.num_heads, self.embed_dims // self.num_heads)
         locations, weights = self.sampling(query, reference_points, spatial_shapes)
         out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)

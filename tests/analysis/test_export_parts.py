@@ -21,7 +21,7 @@ def test_static_twin_equals_the_reference():
 
 def test_grid_sample_attention_swaps_and_restores():
     torch.manual_seed(0)
-    attn = MSDeformAttn(d_model=8, n_heads=2, n_levels=1, n_points=2)
+    attn = MSDeformAttn(embed_dims=8, num_heads=2, num_levels=1, num_points=2)
     args = (torch.randn(1, 3, 8), torch.rand(1, 3, 1, 2), torch.randn(1, 12, 8),
             torch.tensor([[3, 4]]), torch.tensor([0]))
     original = ms_deform_attn_module.ms_deform_attn

@@ -109,8 +109,8 @@ def test_built_model_has_the_row_structure(family, row):
     encoder_attns = [layer.self_attn for layer in model.encoder.layers]
     decoder_attns = [layer.cross_attn for layer in model.decoder.layers]
     assert len(attns) == len(encoder_attns) + len(decoder_attns)
-    assert {m.n_points for m in attns} == {1 if row.endswith('k1') else 4}
-    assert {m.n_levels for m in attns} == {num_levels}
+    assert {m.num_points for m in attns} == {1 if row.endswith('k1') else 4}
+    assert {m.num_levels for m in attns} == {num_levels}
     within_level = 'ms-inputs' in row
     assert all(type(m) is (SameLevelDeformAttn if within_level else MSDeformAttn)
                for m in encoder_attns)

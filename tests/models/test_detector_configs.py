@@ -68,7 +68,7 @@ def test_real_config_builds(name):
     assert type(model.query_generator).__name__ == (
         'TwoStageProposals' if 'twostage' in name else 'LearnedQueries')
     layer = model.encoder.layers[0]
-    assert layer.ffn.linear1.out_features == 1024 and layer.self_attn.n_points == 4
+    assert layer.ffn.linear1.out_features == 1024 and layer.self_attn.num_points == 4
     dilation = model.backbone.layer4[1].conv2.dilation  # torchvision: not the first block
     assert dilation == ((2, 2) if 'dc5' in name else (1, 1))
     frozen = [n for n, p in model.backbone.named_parameters() if not p.requires_grad]

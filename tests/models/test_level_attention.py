@@ -19,23 +19,23 @@ STARTS = torch.tensor([0, 35])
 S = 47
 
 
-def make_attn(attn_type, n_levels=2, seed=0):
+def make_attn(attn_type, num_levels=2, seed=0):
     """Float64 attention with random offset/weight projections (the paper's
     init zeroes them, which would make every query sample the same way)."""
     torch.manual_seed(seed)
-    attn = MODELS.build(dict(type=attn_type, d_model=C, n_heads=M, n_levels=n_levels,
-                             n_points=P)).double()
+    attn = MODELS.build(dict(type=attn_type, embed_dims=C, num_heads=M, num_levels=num_levels,
+                             num_points=P)).double()
     with torch.no_grad():
         attn.sampling_offsets.weight.normal_(0, 0.1)
         attn.attention_weights.weight.normal_(0, 0.3)
     return attn
 
 
-def make_inputs(num_query=S, n_levels=2, seed=1):
+def make_inputs(num_query=S, num_levels=2, seed=1):
     gen = torch.Generator().manual_seed(seed)
     query = torch.randn(2, num_query, C, generator=gen, dtype=torch.float64)
-    ref = torch.rand(2, num_query, n_levels, 2, generator=gen, dtype=torch.float64) * 0.8 + 0.1
-    num_value = int(SHAPES[:n_levels].prod(1).sum())
+    ref = torch.rand(2, num_query, num_levels, 2, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+    num_value = int(SHAPES[:num_levels].prod(1).sum())
     value = torch.randn(2, num_value, C, generator=gen, dtype=torch.float64)
     return query, ref, value
 
@@ -104,10 +104,10 @@ def test_same_level_output_ignores_the_other_levels_values():
 
 @pytest.mark.parametrize('attn_type', ['SameLevelDeformAttn', 'PerLevelDeformAttn'])
 def test_one_level_equals_msdeformattn(attn_type):
-    query, ref, value = make_inputs(num_query=20, n_levels=1)
+    query, ref, value = make_inputs(num_query=20, num_levels=1)
     value = value[:, :20]
     shapes = torch.tensor([[4, 5]])
-    attn, plain = make_attn(attn_type, n_levels=1), make_attn('MSDeformAttn', n_levels=1)
+    attn, plain = make_attn(attn_type, num_levels=1), make_attn('MSDeformAttn', num_levels=1)
     for (name, p), (plain_name, plain_p) in zip(attn.named_parameters(),
                                                 plain.named_parameters()):
         assert name == plain_name and torch.equal(p, plain_p)
@@ -118,7 +118,7 @@ def test_one_level_equals_msdeformattn(attn_type):
 @pytest.mark.parametrize('attn_type', ['SameLevelDeformAttn', 'PerLevelDeformAttn'])
 def test_same_parameters_and_init_as_msdeformattn(attn_type):
     torch.manual_seed(3)
-    attn = MODELS.build(dict(type=attn_type, d_model=C, n_heads=M, n_levels=2, n_points=P))
+    attn = MODELS.build(dict(type=attn_type, embed_dims=C, num_heads=M, num_levels=2, num_points=P))
     torch.manual_seed(3)
     plain = MSDeformAttn(C, M, 2, P)
     assert isinstance(attn, MSDeformAttn)
@@ -152,10 +152,10 @@ def test_layers_build_the_configured_attention():
                                            cross_attn_cfg=dict(type='PerLevelDeformAttn'))
     assert type(encoder_layer.self_attn) is SameLevelDeformAttn
     assert type(decoder_layer.cross_attn) is PerLevelDeformAttn
-    assert (decoder_layer.cross_attn.n_levels, decoder_layer.cross_attn.n_points) == (2, P)
+    assert (decoder_layer.cross_attn.num_levels, decoder_layer.cross_attn.num_points) == (2, P)
     assert type(DeformableEncoderLayer(C, M, 2, P, 32).self_attn) is MSDeformAttn
     assert type(DeformableDecoderLayer(C, M, 2, P, 32).cross_attn) is MSDeformAttn
-    for key in ('d_model', 'n_heads', 'n_levels', 'n_points'):
+    for key in ('embed_dims', 'num_heads', 'num_levels', 'num_points'):
         with pytest.raises(ValueError, match=f"'{key}' must not be set"):
             DeformableEncoderLayer(C, M, 2, P, 32, self_attn_cfg={'type': 'MSDeformAttn',
                                                                   key: 1})

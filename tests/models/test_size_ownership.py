@@ -56,7 +56,7 @@ def test_every_component_gets_its_sizes_from_earlier_stages():
     for stage in (model.encoder, model.decoder):
         assert (stage.embed_dims, stage.num_levels) == (dims, levels)
         attn = stage.layers[0].self_attn if stage is model.encoder else stage.layers[0].cross_attn
-        assert attn.n_levels == levels
+        assert attn.num_levels == levels
     assert model.query_generator.num_queries == 8
     assert model.bbox_head.num_layers == model.decoder.num_layers == 2
     assert model.bbox_head.cls_branches[0].in_features == dims

@@ -13,7 +13,7 @@ NUM_VALUE = 60
 
 
 def make_layer(**kwargs):
-    cfg = dict(type='MSDeformAttn', d_model=16, n_heads=4, n_levels=2, n_points=3)
+    cfg = dict(type='MSDeformAttn', embed_dims=16, num_heads=4, num_levels=2, num_points=3)
     cfg.update(kwargs)
     torch.manual_seed(0)
     layer = MODELS.build(cfg).double()
@@ -79,7 +79,7 @@ def test_forward_equals_manual_composition():
 
 
 def test_initialization_matches_the_paper_code():
-    layer = MSDeformAttn(d_model=32, n_heads=8, n_levels=3, n_points=4)
+    layer = MSDeformAttn(embed_dims=32, num_heads=8, num_levels=3, num_points=4)
     assert layer.sampling_offsets.weight.abs().max() == 0
     bias = layer.sampling_offsets.bias.view(8, 3, 4, 2)
     for head in range(8):
@@ -99,13 +99,36 @@ def test_initialization_matches_the_paper_code():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match='divisible by n_heads'):
-        MSDeformAttn(d_model=30, n_heads=8)
+    with pytest.raises(ValueError, match='divisible by num_heads'):
+        MSDeformAttn(embed_dims=30, num_heads=8)
     with pytest.warns(UserWarning, match='power of two'):
-        MSDeformAttn(d_model=24, n_heads=2)
+        MSDeformAttn(embed_dims=24, num_heads=2)
     layer = make_layer()
     query, ref, value = inputs()
     with pytest.raises(ValueError, match='reference_points must be'):
         layer(query, ref[:, :, :1], value, SHAPES, STARTS)
     with pytest.raises(ValueError, match='built for 2 levels'):
         layer(query, ref, value, SHAPES[:1], STARTS[:1])
+
+
+def test_init_weights_honours_init_cfg_and_is_repeatable():
+    cfg = dict(type='Constant', layer='Linear', val=0.5, bias=0.25)
+    attn = MSDeformAttn(embed_dims=16, num_heads=4, num_levels=2, num_points=3, init_cfg=cfg)
+    # construction gives the paper's init (zero offset weights); init_weights applies init_cfg
+    assert torch.all(attn.sampling_offsets.weight == 0)
+    for _ in range(2):  # a second call gives the same weights (init_cfg re-applied)
+        attn.init_weights()
+        for proj in (attn.sampling_offsets, attn.attention_weights, attn.value_proj,
+                     attn.output_proj):
+            assert torch.all(proj.weight == 0.5) and torch.all(proj.bias == 0.25)
+
+
+def test_init_cfg_reaches_the_attention_inside_an_encoder():
+    encoder = MODELS.build(dict(
+        type='DeformableEncoder', num_layers=1, embed_dims=16, num_levels=2,
+        layer_cfg=dict(num_heads=4, self_attn_cfg=dict(
+            type='MSDeformAttn', init_cfg=dict(type='Constant', layer='Linear', val=0.5)))))
+    encoder.init_weights()  # what the runner calls
+    attn = encoder.layers[0].self_attn
+    assert torch.all(attn.value_proj.weight == 0.5)
+    assert not torch.all(encoder.layers[0].ffn.linear1.weight == 0.5)  # only the attention

@@ -33,7 +33,7 @@ def model(tiny_config):
 
 def test_capture_reproduces_the_module_output():
     torch.manual_seed(0)
-    attn = MSDeformAttn(d_model=16, n_heads=2, n_levels=2, n_points=3).double()
+    attn = MSDeformAttn(embed_dims=16, num_heads=2, num_levels=2, num_points=3).double()
     torch.nn.init.normal_(attn.attention_weights.weight)
     shapes = torch.tensor([[4, 5], [2, 3]])
     starts = torch.tensor([0, 20])

@@ -41,7 +41,7 @@ class PerLevelDeformAttn(MSDeformAttn):
         """
         locations, _ = super().sampling(query, reference_points, spatial_shapes)
         n, num_query, _ = query.shape
-        m, lv, p = self.n_heads, self.n_levels, self.n_points
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
         # softmax over the P points of each level separately, then the mean over levels
         weights = self.attention_weights(query).view(n, num_query, m, lv, p).softmax(-1) / lv
         return locations, weights

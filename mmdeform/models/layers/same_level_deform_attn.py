@@ -16,7 +16,7 @@ class SameLevelDeformAttn(MSDeformAttn):
     information crosses levels. The queries must be the value tokens
     themselves (encoder self-attention, ``Lq == S``), so the level of each
     query is known from ``spatial_shapes``. A query of level l gets
-    attention weights softmaxed over the ``n_points`` samples of level l
+    attention weights softmaxed over the ``num_points`` samples of level l
     alone (per head) and weight exactly zero on every other level.
 
     Parameters, their names, shapes and initialization are those of
@@ -72,7 +72,7 @@ class SameLevelDeformAttn(MSDeformAttn):
                 f'(encoder self-attention): query has Lq={num_query} rows but '
                 f'spatial_shapes {spatial_shapes.tolist()} give S={num_tokens} tokens')
         locations, _ = super().sampling(query, reference_points, spatial_shapes)
-        m, lv, p = self.n_heads, self.n_levels, self.n_points
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
         # softmax over the P points of each level separately
         weights = self.attention_weights(query).view(n, num_query, m, lv, p).softmax(-1)
         # (S,) -> (S, L) one-hot of each query's own level

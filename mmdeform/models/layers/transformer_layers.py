@@ -17,24 +17,23 @@ from torch import nn
 from mmdeform.ops import MSDeformAttn
 from mmdeform.registry import MODELS
 
-_LAYER_FILLED_KEYS = ('d_model', 'n_heads', 'n_levels', 'n_points')
-
 
 def build_deformable_attention(attn_cfg: Optional[dict], embed_dims: int, num_heads: int,
                                num_levels: int, num_points: int, owner: str) -> nn.Module:
     """Build a deformable attention (``MSDeformAttn`` or a subclass) from a config.
 
-    The layer owns the sizes: they are filled in here and must not appear in
-    the config.
+    The layer owns the sizes (the argument names of mmcv's
+    ``MultiScaleDeformableAttention``): they are filled in here and must not
+    appear in the config.
 
     Args:
         attn_cfg (dict, optional): ``dict(type=...)`` of a registered
-            attention taking ``(d_model, n_heads, n_levels, n_points)``;
+            attention taking ``(embed_dims, num_heads, num_levels, num_points)``;
             ``None`` means ``dict(type='MSDeformAttn')``.
-        embed_dims (int): Channels C (``d_model``).
-        num_heads (int): Heads M (``n_heads``).
-        num_levels (int): Levels L (``n_levels``).
-        num_points (int): Points P per head and level (``n_points``).
+        embed_dims (int): Channels C.
+        num_heads (int): Heads M.
+        num_levels (int): Levels L.
+        num_points (int): Points P per head and level.
         owner (str): ``'<Layer>.<argument>'``, named in errors.
 
     Returns:
@@ -43,14 +42,13 @@ def build_deformable_attention(attn_cfg: Optional[dict], embed_dims: int, num_he
     cfg = dict(type='MSDeformAttn') if attn_cfg is None else dict(attn_cfg)
     if 'type' not in cfg:
         raise ValueError(f"{owner}: the attention config needs a 'type', got {attn_cfg}")
-    for key in _LAYER_FILLED_KEYS:
+    sizes = dict(embed_dims=embed_dims, num_heads=num_heads, num_levels=num_levels,
+                 num_points=num_points)
+    for key in sizes:
         if key in cfg:
             raise ValueError(f'{owner}: {key!r} must not be set in the attention config; '
-                             'the layer fills d_model, n_heads, n_levels and n_points from '
-                             'embed_dims, num_heads, num_levels and num_points')
-    cfg.update(d_model=embed_dims, n_heads=num_heads, n_levels=num_levels,
-               n_points=num_points)
-    return MODELS.build(cfg)
+                             f'the layer fills {", ".join(sizes)} from its own arguments')
+    return MODELS.build(dict(cfg, **sizes))
 
 
 class FFN(nn.Module):
@@ -94,7 +92,7 @@ class DeformableEncoderLayer(nn.Module):
             registered ``MSDeformAttn`` variant, e.g.
             ``dict(type='SameLevelDeformAttn')``; default
             ``dict(type='MSDeformAttn')``. Its sizes come from this layer, so
-            it must not set ``d_model``, ``n_heads``, ``n_levels`` or ``n_points``.
+            it must not set ``embed_dims``, ``num_heads``, ``num_levels`` or ``num_points``.
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
@@ -156,7 +154,7 @@ class DeformableDecoderLayer(nn.Module):
             registered ``MSDeformAttn`` variant, e.g.
             ``dict(type='PerLevelDeformAttn')``; default
             ``dict(type='MSDeformAttn')``. Its sizes come from this layer, so
-            it must not set ``d_model``, ``n_heads``, ``n_levels`` or ``n_points``.
+            it must not set ``embed_dims``, ``num_heads``, ``num_levels`` or ``num_points``.
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
@@ -238,4 +236,4 @@ def init_deformable_transformer(module: nn.Module) -> None:
     init_dense_transformer(module)
     for submodule in module.modules():
         if isinstance(submodule, MSDeformAttn):
-            submodule.init_weights()
+            submodule.init_weights()  # the paper's init, then its init_cfg

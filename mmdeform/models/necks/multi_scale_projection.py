@@ -74,7 +74,7 @@ class MultiScaleProjection(BaseModule):
     Args:
         in_channels (Sequence[int]): Channels of the backbone maps, finest
             first, e.g. [512, 1024, 2048] (C3..C5) or [2048] (single scale).
-        out_channels (int): Channels of every output level (d_model).
+        out_channels (int): Channels of every output level (embed_dims).
         num_extra_levels (int): Extra stride-2 levels after the last input.
         num_groups (int): GroupNorm groups; must divide ``out_channels``.
         init_cfg (dict | list[dict], optional): mmengine init config; without
