@@ -3,6 +3,7 @@
 Every overflow pattern below passed the kernels' old check (a wrapped int64
 sum equal to S) and then read outside value; each must now be refused with a
 clear error by the compiled forward, the compiled backward and the reference.
+The CUDA cases are skipped without a GPU.
 """
 import pytest
 import torch
@@ -13,6 +14,9 @@ from mmdeform.ops.ms_deform_attn import SORT_LIMIT, check_deterministic_backward
 
 pytestmark = pytest.mark.skipif(
     not extension_available(), reason='mmdeform._C is not built')
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        'mmdeform::ms_deform_attn_forward', 'CUDA')), reason='no CUDA device or kernel'))]
 
 BIG = 2**62
 # (spatial_shapes, level_start_index, S, message): level starts as the old
@@ -33,38 +37,41 @@ OVERFLOW_CASES = {
 }
 
 
-def hostile_inputs(shapes, starts, num_value, dtype=torch.float64):
+def hostile_inputs(shapes, starts, num_value, device, dtype=torch.float64):
     levels = len(shapes)
     value = torch.rand(1, num_value, 1, 2, dtype=dtype)
     locations = torch.rand(1, 3, 1, levels, 1, 2, dtype=dtype)
     weights = torch.rand(1, 3, 1, levels, 1, dtype=dtype)
-    return (value, torch.tensor(shapes, dtype=torch.int64), torch.tensor(starts),
-            locations, weights)
+    return tuple(t.to(device) for t in (
+        value, torch.tensor(shapes, dtype=torch.int64), torch.tensor(starts), locations,
+        weights))
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('case', OVERFLOW_CASES.values(), ids=list(OVERFLOW_CASES))
-def test_bad_level_sizes_are_refused_everywhere(case):
+def test_bad_level_sizes_are_refused_everywhere(case, device):
     shapes, starts, num_value, message = case
-    inputs = hostile_inputs(shapes, starts, num_value)
+    inputs = hostile_inputs(shapes, starts, num_value, device)
+    grad_output = torch.ones(1, 3, 2, dtype=torch.float64, device=device)
     with pytest.raises(RuntimeError, match=message):
         torch.ops.mmdeform.ms_deform_attn_forward(*inputs)
-    with pytest.raises(RuntimeError, match=message):
-        torch.ops.mmdeform.ms_deform_attn_backward(
-            *inputs, torch.ones(1, 3, 2, dtype=torch.float64), False)
+    for deterministic in (False, True):
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.mmdeform.ms_deform_attn_backward(*inputs, grad_output, deterministic)
     with pytest.raises(ValueError, match=message):
         ms_deform_attn_reference(*inputs)
     with pytest.raises(RuntimeError, match=message):
         ms_deform_attn(*inputs)
 
 
-def _nonfinite_inputs(bad, where, dtype):
+def _nonfinite_inputs(bad, where, dtype, device='cpu'):
     """Inputs with ``bad`` in the locations or weights of a few samples."""
     value, shapes, starts, locations, weights = make_inputs(
         [(6, 7), (3, 4)], dtype=dtype, spread=(-0.3, 1.3), seed=3)
     value = value - 0.5  # both signs, so inf * sampled has both signs
     target = locations if where == 'locations' else weights
     target.view(-1)[[0, 5, 17, 40]] = bad
-    return [value, shapes, starts, locations, weights]
+    return [t.to(device) for t in (value, shapes, starts, locations, weights)]
 
 
 def _both(inputs):
@@ -74,17 +81,19 @@ def _both(inputs):
         leaves = [t.detach().clone().requires_grad_() if t.is_floating_point() else t
                   for t in inputs]
         out = fn(*leaves)
-        grad_out = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+        grad_out = torch.linspace(-1, 1, out.numel(), dtype=out.dtype,
+                                  device=out.device).view(out.shape)
         grads = torch.autograd.grad(out, (leaves[0], leaves[3], leaves[4]), grad_out)
         results.append((out, *grads))
     return results
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 @pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
-def test_nonfinite_locations_propagate_nan_like_the_reference(bad, dtype):
+def test_nonfinite_locations_propagate_nan_like_the_reference(bad, dtype, device):
     (out, g_value, g_loc, g_weight), (ref, r_value, r_loc, r_weight) = _both(
-        _nonfinite_inputs(bad, 'locations', dtype))
+        _nonfinite_inputs(bad, 'locations', dtype, device))
     assert out.isnan().any()
     torch.testing.assert_close(out, ref, equal_nan=True)  # same NaN rows, same values elsewhere
     torch.testing.assert_close(g_weight, r_weight, equal_nan=True)
@@ -95,10 +104,11 @@ def test_nonfinite_locations_propagate_nan_like_the_reference(bad, dtype):
     torch.testing.assert_close(g_loc[finite], r_loc[finite])
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('bad', [float('inf'), -float('inf'), float('nan')])
-def test_nonfinite_weights_match_the_reference(bad):
+def test_nonfinite_weights_match_the_reference(bad, device):
     (out, g_value, g_loc, g_weight), (ref, r_value, r_loc, r_weight) = _both(
-        _nonfinite_inputs(bad, 'weights', torch.float64))
+        _nonfinite_inputs(bad, 'weights', torch.float64, device))
     assert not out.isfinite().all() and out.isfinite().any()
     # same inf signs and NaN positions (a weight on a sample that reads zeros gives NaN)
     torch.testing.assert_close(out, ref, equal_nan=True)
@@ -109,13 +119,15 @@ def test_nonfinite_weights_match_the_reference(bad):
     torch.testing.assert_close(g_loc[g_loc.isfinite()], r_loc[r_loc.isfinite()])
 
 
-def test_nan_query_gives_nan_out_of_the_module():
+@pytest.mark.parametrize('device', DEVICES)
+def test_nan_query_gives_nan_out_of_the_module(device):
     torch.manual_seed(0)
-    layer = MSDeformAttn(d_model=16, n_heads=2, n_levels=2, n_points=2)
-    shapes = torch.tensor([[4, 5], [2, 3]])
-    starts = torch.tensor([0, 20])
-    query, value = torch.randn(2, 6, 16), torch.randn(2, 26, 16)
-    reference_points = torch.rand(2, 6, 2, 2)
+    layer = MSDeformAttn(d_model=16, n_heads=2, n_levels=2, n_points=2).to(device)
+    shapes = torch.tensor([[4, 5], [2, 3]], device=device)
+    starts = torch.tensor([0, 20], device=device)
+    query = torch.randn(2, 6, 16, device=device)
+    value = torch.randn(2, 26, 16, device=device)
+    reference_points = torch.rand(2, 6, 2, 2, device=device)
     query[1, 4] = float('nan')
     out = layer(query, reference_points, value, shapes, starts)
     assert out[1, 4].isnan().all()
