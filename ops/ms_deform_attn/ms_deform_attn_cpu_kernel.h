@@ -157,10 +157,12 @@ struct CornerRows {
 // channels unroll, the accumulators live in registers); 0 means d.channels.
 // coord_t is the type of locations and weights: scalar_t, or float when
 // scalar_t is a 16-bit type (autocast).
-// Each sample adds a * (bilinearly interpolated value), in the reference's
-// order, so that an infinite weight gives the reference's inf / NaN pattern.
-// A row whose samples include a non-finite location, or a non-finite weight
-// on a sample that reads zeros (0 * inf), is NaN.
+// A sample with a non-finite weight a adds a * (bilinearly interpolated
+// value), in the reference's order, so that it gives the reference's inf /
+// NaN pattern; a finite one is folded into the corner weights (one FMA per
+// corner and channel, as fast as before). A row whose samples include a
+// non-finite location, or a non-finite weight on a sample that reads zeros
+// (0 * inf), is NaN.
 template <typename scalar_t, typename coord_t, int kChannels>
 void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
                     const coord_t* locs, const coord_t* attn, scalar_t* out, const Dims& d) {
@@ -209,14 +211,25 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
               nan_row = nan_row || f.nonfinite || !std::isfinite(a);
               continue;
             }
-            const acc_t w0 = f.weight[0], w1 = f.weight[1], w2 = f.weight[2], w3 = f.weight[3];
             const scalar_t* __restrict__ v0 = rows.value(level, f, 0, row);
             const scalar_t* __restrict__ v1 = rows.value(level, f, 1, row);
             const scalar_t* __restrict__ v2 = rows.value(level, f, 2, row);
             const scalar_t* __restrict__ v3 = rows.value(level, f, 3, row);
+            if (!std::isfinite(a)) {  // rare: a * (sampled value), the reference's order
+              for (int64_t k = 0; k < channels; ++k) {
+                acc[k] += a * (f.weight[0] * static_cast<acc_t>(v0[k]) +
+                               f.weight[1] * static_cast<acc_t>(v1[k]) +
+                               f.weight[2] * static_cast<acc_t>(v2[k]) +
+                               f.weight[3] * static_cast<acc_t>(v3[k]));
+              }
+              continue;
+            }
+            // a finite weight folded into the corner weights: one FMA per corner
+            const acc_t w0 = a * f.weight[0], w1 = a * f.weight[1], w2 = a * f.weight[2],
+                        w3 = a * f.weight[3];
             for (int64_t k = 0; k < channels; ++k) {
-              acc[k] += a * (w0 * static_cast<acc_t>(v0[k]) + w1 * static_cast<acc_t>(v1[k]) +
-                             w2 * static_cast<acc_t>(v2[k]) + w3 * static_cast<acc_t>(v3[k]));
+              acc[k] += w0 * static_cast<acc_t>(v0[k]) + w1 * static_cast<acc_t>(v1[k]) +
+                        w2 * static_cast<acc_t>(v2[k]) + w3 * static_cast<acc_t>(v3[k]);
             }
           }
         }
