@@ -13,9 +13,10 @@
 //
 // Sample geometry is computed once per (item, sample), not once per channel:
 // the block first fills a shared-memory tile with, per sample, the four corner
-// token indices and the corner weights (forward: attention weight times the
-// bilinear weight; backward: lh, lw and the attention weight), then every lane
-// reads it with two 16-byte shared loads. The official/MMCV kernel instead
+// token indices, lh, lw and the attention weight a, then every lane reads it
+// with two 16-byte shared loads and forms the four bilinear weights itself (a
+// few flops per sample). The forward adds a * (interpolated value), the
+// reference's order, so that infinite weights give the reference's inf / NaN. The official/MMCV kernel instead
 // runs one thread per channel and makes every thread reload the location and
 // weight and redo the bilinear arithmetic. Tiles hold up to ~24 KB so that
 // blocks of 256 threads keep the SM full; long L * P are split into tiles.

@@ -244,3 +244,19 @@ def test_tiny_detector_training_step_under_autocast(device, low):
         cos = torch.nn.functional.cosine_similarity(grads[name].flatten(),
                                                     grads32[name].flatten(), dim=0)
         assert cos > 0.99, (name, cos)
+
+
+def test_policy_error_is_the_value_rounding_not_the_geometry():
+    """The precision tool's measurement on small maps: keeping the geometry in
+    float32 leaves only value's rounding; casting it too is far worse."""
+    from mmdeform.analysis.op_precision import make_encoder_inputs, measure_policies
+    inputs = make_encoder_inputs(levels=((40, 54), (20, 27)), num_query=200, heads=2)
+    report = measure_policies(inputs)
+    policy = report['autocast bfloat16 (policy: value bf16, geometry f32)']
+    cast_all = report['all bfloat16 (cast everything)']
+    assert policy['location_px'] < 1e-4 and cast_all['location_px'] > 0.05
+    for key in ('out', 'grad_value', 'grad_locations', 'grad_weights'):
+        rms_error = policy[key][0]
+        assert rms_error < 2**-8, key  # bfloat16's relative rounding of value
+        assert cast_all[key][0] > 5 * rms_error, key
+    assert report['float32']['out'][0] < 1e-5
