@@ -232,10 +232,11 @@ def ms_deform_attn_grid_sample(value: torch.Tensor, level_shapes: Sequence[Tuple
         value (Tensor): (N, S, M, D), S = sum of H_l * W_l.
         level_shapes (Sequence[tuple[int, int]]): L pairs (H_l, W_l).
         sampling_locations (Tensor): (N, Lq, M, L, P, 2) normalized (x, y).
-        attention_weights (Tensor): (N, Lq, M, L, P).
+        attention_weights (Tensor): (N, Lq, M, L, P), dtype of the locations.
 
     Returns:
-        Tensor: (N, Lq, M*D).
+        Tensor: (N, Lq, M*D) in value's dtype, computed in the wider of
+        value's and the locations' dtypes.
     """
     n, _, m, d = value.shape
     _, num_query, _, num_levels, num_points, _ = sampling_locations.shape
