@@ -21,6 +21,14 @@ class MSDeformAttn(BaseModule):
     (softmax over the ``num_levels * num_points`` samples of each head). Values are
     read by bilinear interpolation; there is no query-key product.
 
+    Under ``torch.autocast`` the projections run in the autocast dtype, and the
+    sampling geometry is then formed in float32: offsets and attention logits
+    are taken to float32 before they are added to the reference points and
+    softmaxed (as CUDA autocast does for softmax), so the op reads value in
+    the autocast dtype and locations / weights in float32 (the policy of
+    :func:`~mmdeform.ops.ms_deform_attn`). The output has the autocast dtype.
+    Outside autocast every tensor keeps the module's dtype.
+
     Args:
         embed_dims (int): Channels of queries, values and output. The argument
             names are those of mmcv's ``MultiScaleDeformableAttention``.
@@ -111,6 +119,11 @@ class MSDeformAttn(BaseModule):
                 f'({n}, {num_query}, {lv}, 2|4), got {tuple(reference_points.shape)}')
         offsets = self.sampling_offsets(query).view(n, num_query, m, lv, p, 2)
         weights = self.attention_weights(query).view(n, num_query, m, lv * p)
+        if torch.is_autocast_enabled(query.device.type):
+            # 16-bit linear outputs -> float32 geometry (float64 stays float64)
+            dtype = torch.promote_types(offsets.dtype, torch.float32)
+            offsets, weights = offsets.to(dtype), weights.to(dtype)
+            reference_points = reference_points.to(dtype)
         weights = weights.softmax(-1).view(n, num_query, m, lv, p)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: divide by (W_l, H_l)

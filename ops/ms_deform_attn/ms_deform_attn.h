@@ -11,6 +11,18 @@
 //   output              (N, Lq, M * D)
 // Samples outside a level read zeros (bilinear interpolation, zero padding).
 //
+// Dtypes: sampling_locations and attention_weights share one dtype, which is
+// either value's or, when value is float16 / bfloat16, float32 (the autocast
+// policy of mmdeform/ops/ms_deform_attn.py: value read in low precision, sample
+// geometry kept in float32). Output and grad_value have value's dtype,
+// grad_sampling_locations and grad_attention_weights that of the locations.
+//
+// Non-finite inputs follow the reference (F.grid_sample, then a weighted sum):
+// a sample whose location is NaN or infinite contributes NaN to its output row
+// and has NaN location and weight gradients, and an output is
+// attention_weight * (bilinearly sampled value), so an infinite weight on a
+// sample that reads zeros gives NaN.
+//
 // The operators are declared once in ops/register.cpp (TORCH_LIBRARY) and each
 // device source registers its implementation with TORCH_LIBRARY_IMPL.
 #pragma once
@@ -18,10 +30,32 @@
 #include <ATen/ATen.h>
 
 #include <tuple>
+#include <type_traits>
 
 namespace mmdeform {
 
+// Calls body.template operator()<coord_t>() with the C++ type of the
+// locations / weights: scalar_t, or float for 16-bit values with float32
+// geometry (the autocast combination, see above).
+template <typename scalar_t, typename Body>
+void with_coord_type(at::ScalarType coord, Body&& body) {
+  if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+    if (coord == at::kFloat) return body.template operator()<float>();
+  }
+  body.template operator()<scalar_t>();
+}
+
+// Overflow-safe check of the level sizes against S = num_value: every H_l and
+// W_l positive, every level_start_index[l] equal to the sum of the levels
+// before it, and every running sum of H_l * W_l (computed with checked
+// multiplications and additions) at most S, the last one equal to S. Takes
+// host (CPU) tensors; the CUDA path copies the device tensors to the host.
+void check_level_sizes(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                       int64_t num_value);
+
 // Checks shared by every backend; raises c10::Error naming the argument.
+// Reads spatial_shapes / level_start_index (check_level_sizes) only when they
+// are on the CPU.
 void check_ms_deform_attn_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                  const at::Tensor& level_start_index,
                                  const at::Tensor& sampling_locations,

@@ -8,8 +8,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <c10/util/safe_numerics.h>
+
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -52,31 +56,63 @@ bool cpu_has_avx2() {
 }
 #endif
 
-template <typename scalar_t>
+template <typename scalar_t, typename coord_t>
 void run_forward(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                 const scalar_t* locs, const scalar_t* attn, scalar_t* out, const Dims& d) {
+                 const coord_t* locs, const coord_t* attn, scalar_t* out, const Dims& d) {
 #ifdef MMDEFORM_HAVE_AVX2_KERNEL
-  if (cpu_has_avx2()) return avx2::forward<scalar_t>(value, shapes, starts, locs, attn, out, d);
+  if (cpu_has_avx2()) {
+    return avx2::forward<scalar_t, coord_t>(value, shapes, starts, locs, attn, out, d);
+  }
 #endif
-  baseline::forward<scalar_t>(value, shapes, starts, locs, attn, out, d);
+  baseline::forward<scalar_t, coord_t>(value, shapes, starts, locs, attn, out, d);
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename coord_t, typename acc_t>
 void run_backward(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                  const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
-                  acc_t* grad_value_acc, scalar_t* grad_locs, scalar_t* grad_attn,
+                  const coord_t* locs, const coord_t* attn, const scalar_t* grad_out,
+                  acc_t* grad_value_acc, coord_t* grad_locs, coord_t* grad_attn,
                   const Dims& d) {
 #ifdef MMDEFORM_HAVE_AVX2_KERNEL
   if (cpu_has_avx2()) {
-    return avx2::backward<scalar_t, acc_t>(value, shapes, starts, locs, attn, grad_out,
-                                           grad_value_acc, grad_locs, grad_attn, d);
+    return avx2::backward<scalar_t, coord_t, acc_t>(value, shapes, starts, locs, attn, grad_out,
+                                                    grad_value_acc, grad_locs, grad_attn, d);
   }
 #endif
-  baseline::backward<scalar_t, acc_t>(value, shapes, starts, locs, attn, grad_out,
-                                      grad_value_acc, grad_locs, grad_attn, d);
+  baseline::backward<scalar_t, coord_t, acc_t>(value, shapes, starts, locs, attn, grad_out,
+                                               grad_value_acc, grad_locs, grad_attn, d);
 }
 
 }  // namespace
+
+void check_level_sizes(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                       int64_t num_value) {
+  TORCH_CHECK(spatial_shapes.device().is_cpu() && level_start_index.device().is_cpu(),
+              "ms_deform_attn: check_level_sizes needs host tensors");
+  const auto shapes = spatial_shapes.contiguous();
+  const auto starts = level_start_index.contiguous();
+  const int64_t* sh = shapes.data_ptr<int64_t>();
+  const int64_t* st = starts.data_ptr<int64_t>();
+  int64_t total = 0;  // tokens of the levels before l; never above num_value
+  for (int64_t l = 0; l < shapes.size(0); ++l) {
+    const int64_t height = sh[2 * l], width = sh[2 * l + 1];
+    TORCH_CHECK(height > 0 && width > 0, "ms_deform_attn: spatial_shapes[", l, "] = (", height,
+                ", ", width, ") must be positive");
+    TORCH_CHECK(st[l] == total, "ms_deform_attn: level_start_index[", l, "] = ", st[l],
+                " is inconsistent with spatial_shapes (expected ", total, ")");
+    // Checked: H * W and the running sum may overflow int64 for hostile
+    // shapes, and a wrapped sum could pass the comparison with S.
+    int64_t area = 0, end = 0;
+    const bool overflow = c10::mul_overflows(height, width, &area) ||
+                          c10::add_overflows(total, area, &end);
+    TORCH_CHECK(!overflow && end <= num_value, "ms_deform_attn: value has S = ", num_value,
+                " tokens but spatial_shapes sum to ",
+                overflow ? std::string("more than 2^63 - 1") : std::to_string(end),
+                " by level ", l, " (", height, " x ", width, ")");
+    total = end;
+  }
+  TORCH_CHECK(total == num_value, "ms_deform_attn: value has S = ", num_value,
+              " tokens but spatial_shapes sum to ", total);
+}
 
 void check_ms_deform_attn_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                  const at::Tensor& level_start_index,
@@ -105,11 +141,14 @@ void check_ms_deform_attn_inputs(const at::Tensor& value, const at::Tensor& spat
                   attention_weights.size(3) == L && attention_weights.size(4) == P,
               "ms_deform_attn: attention_weights must be (N, Lq, M, L, P) = (", N, ", ", Lq,
               ", ", M, ", ", L, ", ", P, "), got shape ", attention_weights.sizes());
-  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
-                  attention_weights.scalar_type() == value.scalar_type(),
-              "ms_deform_attn: value, sampling_locations and attention_weights must share a "
-              "dtype, got ",
-              value.scalar_type(), ", ", sampling_locations.scalar_type(), ", ",
+  const auto dtype = value.scalar_type();
+  const auto coord = sampling_locations.scalar_type();
+  const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
+  TORCH_CHECK(attention_weights.scalar_type() == coord &&
+                  (coord == dtype || (reduced && coord == at::kFloat)),
+              "ms_deform_attn: sampling_locations and attention_weights must have value's "
+              "dtype (or float32 when value is float16 / bfloat16), got value ", dtype,
+              ", sampling_locations ", coord, ", attention_weights ",
               attention_weights.scalar_type());
   TORCH_CHECK(sampling_locations.device() == value.device() &&
                   attention_weights.device() == value.device() &&
@@ -117,20 +156,7 @@ void check_ms_deform_attn_inputs(const at::Tensor& value, const at::Tensor& spat
                   level_start_index.device() == value.device(),
               "ms_deform_attn: all inputs must be on the device of value (", value.device(), ")");
   if (spatial_shapes.device().is_cpu()) {
-    const auto shapes = spatial_shapes.contiguous();
-    const auto starts = level_start_index.contiguous();
-    const int64_t* sh = shapes.data_ptr<int64_t>();
-    const int64_t* st = starts.data_ptr<int64_t>();
-    int64_t total = 0;
-    for (int64_t l = 0; l < L; ++l) {
-      TORCH_CHECK(sh[2 * l] > 0 && sh[2 * l + 1] > 0, "ms_deform_attn: spatial_shapes[", l,
-                  "] = (", sh[2 * l], ", ", sh[2 * l + 1], ") must be positive");
-      TORCH_CHECK(st[l] == total, "ms_deform_attn: level_start_index[", l, "] = ", st[l],
-                  " is inconsistent with spatial_shapes (expected ", total, ")");
-      total += sh[2 * l] * sh[2 * l + 1];
-    }
-    TORCH_CHECK(total == value.size(1), "ms_deform_attn: value has S = ", value.size(1),
-                " tokens but spatial_shapes sum to ", total);
+    check_level_sizes(spatial_shapes, level_start_index, value.size(1));
   }
 }
 
@@ -150,9 +176,11 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value_in, const at::Tens
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-        run_forward<scalar_t>(value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(),
-                              starts.data_ptr<int64_t>(), locs.data_ptr<scalar_t>(),
-                              attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), d);
+        with_coord_type<scalar_t>(locs.scalar_type(), [&]<typename coord_t>() {
+          run_forward<scalar_t, coord_t>(value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(),
+                                         starts.data_ptr<int64_t>(), locs.data_ptr<coord_t>(),
+                                         attn.data_ptr<coord_t>(), out.data_ptr<scalar_t>(), d);
+        });
       });
   return out;
 }
@@ -189,11 +217,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          run_backward<scalar_t, acc_t>(
-              value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
-              locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(),
-              grad_output.data_ptr<scalar_t>(), grad_value_acc.data_ptr<acc_t>(),
-              grad_locs.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), d);
+          with_coord_type<scalar_t>(locs.scalar_type(), [&]<typename coord_t>() {
+            run_backward<scalar_t, coord_t, acc_t>(
+                value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(),
+                starts.data_ptr<int64_t>(), locs.data_ptr<coord_t>(), attn.data_ptr<coord_t>(),
+                grad_output.data_ptr<scalar_t>(), grad_value_acc.data_ptr<acc_t>(),
+                grad_locs.data_ptr<coord_t>(), grad_attn.data_ptr<coord_t>(), d);
+          });
         });
   } else {
     grad_locs.zero_();

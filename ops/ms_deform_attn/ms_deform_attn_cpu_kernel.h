@@ -4,7 +4,8 @@
 // namespaces: once for the baseline instruction set and once under
 // `#pragma GCC target("avx2,fma")`, and the caller picks one at run time. It
 // therefore has no include guard and includes nothing; it relies on Dims,
-// <cmath>, <vector>, ATen/Parallel.h and ATen/OpMathType.h being included first.
+// <cmath>, <limits>, <vector>, ATen/Parallel.h and ATen/OpMathType.h being
+// included first.
 //
 // Forward: parallel over (batch, head, query block) items, head-major, so a
 // thread reads one head's value rows at a time; each (n, q, m) accumulates its
@@ -39,6 +40,9 @@
 // Bilinear footprint of one sampling location on one level: four corners, each
 // a token offset inside the level (-1 when outside) and a weight. dw / dh are
 // the derivatives of the corner weights with respect to the pixel coordinates.
+// `any` is false when no corner lies inside the level, which includes every
+// non-finite location; `nonfinite` marks those (they sample NaN, as
+// F.grid_sample does, instead of zeros).
 template <typename acc_t>
 struct Footprint {
   int64_t offset[4];
@@ -46,6 +50,7 @@ struct Footprint {
   acc_t dw[4];
   acc_t dh[4];
   bool any;
+  bool nonfinite;
 };
 
 template <typename acc_t>
@@ -57,7 +62,11 @@ inline Footprint<acc_t> bilinear_footprint(acc_t loc_x, acc_t loc_y, int64_t hei
   const acc_t h_im = loc_y * static_cast<acc_t>(height) - acc_t(0.5);
   f.any = h_im > acc_t(-1) && w_im > acc_t(-1) && h_im < static_cast<acc_t>(height) &&
           w_im < static_cast<acc_t>(width);
-  if (!f.any) return f;
+  if (!f.any) {  // the rare branch: the finiteness test costs inside samples nothing
+    f.nonfinite = !(std::isfinite(loc_x) && std::isfinite(loc_y));
+    return f;
+  }
+  f.nonfinite = false;
   const int64_t h_low = static_cast<int64_t>(std::floor(h_im));
   const int64_t w_low = static_cast<int64_t>(std::floor(w_im));
   const acc_t lh = h_im - static_cast<acc_t>(h_low);
@@ -146,9 +155,17 @@ struct CornerRows {
 
 // kChannels > 0 fixes the channel count at compile time (the loops over
 // channels unroll, the accumulators live in registers); 0 means d.channels.
-template <typename scalar_t, int kChannels>
+// coord_t is the type of locations and weights: scalar_t, or float when
+// scalar_t is a 16-bit type (autocast).
+// A sample with a non-finite weight a adds a * (bilinearly interpolated
+// value), in the reference's order, so that it gives the reference's inf /
+// NaN pattern; a finite one is folded into the corner weights (one FMA per
+// corner and channel, as fast as before). A row whose samples include a
+// non-finite location, or a non-finite weight on a sample that reads zeros
+// (0 * inf), is NaN.
+template <typename scalar_t, typename coord_t, int kChannels>
 void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                    const scalar_t* locs, const scalar_t* attn, scalar_t* out, const Dims& d) {
+                    const coord_t* locs, const coord_t* attn, scalar_t* out, const Dims& d) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = kChannels > 0 ? kChannels : d.channels;
   const int64_t row = d.heads * channels;  // stride between value tokens
@@ -174,6 +191,7 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
       for (int64_t q = (item % blocks) * block; q < q_end; ++q) {
         const int64_t nqm = (n * d.num_query + q) * d.heads + m;
         for (int64_t k = 0; k < channels; ++k) acc[k] = acc_t(0);
+        bool nan_row = false;
         const int64_t sample0 = nqm * samples;
         if (q + 2 < q_end) {  // this head's locations and weights two queries ahead
           const int64_t ahead = sample0 + 2 * d.heads * samples;
@@ -185,15 +203,30 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
           const scalar_t* level = value_head + starts[l] * row;
           for (int64_t p = 0; p < d.points; ++p) {
             const int64_t s = sample0 + l * d.points + p;
-            const auto f = bilinear_footprint<acc_t>(locs[2 * s], locs[2 * s + 1], height, width);
-            if (!f.any) continue;
-            const acc_t a = attn[s];
-            const acc_t w0 = a * f.weight[0], w1 = a * f.weight[1], w2 = a * f.weight[2],
-                        w3 = a * f.weight[3];
+            const auto f = bilinear_footprint<acc_t>(static_cast<acc_t>(locs[2 * s]),
+                                                     static_cast<acc_t>(locs[2 * s + 1]), height,
+                                                     width);
+            const acc_t a = static_cast<acc_t>(attn[s]);
+            if (!f.any) {
+              nan_row = nan_row || f.nonfinite || !std::isfinite(a);
+              continue;
+            }
             const scalar_t* __restrict__ v0 = rows.value(level, f, 0, row);
             const scalar_t* __restrict__ v1 = rows.value(level, f, 1, row);
             const scalar_t* __restrict__ v2 = rows.value(level, f, 2, row);
             const scalar_t* __restrict__ v3 = rows.value(level, f, 3, row);
+            if (!std::isfinite(a)) {  // rare: a * (sampled value), the reference's order
+              for (int64_t k = 0; k < channels; ++k) {
+                acc[k] += a * (f.weight[0] * static_cast<acc_t>(v0[k]) +
+                               f.weight[1] * static_cast<acc_t>(v1[k]) +
+                               f.weight[2] * static_cast<acc_t>(v2[k]) +
+                               f.weight[3] * static_cast<acc_t>(v3[k]));
+              }
+              continue;
+            }
+            // a finite weight folded into the corner weights: one FMA per corner
+            const acc_t w0 = a * f.weight[0], w1 = a * f.weight[1], w2 = a * f.weight[2],
+                        w3 = a * f.weight[3];
             for (int64_t k = 0; k < channels; ++k) {
               acc[k] += w0 * static_cast<acc_t>(v0[k]) + w1 * static_cast<acc_t>(v1[k]) +
                         w2 * static_cast<acc_t>(v2[k]) + w3 * static_cast<acc_t>(v3[k]);
@@ -201,6 +234,9 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
           }
         }
         scalar_t* o = out + nqm * channels;
+        if (nan_row) {
+          for (int64_t k = 0; k < channels; ++k) acc[k] = std::numeric_limits<acc_t>::quiet_NaN();
+        }
         for (int64_t k = 0; k < channels; ++k) o[k] = static_cast<scalar_t>(acc[k]);
       }
     }
@@ -269,8 +305,8 @@ struct SampleBatch {
 
 // Fills `batch` for one (query, head). value_head / grad_head point at this
 // head's channels of token 0; locs_query at the query-head's (L, P, 2) locations.
-template <typename scalar_t, typename acc_t, int kChannels>
-void collect_footprints(const scalar_t* value_head, acc_t* grad_head, const scalar_t* locs_query,
+template <typename scalar_t, typename coord_t, typename acc_t, int kChannels>
+void collect_footprints(const scalar_t* value_head, acc_t* grad_head, const coord_t* locs_query,
                         const int64_t* shapes, const int64_t* starts, int64_t row,
                         const Dims& d, CornerRows<scalar_t, acc_t, kChannels>& rows,
                         SampleBatch<scalar_t, acc_t>& batch) {
@@ -281,7 +317,8 @@ void collect_footprints(const scalar_t* value_head, acc_t* grad_head, const scal
     for (int64_t p = 0; p < d.points; ++p) {
       const int64_t i = l * d.points + p;
       const auto& f = batch.footprints[i] =
-          bilinear_footprint<acc_t>(locs_query[2 * i], locs_query[2 * i + 1], height, width);
+          bilinear_footprint<acc_t>(static_cast<acc_t>(locs_query[2 * i]),
+                                    static_cast<acc_t>(locs_query[2 * i + 1]), height, width);
       for (int c = 0; c < 4; ++c) {
         batch.value_rows[4 * i + c] = rows.value(level, f, c, row);
         batch.grad_rows[4 * i + c] = rows.grad(grad_level, f, c, row);
@@ -291,11 +328,13 @@ void collect_footprints(const scalar_t* value_head, acc_t* grad_head, const scal
 }
 
 // grad_value_acc has the layout of value, in the accumulation type, and
-// arrives zeroed.
-template <typename scalar_t, int kChannels, typename acc_t = at::opmath_type<scalar_t>>
+// arrives zeroed. A sample at a non-finite location gets NaN location and
+// weight gradients and adds nothing to grad_value (as in the reference).
+template <typename scalar_t, typename coord_t, int kChannels,
+          typename acc_t = at::opmath_type<scalar_t>>
 void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                     const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
-                     acc_t* grad_value_acc, scalar_t* grad_locs, scalar_t* grad_attn,
+                     const coord_t* locs, const coord_t* attn, const scalar_t* grad_out,
+                     acc_t* grad_value_acc, coord_t* grad_locs, coord_t* grad_attn,
                      const Dims& d) {
   const int64_t channels = kChannels > 0 ? kChannels : d.channels;
   const int64_t row = d.heads * channels;
@@ -336,7 +375,7 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
         const scalar_t* g = grad_out + nqm * channels;
         for (int64_t k = 0; k < channels; ++k) go[k] = static_cast<acc_t>(g[k]);
         const int64_t s0 = nqm * samples;
-        collect_footprints<scalar_t, acc_t, kChannels>(value + base, grad_value_acc + base,
+        collect_footprints<scalar_t, coord_t, acc_t, kChannels>(value + base, grad_value_acc + base,
                                                        locs + 2 * s0, shapes, starts, row, d,
                                                        rows, batch);
         for (int64_t i = 0; i < samples; ++i) {
@@ -352,18 +391,20 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
           }
           const Footprint<acc_t>& f = batch.footprints[i];
           const int64_t s = s0 + i;
-          const acc_t a = attn[s];
+          const acc_t a = static_cast<acc_t>(attn[s]);
           acc_t result[3] = {0, 0, 0};
-          if (f.any) {
+          if (f.nonfinite) {
+            for (acc_t& r : result) r = std::numeric_limits<acc_t>::quiet_NaN();
+          } else if (f.any) {
             const scalar_t* const* v = batch.value_rows.data() + 4 * i;
             acc_t* const* gr = batch.grad_rows.data() + 4 * i;
             sample_backward<scalar_t, acc_t, kChannels>(v[0], v[1], v[2], v[3], gr[0], gr[1],
                                                         gr[2], gr[3], go, f, a, channels,
                                                         result);
           }
-          grad_attn[s] = static_cast<scalar_t>(result[0]);
-          grad_locs[2 * s] = static_cast<scalar_t>(result[1] * a * level_width[i]);
-          grad_locs[2 * s + 1] = static_cast<scalar_t>(result[2] * a * level_height[i]);
+          grad_attn[s] = static_cast<coord_t>(result[0]);
+          grad_locs[2 * s] = static_cast<coord_t>(result[1] * a * level_width[i]);
+          grad_locs[2 * s + 1] = static_cast<coord_t>(result[2] * a * level_height[i]);
         }
       }
     }
@@ -383,20 +424,21 @@ void dispatch_channels(int64_t channels, Fn&& fn) {
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename coord_t>
 void forward(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-             const scalar_t* locs, const scalar_t* attn, scalar_t* out, const Dims& d) {
+             const coord_t* locs, const coord_t* attn, scalar_t* out, const Dims& d) {
   dispatch_channels(d.channels, [&](auto fixed) {
-    forward_kernel<scalar_t, decltype(fixed)::value>(value, shapes, starts, locs, attn, out, d);
+    forward_kernel<scalar_t, coord_t, decltype(fixed)::value>(value, shapes, starts, locs, attn,
+                                                              out, d);
   });
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename coord_t, typename acc_t>
 void backward(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-              const scalar_t* locs, const scalar_t* attn, const scalar_t* grad_out,
-              acc_t* grad_value_acc, scalar_t* grad_locs, scalar_t* grad_attn, const Dims& d) {
+              const coord_t* locs, const coord_t* attn, const scalar_t* grad_out,
+              acc_t* grad_value_acc, coord_t* grad_locs, coord_t* grad_attn, const Dims& d) {
   dispatch_channels(d.channels, [&](auto fixed) {
-    backward_kernel<scalar_t, decltype(fixed)::value>(value, shapes, starts, locs, attn, grad_out,
-                                                      grad_value_acc, grad_locs, grad_attn, d);
+    backward_kernel<scalar_t, coord_t, decltype(fixed)::value>(
+        value, shapes, starts, locs, attn, grad_out, grad_value_acc, grad_locs, grad_attn, d);
   });
 }

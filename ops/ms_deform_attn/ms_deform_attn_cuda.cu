@@ -13,9 +13,10 @@
 //
 // Sample geometry is computed once per (item, sample), not once per channel:
 // the block first fills a shared-memory tile with, per sample, the four corner
-// token indices and the corner weights (forward: attention weight times the
-// bilinear weight; backward: lh, lw and the attention weight), then every lane
-// reads it with two 16-byte shared loads. The official/MMCV kernel instead
+// token indices, lh, lw and the attention weight a, then every lane reads it
+// with two 16-byte shared loads and forms the four bilinear weights itself (a
+// few flops per sample). The forward adds a * (interpolated value), the
+// reference's order, so that infinite weights give the reference's inf / NaN. The official/MMCV kernel instead
 // runs one thread per channel and makes every thread reload the location and
 // weight and redo the bilinear arithmetic. Tiles hold up to ~24 KB so that
 // blocks of 256 threads keep the SM full; long L * P are split into tiles.
@@ -48,12 +49,18 @@
 // sort's buffers (about 0.7 GB for the encoder at N = 2, S = Lq = 22k), and
 // keys are int32, so N * S * M must stay below 2^31.
 //
-// Validation. check_ms_deform_attn_inputs checks shapes, dtypes and devices.
-// It reads the values of spatial_shapes / level_start_index only when they are
-// on the CPU; on CUDA that would cost a device-to-host synchronization per
-// call, so the values are not checked. Instead every corner token is bounded
-// to [0, S) on the device: inconsistent shapes give wrong numbers but never an
-// out-of-bounds access. (ms_deform_attn_reference checks them in Python.)
+// Dtypes: locations and weights (coord_t) are value's type or, for half /
+// bfloat16 values, float (the autocast policy, see ms_deform_attn.h).
+//
+// Validation. check_ms_deform_attn_inputs checks shapes, dtypes and devices;
+// check_level_values then copies spatial_shapes / level_start_index (3 L
+// int64) to the host and runs the CPU path's overflow-safe check_level_sizes,
+// so bad sizes get the same clear error on both devices. The copy waits for
+// the stream (one small synchronization per call). It is skipped while the
+// stream is being captured into a CUDA graph, where a synchronization is not
+// allowed; the device code is memory-safe without it (see locate() in
+// ms_deform_attn_cuda.cuh): bad sizes then give wrong numbers, never an
+// out-of-bounds access.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -77,9 +84,9 @@ namespace ms_deform_attn_cuda {
 // For every (sample, corner) entry e = 4 * sample + corner: the row of value
 // (viewed as (N * S * M, D)) it reads, or `num_rows` when the corner is
 // outside its level, and its weight (attention weight * bilinear weight).
-template <typename scalar_t>
-__global__ void corner_keys_kernel(const scalar_t* __restrict__ locs,
-                                   const scalar_t* __restrict__ attn,
+template <typename scalar_t, typename coord_t>
+__global__ void corner_keys_kernel(const coord_t* __restrict__ locs,
+                                   const coord_t* __restrict__ attn,
                                    const int64_t* __restrict__ shapes,
                                    const int64_t* __restrict__ starts, int* __restrict__ keys,
                                    at::opmath_type<scalar_t>* __restrict__ weights,
@@ -92,7 +99,7 @@ __global__ void corner_keys_kernel(const scalar_t* __restrict__ locs,
     const int64_t item = s / g.samples;
     const int lp = static_cast<int>(s % g.samples);
     const int64_t n = item / (g.num_query * g.heads), m = item % g.heads;
-    const auto f = read_sample<scalar_t, acc_t>(locs, shapes, starts, s, lp, g);
+    const auto f = read_sample<coord_t, acc_t>(locs, shapes, starts, s, lp, g);
     const acc_t a = static_cast<acc_t>(attn[s]);
     acc_t bw[4], dw[4], dh[4];
     corner_weights(f.lh, f.lw, bw, dw, dh);
@@ -215,6 +222,16 @@ Launch plan(k::Geometry& g, int64_t items, int64_t bytes_per_sample, int sms) {
   return launch;
 }
 
+// The host-side level check of the CPU path on copies of the device tensors,
+// except during CUDA graph capture (see the top of this file).
+void check_level_values(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                        const at::Tensor& level_start_index) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &capture));
+  if (capture != cudaStreamCaptureStatusNone) return;
+  check_level_sizes(spatial_shapes.cpu(), level_start_index.cpu(), value.size(1));
+}
+
 void check_sizes(const at::Tensor& value, const at::Tensor& locs) {
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn_cuda: value must be a CUDA tensor, got ",
               value.device());
@@ -225,7 +242,7 @@ void check_sizes(const at::Tensor& value, const at::Tensor& locs) {
               value.sizes(), " and sampling_locations ", locs.sizes());
 }
 
-template <typename scalar_t, int VEC>
+template <typename scalar_t, typename coord_t, int VEC>
 void launch_forward(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
                     const at::Tensor& locs, const at::Tensor& attn, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -233,14 +250,15 @@ void launch_forward(const at::Tensor& value, const at::Tensor& shapes, const at:
   const Launch launch = plan(g, g.num_items, sizeof(k::Vec<int, 4>) + sizeof(k::Vec<acc_t, 4>),
                              multiprocessors(value));
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  k::forward_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, launch.smem, stream>>>(
-      value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
-      locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g);
+  k::forward_kernel<scalar_t, coord_t, VEC>
+      <<<launch.blocks, launch.threads, launch.smem, stream>>>(
+          value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
+          locs.data_ptr<coord_t>(), attn.data_ptr<coord_t>(), out.data_ptr<scalar_t>(), g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // grad_value_acc undefined: the sample gradients only (deterministic path).
-template <typename scalar_t, int VEC>
+template <typename scalar_t, typename coord_t, int VEC>
 void launch_backward(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
                      const at::Tensor& locs, const at::Tensor& attn, const at::Tensor& grad_out,
                      at::Tensor& grad_value_acc, at::Tensor& grad_locs, at::Tensor& grad_attn) {
@@ -250,17 +268,20 @@ void launch_backward(const at::Tensor& value, const at::Tensor& shapes, const at
                              multiprocessors(value));
   acc_t* acc_ptr = grad_value_acc.defined() ? grad_value_acc.data_ptr<acc_t>() : nullptr;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  k::backward_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, launch.smem, stream>>>(
-      value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
-      locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
-      acc_ptr, grad_locs.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), g);
+  k::backward_kernel<scalar_t, coord_t, VEC>
+      <<<launch.blocks, launch.threads, launch.smem, stream>>>(
+          value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
+          locs.data_ptr<coord_t>(), attn.data_ptr<coord_t>(), grad_out.data_ptr<scalar_t>(),
+          acc_ptr, grad_locs.data_ptr<coord_t>(), grad_attn.data_ptr<coord_t>(), g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Sorted entry order of the deterministic path: (order, row_start, weights).
 // Keys are int32 (radix sort passes scale with the key width), hence the
-// limit on the number of value rows N * S * M.
-template <typename scalar_t>
+// limit on the number of value rows N * S * M; at::sort takes at most 2^31 - 1
+// entries (the Python autograd formula gives the same limit a fuller message
+// before calling the backward).
+template <typename scalar_t, typename coord_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sort_corner_entries(
     const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
     const at::Tensor& locs, const at::Tensor& attn, int64_t num_rows) {
@@ -270,6 +291,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sort_corner_entries(
               "value of shape ", value.sizes());
   const k::Geometry g = make_geometry(value, locs, 1);
   const int64_t entries = 4 * g.num_items * g.samples;
+  TORCH_CHECK(entries <= std::numeric_limits<int>::max(),
+              "ms_deform_attn_cuda: the deterministic backward sorts 4 * N * Lq * M * L * P = ",
+              entries, " entries, more than the 2^31 - 1 that at::sort takes; use the default "
+              "(atomic) backward or a smaller batch");
   const auto key_options = value.options().dtype(at::kInt);
   const at::Tensor keys = at::empty({entries}, key_options);
   const at::Tensor weights =
@@ -277,9 +302,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sort_corner_entries(
   const int threads = 256;
   const int64_t blocks =
       std::min<int64_t>((entries / 4 + threads - 1) / threads, 64LL * multiprocessors(value));
-  k::corner_keys_kernel<scalar_t>
+  k::corner_keys_kernel<scalar_t, coord_t>
       <<<static_cast<unsigned>(blocks), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          locs.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(),
+          locs.data_ptr<coord_t>(), attn.data_ptr<coord_t>(), shapes.data_ptr<int64_t>(),
           starts.data_ptr<int64_t>(), keys.data_ptr<int>(), weights.data_ptr<acc_t>(), num_rows,
           g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -327,6 +352,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
                               attention_weights_in);
   check_sizes(value_in, sampling_locations_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
+  check_level_values(value_in, spatial_shapes, level_start_index);
   const auto value = value_in.contiguous();
   const auto locs = sampling_locations_in.contiguous();
   const auto attn = attention_weights_in.contiguous();
@@ -340,8 +366,10 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
   if (attn.numel() == 0 || value.numel() == 0) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
-        with_vec<scalar_t>(value.size(3), {value.data_ptr(), out.data_ptr()}, [&]<int VEC>() {
-          launch_forward<scalar_t, VEC>(value, shapes, starts, locs, attn, out);
+        with_coord_type<scalar_t>(locs.scalar_type(), [&]<typename coord_t>() {
+          with_vec<scalar_t>(value.size(3), {value.data_ptr(), out.data_ptr()}, [&]<int VEC>() {
+            launch_forward<scalar_t, coord_t, VEC>(value, shapes, starts, locs, attn, out);
+          });
         });
       });
   return out;
@@ -350,7 +378,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
 namespace {
 
 // grad_value with atomics into a float32 (half/bfloat16) or own-type buffer.
-template <typename scalar_t>
+template <typename scalar_t, typename coord_t>
 at::Tensor backward_atomic(const at::Tensor& value, const at::Tensor& shapes,
                            const at::Tensor& starts, const at::Tensor& locs,
                            const at::Tensor& attn, const at::Tensor& grad_out,
@@ -360,14 +388,14 @@ at::Tensor backward_atomic(const at::Tensor& value, const at::Tensor& shapes,
       at::zeros(value.sizes(), value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   with_vec<scalar_t>(
       value.size(3), {value.data_ptr(), grad_out.data_ptr(), acc.data_ptr()}, [&]<int VEC>() {
-        launch_backward<scalar_t, VEC>(value, shapes, starts, locs, attn, grad_out, acc,
-                                       grad_locs, grad_attn);
+        launch_backward<scalar_t, coord_t, VEC>(value, shapes, starts, locs, attn, grad_out, acc,
+                                                grad_locs, grad_attn);
       });
   return acc.scalar_type() == value.scalar_type() ? acc : acc.to(value.scalar_type());
 }
 
 // grad_value gathered row by row in a fixed order (bitwise reproducible).
-template <typename scalar_t>
+template <typename scalar_t, typename coord_t>
 at::Tensor backward_deterministic(const at::Tensor& value, const at::Tensor& shapes,
                                   const at::Tensor& starts, const at::Tensor& locs,
                                   const at::Tensor& attn, const at::Tensor& grad_out,
@@ -375,12 +403,12 @@ at::Tensor backward_deterministic(const at::Tensor& value, const at::Tensor& sha
   at::Tensor no_atomics;
   auto grad_value = at::empty_like(value);
   with_vec<scalar_t>(value.size(3), {value.data_ptr(), grad_out.data_ptr()}, [&]<int VEC>() {
-    launch_backward<scalar_t, VEC>(value, shapes, starts, locs, attn, grad_out, no_atomics,
-                                   grad_locs, grad_attn);
+    launch_backward<scalar_t, coord_t, VEC>(value, shapes, starts, locs, attn, grad_out,
+                                            no_atomics, grad_locs, grad_attn);
   });
   const int64_t num_rows = value.size(0) * value.size(1) * value.size(2);
   auto [order, row_start, weights] =
-      sort_corner_entries<scalar_t>(value, shapes, starts, locs, attn, num_rows);
+      sort_corner_entries<scalar_t, coord_t>(value, shapes, starts, locs, attn, num_rows);
   with_vec<scalar_t>(value.size(3), {grad_out.data_ptr(), grad_value.data_ptr()},
                      [&]<int VEC>() {
                        launch_gather<scalar_t, VEC>(value, locs, order, row_start, weights,
@@ -409,6 +437,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
               "ms_deform_attn: grad_output is on ", grad_output_in.device(),
               " but value is on ", value_in.device());
   const c10::cuda::CUDAGuard guard(value_in.device());
+  check_level_values(value_in, spatial_shapes, level_start_index);
   const auto value = value_in.contiguous();
   const auto locs = sampling_locations_in.contiguous();
   const auto attn = attention_weights_in.contiguous();
@@ -423,11 +452,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   at::Tensor grad_value;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
-        grad_value = deterministic
-                         ? backward_deterministic<scalar_t>(value, shapes, starts, locs, attn,
-                                                            grad_out, grad_locs, grad_attn)
-                         : backward_atomic<scalar_t>(value, shapes, starts, locs, attn,
-                                                     grad_out, grad_locs, grad_attn);
+        with_coord_type<scalar_t>(locs.scalar_type(), [&]<typename coord_t>() {
+          grad_value =
+              deterministic
+                  ? backward_deterministic<scalar_t, coord_t>(value, shapes, starts, locs, attn,
+                                                              grad_out, grad_locs, grad_attn)
+                  : backward_atomic<scalar_t, coord_t>(value, shapes, starts, locs, attn,
+                                                       grad_out, grad_locs, grad_attn);
+        });
       });
   return {grad_value, grad_locs, grad_attn};
 }

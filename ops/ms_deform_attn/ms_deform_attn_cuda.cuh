@@ -8,6 +8,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <cuda_runtime.h>
+#include <math_constants.h>
 
 #include <cstdint>
 
@@ -41,16 +42,22 @@ struct Geometry {
 };
 
 // Sampling geometry of one sample: four corner tokens (index into S, or -1
-// when the corner lies outside its level) and the fractional position.
+// when the corner lies outside its level), the fractional position, and
+// whether the location is non-finite (such a sample reads NaN, as in the
+// reference; its tokens are all -1).
 template <typename acc_t>
 struct Corners {
   int tok[4];
   acc_t lh, lw;
+  bool nonfinite;
 };
 
 // Half-pixel convention of ms_deform_attn_cpu.cpp: pixel i of a level of
-// width W has its centre at (i + 0.5) / W. Token indices are also bounded to
-// [0, S) so that inconsistent spatial_shapes can never read out of bounds.
+// width W has its centre at (i + 0.5) / W. The host checks the level sizes
+// (check_level_sizes) before every launch except during CUDA graph capture;
+// for that case the device code stays memory-safe on its own: a level whose
+// H, W or start lies outside [0, S] reads nothing (so, with S < 2^31, no
+// product below can overflow), and every token is bounded to [0, S).
 template <typename acc_t>
 __device__ __forceinline__ Corners<acc_t> locate(acc_t loc_x, acc_t loc_y, int64_t height,
                                                  int64_t width, int64_t start,
@@ -58,11 +65,14 @@ __device__ __forceinline__ Corners<acc_t> locate(acc_t loc_x, acc_t loc_y, int64
   Corners<acc_t> f;
   f.lh = acc_t(0);
   f.lw = acc_t(0);
+  f.nonfinite = !(isfinite(loc_x) && isfinite(loc_y));
   for (int c = 0; c < 4; ++c) f.tok[c] = -1;
+  const bool sane = height <= num_value && width <= num_value && start >= 0 &&
+                    start <= num_value;
   const acc_t w_im = loc_x * static_cast<acc_t>(width) - acc_t(0.5);
   const acc_t h_im = loc_y * static_cast<acc_t>(height) - acc_t(0.5);
-  const bool any = h_im > acc_t(-1) && w_im > acc_t(-1) && h_im < static_cast<acc_t>(height) &&
-                   w_im < static_cast<acc_t>(width);
+  const bool any = sane && h_im > acc_t(-1) && w_im > acc_t(-1) &&
+                   h_im < static_cast<acc_t>(height) && w_im < static_cast<acc_t>(width);
   if (!any) return f;
   const int64_t h_low = static_cast<int64_t>(::floor(h_im));
   const int64_t w_low = static_cast<int64_t>(::floor(w_im));
@@ -100,8 +110,8 @@ __device__ __forceinline__ void corner_weights(acc_t lh, acc_t lw, acc_t (&w)[4]
 }
 
 // Reads sample `lp` (level-major inside an item) of item `item`.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ Corners<acc_t> read_sample(const scalar_t* __restrict__ locs,
+template <typename coord_t, typename acc_t>
+__device__ __forceinline__ Corners<acc_t> read_sample(const coord_t* __restrict__ locs,
                                                       const int64_t* __restrict__ shapes,
                                                       const int64_t* __restrict__ starts,
                                                       int64_t sample, int lp,
@@ -173,10 +183,11 @@ __device__ __forceinline__ acc_t group_sum(acc_t x, int group) {
 // ---------------------------------------------------------------- forward --
 
 // Shared-memory tile of the forward: per (item, sample) the four corner tokens
-// and the four corner weights already multiplied by the attention weight.
-template <typename scalar_t, typename acc_t>
-__device__ void fill_forward_tile(const scalar_t* __restrict__ locs,
-                                  const scalar_t* __restrict__ attn,
+// and (lh, lw, attention weight); the weight is NaN for a non-finite location,
+// so that the sample adds NaN like the reference's.
+template <typename coord_t, typename acc_t>
+__device__ void fill_forward_tile(const coord_t* __restrict__ locs,
+                                  const coord_t* __restrict__ attn,
                                   const int64_t* __restrict__ shapes,
                                   const int64_t* __restrict__ starts, int64_t item0,
                                   int items_per_block, int tile0, const Geometry& g,
@@ -189,26 +200,26 @@ __device__ void fill_forward_tile(const scalar_t* __restrict__ locs,
     Vec<acc_t, 4> w = {{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
     if (item < g.num_items && lp < g.samples) {
       const int64_t sample = item * g.samples + lp;
-      const auto f = read_sample<scalar_t, acc_t>(locs, shapes, starts, sample, lp, g);
-      const acc_t a = static_cast<acc_t>(attn[sample]);
-      acc_t bw[4], dw[4], dh[4];
-      corner_weights(f.lh, f.lw, bw, dw, dh);
+      const auto f = read_sample<coord_t, acc_t>(locs, shapes, starts, sample, lp, g);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        tok.v[c] = f.tok[c];
-        w.v[c] = a * bw[c];
-      }
+      for (int c = 0; c < 4; ++c) tok.v[c] = f.tok[c];
+      w.v[0] = f.lh;
+      w.v[1] = f.lw;
+      w.v[2] = f.nonfinite ? CUDART_NAN_F : static_cast<acc_t>(attn[sample]);
     }
     s_tok[cell] = tok;
     s_w[cell] = w;
   }
 }
 
-template <typename scalar_t, int VEC>
+// Each sample adds a * (bilinearly interpolated value), in the reference's
+// order: a finite weight on a sample that reads zeros adds 0, an infinite or
+// NaN one adds NaN (0 * inf), as in the reference.
+template <typename scalar_t, typename coord_t, int VEC>
 __global__ void __launch_bounds__(256)
     forward_kernel(const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
-                   const int64_t* __restrict__ starts, const scalar_t* __restrict__ locs,
-                   const scalar_t* __restrict__ attn, scalar_t* __restrict__ out, Geometry g) {
+                   const int64_t* __restrict__ starts, const coord_t* __restrict__ locs,
+                   const coord_t* __restrict__ attn, scalar_t* __restrict__ out, Geometry g) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int items_per_block = blockDim.x >> g.log_group;
@@ -230,8 +241,8 @@ __global__ void __launch_bounds__(256)
     for (int t = 0; t < num_tiles; ++t) {
       if (num_tiles > 1 || r == 0) {  // block-uniform condition
         __syncthreads();
-        fill_forward_tile<scalar_t, acc_t>(locs, attn, shapes, starts, item0, items_per_block,
-                                           t * g.tile, g, s_tok, s_w);
+        fill_forward_tile<coord_t, acc_t>(locs, attn, shapes, starts, item0, items_per_block,
+                                          t * g.tile, g, s_tok, s_w);
         __syncthreads();
       }
       const int count = min(g.tile, g.samples - t * g.tile);
@@ -248,12 +259,19 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
         for (int c = 0; c < 4; ++c)
           v[c] = load_raw<VEC>(value_nm + max(tj.v[c], 0) * row + chunk * VEC);
+        acc_t bw[4], dw[4], dh[4];
+        corner_weights(wj.v[0], wj.v[1], bw, dw, dh);
+        acc_t sampled[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) sampled[k] = acc_t(0);
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
           if (tj.v[c] < 0) continue;
 #pragma unroll
-          for (int k = 0; k < VEC; ++k) acc[k] += wj.v[c] * static_cast<acc_t>(v[c].v[k]);
+          for (int k = 0; k < VEC; ++k) sampled[k] += bw[c] * static_cast<acc_t>(v[c].v[k]);
         }
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[k] += wj.v[2] * sampled[k];
       }
     }
     if (active) store_vec<VEC>(out + item * g.channels + chunk * VEC, acc);
@@ -263,11 +281,12 @@ __global__ void __launch_bounds__(256)
 // --------------------------------------------------------------- backward --
 
 // Shared-memory tile of the backward: per (item, sample) the corner tokens,
-// (lh, lw, attention weight) and the partial sums (d attn, d x, d y) of the
-// sample, accumulated over the rounds of the item's lanes.
-template <typename scalar_t, typename acc_t>
-__device__ void fill_backward_tile(const scalar_t* __restrict__ locs,
-                                   const scalar_t* __restrict__ attn,
+// (lh, lw, attention weight, NaN for a non-finite location else 0) and the
+// partial sums (d attn, d x, d y) of the sample, accumulated over the rounds
+// of the item's lanes.
+template <typename coord_t, typename acc_t>
+__device__ void fill_backward_tile(const coord_t* __restrict__ locs,
+                                   const coord_t* __restrict__ attn,
                                    const int64_t* __restrict__ shapes,
                                    const int64_t* __restrict__ starts, int64_t item0,
                                    int items_per_block, int tile0, const Geometry& g,
@@ -281,12 +300,13 @@ __device__ void fill_backward_tile(const scalar_t* __restrict__ locs,
     Vec<acc_t, 4> geo = {{acc_t(0), acc_t(0), acc_t(0), acc_t(0)}};
     if (item < g.num_items && lp < g.samples) {
       const int64_t sample = item * g.samples + lp;
-      const auto f = read_sample<scalar_t, acc_t>(locs, shapes, starts, sample, lp, g);
+      const auto f = read_sample<coord_t, acc_t>(locs, shapes, starts, sample, lp, g);
 #pragma unroll
       for (int c = 0; c < 4; ++c) tok.v[c] = f.tok[c];
       geo.v[0] = f.lh;
       geo.v[1] = f.lw;
       geo.v[2] = static_cast<acc_t>(attn[sample]);
+      geo.v[3] = f.nonfinite ? CUDART_NAN_F : acc_t(0);
     }
     s_tok[cell] = tok;
     s_geo[cell] = geo;
@@ -296,37 +316,37 @@ __device__ void fill_backward_tile(const scalar_t* __restrict__ locs,
 
 // Writes grad_attention_weights and grad_sampling_locations of the tile's
 // samples of one item; lane i owns samples i, i + group, ... (the lanes that
-// accumulated them in s_part).
-template <typename scalar_t, typename acc_t>
+// accumulated them in s_part). A non-finite location's are NaN (geo.v[3]).
+template <typename coord_t, typename acc_t>
 __device__ __forceinline__ void write_sample_grads(const Vec<acc_t, 4>* s_geo,
                                                    const Vec<acc_t, 4>* s_part,
                                                    const int64_t* __restrict__ shapes,
                                                    int64_t item, int tile0, int count, int lane,
-                                                   const Geometry& g, scalar_t* grad_locs,
-                                                   scalar_t* grad_attn) {
+                                                   const Geometry& g, coord_t* grad_locs,
+                                                   coord_t* grad_attn) {
   for (int j = lane; j < count; j += g.group) {
     const int lp = tile0 + j, l = lp / g.points;
     const int64_t sample = item * g.samples + lp;
-    const acc_t a = s_geo[j].v[2];
+    const acc_t a = s_geo[j].v[2], nan_or_zero = s_geo[j].v[3];
     const Vec<acc_t, 4> part = s_part[j];
-    grad_attn[sample] = static_cast<scalar_t>(part.v[0]);
-    grad_locs[2 * sample] =
-        static_cast<scalar_t>(part.v[1] * (a * static_cast<acc_t>(shapes[2 * l + 1])));
-    grad_locs[2 * sample + 1] =
-        static_cast<scalar_t>(part.v[2] * (a * static_cast<acc_t>(shapes[2 * l])));
+    grad_attn[sample] = static_cast<coord_t>(part.v[0] + nan_or_zero);
+    grad_locs[2 * sample] = static_cast<coord_t>(
+        (part.v[1] + nan_or_zero) * (a * static_cast<acc_t>(shapes[2 * l + 1])));
+    grad_locs[2 * sample + 1] = static_cast<coord_t>(
+        (part.v[2] + nan_or_zero) * (a * static_cast<acc_t>(shapes[2 * l])));
   }
 }
 
 // grad_value_acc (layout of value, float32 for half/bfloat16) receives the
 // value gradients with atomics when it is non-null; the deterministic path
 // passes null and computes them with gather_grad_value_kernel instead.
-template <typename scalar_t, int VEC>
+template <typename scalar_t, typename coord_t, int VEC>
 __global__ void __launch_bounds__(256) backward_kernel(
     const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
-    const int64_t* __restrict__ starts, const scalar_t* __restrict__ locs,
-    const scalar_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
-    at::opmath_type<scalar_t>* __restrict__ grad_value_acc, scalar_t* __restrict__ grad_locs,
-    scalar_t* __restrict__ grad_attn, Geometry g) {
+    const int64_t* __restrict__ starts, const coord_t* __restrict__ locs,
+    const coord_t* __restrict__ attn, const scalar_t* __restrict__ grad_out,
+    at::opmath_type<scalar_t>* __restrict__ grad_value_acc, coord_t* __restrict__ grad_locs,
+    coord_t* __restrict__ grad_attn, Geometry g) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int items_per_block = blockDim.x >> g.log_group;
@@ -343,8 +363,8 @@ __global__ void __launch_bounds__(256) backward_kernel(
   const int num_tiles = (g.samples + g.tile - 1) / g.tile;
   for (int t = 0; t < num_tiles; ++t) {
     __syncthreads();
-    fill_backward_tile<scalar_t, acc_t>(locs, attn, shapes, starts, item0, items_per_block,
-                                        t * g.tile, g, s_tok, s_geo, s_part);
+    fill_backward_tile<coord_t, acc_t>(locs, attn, shapes, starts, item0, items_per_block,
+                                       t * g.tile, g, s_tok, s_geo, s_part);
     __syncthreads();
     const int count = min(g.tile, g.samples - t * g.tile);
     const Vec<int, 4>* tok = s_tok + local * g.tile_stride;
@@ -399,8 +419,8 @@ __global__ void __launch_bounds__(256) backward_kernel(
       }
     }
     if (item < g.num_items)
-      write_sample_grads<scalar_t, acc_t>(geo, part, shapes, item, t * g.tile, count, lane, g,
-                                          grad_locs, grad_attn);
+      write_sample_grads<coord_t, acc_t>(geo, part, shapes, item, t * g.tile, count, lane, g,
+                                         grad_locs, grad_attn);
   }
 }
 
