@@ -4,9 +4,7 @@ Under autocast the op reads value in the autocast dtype and locations /
 weights in float32, whatever dtypes they arrive in; outside autocast
 mismatched dtypes are refused. The CUDA cases are skipped without a GPU.
 """
-import importlib.util
 import itertools
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -17,12 +15,11 @@ from test_ms_deform_attn import make_inputs
 import mmdeform.ops.ms_deform_attn_module as module_file
 from mmdeform.ops import MSDeformAttn, extension_available, ms_deform_attn, ms_deform_attn_reference
 from mmdeform.registry import MODELS
+from mmdeform.testing import make_batch
 
 pytestmark = pytest.mark.skipif(
     not extension_available(), reason='mmdeform._C is not built')
 
-TESTS = Path(__file__).resolve().parents[1]
-TINY_CONFIG = TESTS / 'data' / 'deformable-detr_tiny_synthetic.py'
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 LOW = (torch.bfloat16, torch.float16)
 # largest error / largest |expected| allowed for a result stored in each dtype
@@ -135,7 +132,7 @@ def _spy_dtypes():
 @pytest.mark.parametrize('low', LOW)
 def test_module_under_autocast(low, device):
     torch.manual_seed(0)
-    layer = MSDeformAttn(d_model=32, n_heads=4, n_levels=2, n_points=3).to(device)
+    layer = MSDeformAttn(embed_dims=32, num_heads=4, num_levels=2, num_points=3).to(device)
     torch.nn.init.normal_(layer.sampling_offsets.weight, std=0.2)
     torch.nn.init.normal_(layer.attention_weights.weight, std=0.2)
     inputs = _layer_inputs(device)
@@ -196,15 +193,6 @@ def test_opcheck_with_float32_geometry():
                           (leaves[0], shapes, starts, leaves[1], leaves[2]))
 
 
-def _load_detector_inputs():
-    """tests/models/detector_inputs.py, the tiny detector tests' batch maker."""
-    spec = importlib.util.spec_from_file_location(
-        'detector_inputs', TESTS / 'models' / 'detector_inputs.py')
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
-
-
 def _detector_gradients(model, batch, autocast_dtype=None, device='cpu'):
     """Parameter gradients of one loss step (float32 parameters)."""
     model.zero_grad()
@@ -220,12 +208,12 @@ def _detector_gradients(model, batch, autocast_dtype=None, device='cpu'):
 
 @pytest.mark.parametrize('device, low', [('cpu', torch.bfloat16), pytest.param(
     'cuda', torch.float16, marks=pytest.mark.skipif(not _cuda_ready(), reason='no CUDA'))])
-def test_tiny_detector_training_step_under_autocast(device, low):
+def test_tiny_detector_training_step_under_autocast(tiny_config, device, low):
     """Float32 geometry and low-precision value meet in the op, as under CUDA autocast."""
-    cfg = Config.fromfile(TINY_CONFIG)
+    cfg = Config.fromfile(tiny_config)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).to(device)
-    batch = _load_detector_inputs().make_batch([(64, 64), (48, 56)], [2, 3], num_classes=4)
+    batch = make_batch([(64, 64), (48, 56)], [2, 3], num_classes=4)
     loss32, grads32 = _detector_gradients(model, batch, device=device)
     seen, patch = _spy_dtypes()
     with patch:

@@ -122,7 +122,7 @@ def test_nonfinite_weights_match_the_reference(bad, device):
 @pytest.mark.parametrize('device', DEVICES)
 def test_nan_query_gives_nan_out_of_the_module(device):
     torch.manual_seed(0)
-    layer = MSDeformAttn(d_model=16, n_heads=2, n_levels=2, n_points=2).to(device)
+    layer = MSDeformAttn(embed_dims=16, num_heads=2, num_levels=2, num_points=2).to(device)
     shapes = torch.tensor([[4, 5], [2, 3]], device=device)
     starts = torch.tensor([0, 20], device=device)
     query = torch.randn(2, 6, 16, device=device)
