@@ -19,7 +19,6 @@ A key that breaks a rule raises ``KeyError`` naming the closest existing key
 (:mod:`difflib`); nothing is silently added (mmengine's ``merge_from_dict``
 alone adds any misspelled key as a new, unused entry).
 """
-import argparse
 import difflib
 import inspect
 from typing import Any, Dict, List, Optional, Sequence
@@ -32,9 +31,17 @@ _TYPO_CUTOFF = 0.85
 _SUGGEST_CUTOFF = 0.6
 
 
+# Top-level keys read outside the Runner's constructor: by mmengine
+# (``runner_type``, ``find_unused_parameters`` of the default DDP wrapper) or
+# by :mod:`mmdeform.engine.launch`.
+_OTHER_TOP_LEVEL_KEYS = ('runner_type', 'find_unused_parameters')
+
+
 def runner_keys() -> List[str]:
-    """Top-level config keys the Runner reads (its constructor's arguments)."""
-    return [name for name in inspect.signature(Runner.__init__).parameters if name != 'self']
+    """Top-level config keys the Runner reads (its constructor's arguments and
+    a few more), which a config may leave unset."""
+    params = inspect.signature(Runner.__init__).parameters
+    return [name for name in params if name != 'self'] + list(_OTHER_TOP_LEVEL_KEYS)
 
 
 class CfgOptionsAction(DictAction):
@@ -66,7 +73,7 @@ def _unknown_key(key: str, path: List[str], part: str, candidates: Sequence[str]
     where = '.'.join(path) if path else 'the top level'
     close = _closest(part, candidates)
     advice = (f"did you mean '{'.'.join(path + [close])}'?" if close
-              else f'keys at {where}: {sorted(str(c) for c in candidates)[:20]}')
+              else f'keys at {where}: {[str(c) for c in candidates][:30]}')
     return KeyError(f"{source} {key!r}: the config has no '{'.'.join(path + [part])}'; {advice}")
 
 
@@ -99,7 +106,7 @@ def check_cfg_option_key(cfg_dict: dict, key: str, source: str = '--cfg-options'
         elif not path and part in runner_keys():
             return  # a Runner argument the config leaves at its default
         else:
-            candidates = list(node) + (runner_keys() if not path else [])
+            candidates = sorted(set(node) | set(runner_keys() if not path else []), key=str)
             typo = difflib.get_close_matches(part, [str(c) for c in node], n=1,
                                              cutoff=_TYPO_CUTOFF)
             if not last or not path or typo:

@@ -1,7 +1,7 @@
 """``SafeLoadingRunner``: mmengine's Runner reading checkpoints weights-only
 and loading them checked (used by ``tools/train.py`` and ``tools/test.py``)."""
 import os.path as osp
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 from mmengine.model import is_model_wrapper
 from mmengine.runner import CheckpointLoader, Runner
@@ -45,7 +45,8 @@ class SafeLoadingRunner(Runner):
 
     def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu',
                         strict: Optional[bool] = None,
-                        revise_keys: list = [(r'^module\.', '')]) -> dict:
+                        revise_keys: Sequence[Tuple[str, str]] = ((r'^module\.', ''),)
+                        ) -> dict:
         """Read ``filename`` and load its weights into the model.
 
         Args:
@@ -55,7 +56,7 @@ class SafeLoadingRunner(Runner):
             strict (bool, optional): Refuse any difference between the
                 checkpoint and the model; None: True when resuming, else
                 :attr:`strict_load`.
-            revise_keys (list): (pattern, replacement) pairs applied to the
+            revise_keys (Sequence): (pattern, replacement) pairs applied to the
                 checkpoint's keys (default: strip a DDP ``module.`` prefix).
 
         Returns:

@@ -68,9 +68,10 @@ class AtomicCheckpointHook(CheckpointHook):
 
     Killed at any moment, the work dir therefore holds a complete checkpoint
     named by ``last_checkpoint`` (the previous one at worst: at most one
-    interval is lost) and ``--resume`` works. A kill between steps 2 and 3
-    leaves one old checkpoint more than ``max_keep_ckpts``; temporary files
-    of a killed save are removed when training starts again.
+    interval is lost) and ``--resume`` works. The checkpoint written in step
+    1 still lists the one step 3 removes (``keep_ckpt_ids``), so after a kill
+    between steps 2 and 3 the resumed run removes it (mmengine's
+    ``before_train``); temporary files of a killed save are removed then too.
     """
 
     def before_train(self, runner) -> None:
@@ -107,7 +108,10 @@ class AtomicCheckpointHook(CheckpointHook):
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
                 outdated = self.keep_ckpt_ids.popleft()
             self.keep_ckpt_ids.append(step)
-            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+            # The new checkpoint still lists the outdated one: killed before
+            # removing it, a resumed run's before_train removes it.
+            listed = ([] if outdated is None else [outdated]) + list(self.keep_ckpt_ids)
+            runner.message_hub.update_info('keep_ckpt_ids', listed)
         ckpt_filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
@@ -121,6 +125,7 @@ class AtomicCheckpointHook(CheckpointHook):
         if outdated is not None:
             self._remove(self.file_backend.join_path(self.out_dir,
                                                      self.filename_tmpl.format(outdated)))
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
 
     def _remove(self, path: str) -> None:
         if self.file_backend.isfile(path):

@@ -78,8 +78,8 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
     """Load every parameter and buffer of ``module`` from a checkpoint.
 
     A local file is read with :func:`mmdeform.engine.checkpoint.load_weights_only`;
-    other schemes (``http(s)://`` ...) through mmengine's ``CheckpointLoader``. The checkpoint may be a
-    plain state_dict or one wrapped as ``{'state_dict': ...}`` or
+    other schemes (``http(s)://`` ...) through mmengine's ``CheckpointLoader``.
+    The checkpoint may be a plain state_dict or one wrapped as ``{'state_dict': ...}`` or
     ``{'model': ...}``; a leading ``module.`` is stripped and
     ``num_batches_tracked`` entries are dropped.
 
