@@ -12,7 +12,7 @@ import torch
 from mmengine.hooks import Hook
 from toy_runner import build_toy_runner
 
-from mmdeform.engine import load_weights_only
+from mmdeform.engine import AtomicCheckpointHook, load_weights_only
 from mmdeform.engine.atomic_save import remove_stale_temporaries, temporary_name, write_atomic
 
 TRIALS, TIME_BUDGET_S = 12, 40
@@ -147,3 +147,27 @@ def test_stale_temporaries_are_removed(tmp_path):
         path.write_bytes(b'x')
     assert remove_stale_temporaries(str(tmp_path)) == [str(stale)]
     assert all(path.exists() for path in keep)
+
+
+def test_best_checkpoint_replaced_after_the_new_one_is_complete(tmp_path):
+    runner = build_toy_runner(str(tmp_path), 1, 'best', save_best='acc', rule='greater')
+    runner.train()
+    hook = next(h for h in runner.hooks if isinstance(h, AtomicCheckpointHook))
+    removed_before_written = []
+    original_remove = hook._remove
+
+    def remove(path):
+        removed_before_written.append(not os.path.isfile(tmp_path / 'best_acc_iter_2.pth'))
+        original_remove(path)
+
+    hook._remove = remove
+    hook._save_best_checkpoint(runner, {'acc': 0.5})
+    assert (tmp_path / 'best_acc_iter_1.pth').is_file()
+    runner.train_loop._iter = 2
+    hook._save_best_checkpoint(runner, {'acc': 0.7})
+    assert (tmp_path / 'best_acc_iter_2.pth').is_file()
+    assert not (tmp_path / 'best_acc_iter_1.pth').exists()
+    assert removed_before_written and not any(removed_before_written)
+    hook._save_best_checkpoint(runner, {'acc': 0.9})  # same iteration, same name: kept
+    assert (tmp_path / 'best_acc_iter_2.pth').is_file()
+    assert load_weights_only(str(tmp_path / 'best_acc_iter_2.pth'))['meta']['iter'] == 2

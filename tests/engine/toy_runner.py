@@ -42,8 +42,9 @@ def toy_loader() -> DataLoader:
 def build_toy_runner(work_dir: str, max_iters: int, name: str, payload_size: int = 16,
                      out_features: int = 1, resume=False, load_from=None,
                      checkpoint_hook: str = 'CheckpointHook', max_keep_ckpts: int = 1,
-                     custom_hooks=None) -> SafeLoadingRunner:
-    """A Runner saving a checkpoint every iteration (``max_keep_ckpts`` kept)."""
+                     custom_hooks=None, **checkpoint_args) -> SafeLoadingRunner:
+    """A Runner saving a checkpoint every iteration (``max_keep_ckpts`` kept;
+    ``checkpoint_args``: more arguments of the checkpoint hook)."""
     return SafeLoadingRunner(
         model=ToyModel(payload_size, out_features), work_dir=work_dir,
         train_dataloader=toy_loader(),
@@ -52,6 +53,6 @@ def build_toy_runner(work_dir: str, max_iters: int, name: str, payload_size: int
         default_hooks=dict(
             logger=None, timer=None, param_scheduler=None, sampler_seed=None,
             checkpoint=dict(type=checkpoint_hook, by_epoch=False, interval=1,
-                            max_keep_ckpts=max_keep_ckpts)),
+                            max_keep_ckpts=max_keep_ckpts, **checkpoint_args)),
         custom_hooks=custom_hooks, resume=resume, load_from=load_from,
         default_scope='mmdeform', experiment_name=name, log_level='WARNING')

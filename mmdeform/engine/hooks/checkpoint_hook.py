@@ -3,7 +3,7 @@ being killed at any moment."""
 import contextlib
 import logging
 import os.path as osp
-from typing import List
+from typing import List, Set
 
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
@@ -32,16 +32,19 @@ class _DeferredRemovals:
 
 
 class _AtomicSaves:
-    """A Runner whose ``save_checkpoint`` is :func:`save_checkpoint_atomic`."""
+    """A Runner whose ``save_checkpoint`` is :func:`save_checkpoint_atomic`;
+    ``written`` collects the paths it wrote."""
 
     def __init__(self, runner) -> None:
         self.runner = runner
+        self.written: Set[str] = set()
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
-    def save_checkpoint(self, out_dir, filename, *args, **kwargs) -> None:
-        save_checkpoint_atomic(self.runner, out_dir, filename, *args, **kwargs)
+    def save_checkpoint(self, out_dir, filename, **kwargs) -> None:
+        save_checkpoint_atomic(self.runner, out_dir, filename, **kwargs)
+        self.written.add(osp.join(out_dir, filename))
 
 
 @HOOKS.register_module()
@@ -82,8 +85,9 @@ class AtomicCheckpointHook(CheckpointHook):
                           logger='current', level=logging.WARNING)
 
     @contextlib.contextmanager
-    def _removals_last(self):
-        """Defer the file removals made inside the block to its end."""
+    def _removals_last(self, keep: Set[str]):
+        """Defer the file removals made inside the block to its end, and skip
+        those of paths in ``keep`` (written anew inside the block)."""
         queue: List[str] = []
         backend = self.file_backend
         self.file_backend = _DeferredRemovals(backend, queue)
@@ -92,7 +96,8 @@ class AtomicCheckpointHook(CheckpointHook):
         finally:
             self.file_backend = backend
         for path in queue:
-            self._remove(path)
+            if path not in keep:
+                self._remove(path)
 
     def _save_checkpoint_with_step(self, runner, step, meta) -> None:
         """Save ``step``'s checkpoint, then point ``last_checkpoint`` to it,
@@ -136,5 +141,6 @@ class AtomicCheckpointHook(CheckpointHook):
     def _save_best_checkpoint(self, runner, metrics) -> None:
         """mmengine's best-checkpoint logic with atomic saves; the previous
         best checkpoint is removed after the new one is complete."""
-        with self._removals_last():
-            super()._save_best_checkpoint(_AtomicSaves(runner), metrics)
+        saver = _AtomicSaves(runner)
+        with self._removals_last(keep=saver.written):
+            super()._save_best_checkpoint(saver, metrics)
