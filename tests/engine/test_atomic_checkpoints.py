@@ -1,6 +1,7 @@
 """Atomic checkpoint saves: SIGKILL at random moments while a Runner saves a
 checkpoint every iteration (``max_keep_ckpts=1``, so every save also removes
-one), then resume, many times in a row."""
+one), then resume, many times in a row. Every other kill is aimed at the
+moment a checkpoint file is being written."""
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ from mmdeform.engine.atomic_save import remove_stale_temporaries, temporary_name
 TRIALS, TIME_BUDGET_S = 12, 40
 PAYLOAD = 8_000_000  # 32 MB: saving takes most of each iteration
 KILL_AFTER_S = (0.2, 1.2)  # after the child starts; it saves every ~0.05-0.2 s
+KILL_WHILE_WRITING_S = (0.0, 0.01)  # after a temporary checkpoint file appears
 
 
 class Markers(Hook):
@@ -58,6 +60,17 @@ def fork_training(work_dir, name, max_iters, markers, error_file) -> int:
         os._exit(code)
 
 
+def writing(work_dir) -> bool:
+    return work_dir.is_dir() and any('.tmp-' in name for name in os.listdir(work_dir))
+
+
+def wait_until_writing(work_dir, timeout_s: float = 5.0) -> None:
+    """Return as soon as a checkpoint is being written (its temporary file exists)."""
+    deadline = time.monotonic() + timeout_s
+    while not writing(work_dir) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def read_markers(path, kind):
     if not path.exists():
         return []
@@ -95,11 +108,15 @@ def test_sigkill_during_saves_then_resume(tmp_path, warm_imports):
             break
         markers = tmp_path / f'markers_{trial}.txt'
         pid = fork_training(work_dir, f'kill{trial}', 10 ** 6, markers, errors)
-        time.sleep(rng.uniform(*KILL_AFTER_S))
+        if trial % 2:
+            wait_until_writing(work_dir)
+            time.sleep(rng.uniform(*KILL_WHILE_WRITING_S))
+        else:
+            time.sleep(rng.uniform(*KILL_AFTER_S))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status), errors.read_text() if errors.exists() else status
-        kills_while_writing += any('.tmp-' in name for name in os.listdir(work_dir))
+        kills_while_writing += writing(work_dir)
         # the child resumed where the previous one's last complete checkpoint was
         assert read_markers(markers, 'start') in ([], [resumable])
         state = saved_state(work_dir)
@@ -113,6 +130,7 @@ def test_sigkill_during_saves_then_resume(tmp_path, warm_imports):
         assert 1 <= len(checkpoints) <= 2, checkpoints  # max_keep_ckpts=1, one removal pending
         resumable = state[0]
     assert resumable > 0, 'no checkpoint was ever completed: the kills came too early'
+    assert kills_while_writing >= 1, 'no kill came while a checkpoint was being written'
 
     # a last run resumes and finishes; the temporary file of a killed save is gone
     markers = tmp_path / 'markers_final.txt'
