@@ -10,8 +10,9 @@ See mmdeform.visualization.browse_dataset.
 import argparse
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
+from mmdeform.engine import CfgOptionsAction, apply_cfg_options
 from mmdeform.visualization import browse_dataset
 
 
@@ -21,13 +22,13 @@ def main(argv=None) -> None:
     parser.add_argument('--output-dir', help='output folder')
     parser.add_argument('--num', type=int, default=10, help='number of samples')
     parser.add_argument('--phase', choices=('train', 'val', 'test'), default='train')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config entries')
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, default={},
+                        help='override existing config entries')
     args = parser.parse_args(argv)
     if not osp.isfile(args.config):
         parser.error(f'config file {args.config} does not exist')
     cfg = Config.fromfile(args.config)
-    cfg.merge_from_dict(args.cfg_options)
+    apply_cfg_options(cfg, args.cfg_options)
     output_dir = args.output_dir or osp.join('work_dirs', f'browse_{args.phase}')
     files = browse_dataset(cfg, output_dir, num=args.num, phase=args.phase)
     print(f'browse_dataset: {len(files)} image(s) -> {output_dir}')

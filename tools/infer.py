@@ -5,10 +5,13 @@ Usage: python tools/infer.py IMAGE_OR_DIR CONFIG CHECKPOINT --out-dir DIR [--sco
 
 Writes DIR/<image name>.png (boxes, class names, scores >= --score-thr) and
 DIR/results.json (per image: file, boxes_xyxy in original pixels, scores,
-labels, class_names). See mmdeform.apis (init_detector, inference_detector,
-infer_and_save).
+labels, class_names). An image that cannot be read is reported and skipped
+(listed under "failed" in results.json); the exit status is then 1, after
+all the other images are done. See mmdeform.apis (init_detector,
+inference_detector, infer_and_save).
 """
 import argparse
+import sys
 
 from mmdeform.apis import add_model_arguments, infer_and_save, init_detector_from_args, list_images
 
@@ -25,9 +28,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     files = list_images(args.images)
     model = init_detector_from_args(args)
-    json_file = infer_and_save(model, files, args.out_dir, score_thr=args.score_thr,
-                               batch_size=args.batch_size)
-    print(f'infer: {len(files)} image(s) -> {args.out_dir} ({json_file})')
+    json_file, failed = infer_and_save(model, files, args.out_dir, score_thr=args.score_thr,
+                                       batch_size=args.batch_size)
+    print(f'infer: {len(files) - len(failed)} image(s) -> {args.out_dir} ({json_file})')
+    if failed:
+        print(f'infer: {len(failed)} of {len(files)} image(s) failed:', file=sys.stderr)
+        for item in failed:
+            print(f'  {item["file"]}: {item["error"]}', file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -33,7 +33,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 
-from mmdeform.engine import load_weights_only
+from mmdeform.engine import CfgOptionsAction, apply_cfg_options, load_model_weights
 from mmdeform.registry import DATASETS, MODELS, TRANSFORMS
 from mmdeform.structures import DetDataSample
 
@@ -81,8 +81,7 @@ def _load_config(config: Union[str, Path, Config], cfg_options: Optional[dict]) 
     else:
         raise TypeError(f'init_detector: config must be a path or a Config, got '
                         f'{type(config).__name__}')
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    apply_cfg_options(cfg, cfg_options)
     if 'model' not in cfg:
         raise KeyError(f'init_detector: the config has no "model" ({config})')
     return cfg
@@ -99,33 +98,34 @@ def dataset_meta_from_config(cfg: Config) -> Optional[dict]:
     return None if classes is None else dict(classes=tuple(classes))
 
 
-def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str) -> dict:
-    """Load ``checkpoint`` (``torch.load(weights_only=True)``) strictly into
-    ``model``; returns the checkpoint's ``meta`` (empty if none).
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str,
+                            strict: bool = True) -> dict:
+    """Load ``checkpoint`` (``torch.load(weights_only=True)``) into ``model``;
+    returns the checkpoint's ``meta`` (empty if none).
+
+    Args:
+        model (nn.Module): Receives the weights.
+        checkpoint (str): Local checkpoint file.
+        strict (bool): Refuse any missing, unexpected or differently shaped
+            tensor (False: load the matching ones and warn).
 
     Raises:
+        CheckpointFormatError: an empty, damaged or non-checkpoint file.
         CheckpointRefusedError: the file needs globals outside the allow-list.
-        ValueError: the weights do not match the model (names the keys).
+        CheckpointMismatchError: ``strict`` and the weights do not match the
+            model (names the first mismatching parameter and the keys).
     """
-    ckpt = load_weights_only(checkpoint, map_location='cpu')
-    state_dict = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state_dict, dict):
-        raise ValueError(f'{checkpoint}: expected a state_dict (or a dict with one), got '
-                         f'{type(ckpt).__name__}')
-    state_dict = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
-                             for k, v in state_dict.items())
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f'{checkpoint} does not fit the model of the config: '
-                         f'{str(err)[:2000]}') from None
-    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    hint = ('. Pass --partial-load (strict=False) to load only the matching tensors'
+            if strict else '')
+    ckpt = load_model_weights(model, checkpoint, strict=strict, map_location='cpu', hint=hint)
+    meta = ckpt.get('meta')
     return meta if isinstance(meta, dict) else {}
 
 
 def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = None,
                   device: Union[str, torch.device] = 'cpu',
-                  cfg_options: Optional[dict] = None) -> torch.nn.Module:
+                  cfg_options: Optional[dict] = None,
+                  strict: bool = True) -> torch.nn.Module:
     """Build the detector of ``config`` and load its weights.
 
     Args:
@@ -134,7 +134,10 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
             loader (``weights_only=True``). Without it the weights are the
             random initialization (a warning says so).
         device (str | torch.device): Where the model runs.
-        cfg_options (dict, optional): Config overrides, as ``--cfg-options``.
+        cfg_options (dict, optional): Config overrides, as ``--cfg-options``
+            (existing keys only, see :func:`mmdeform.engine.apply_cfg_options`).
+        strict (bool): The checkpoint must match the model exactly (False:
+            ``--partial-load``, load the matching tensors and warn).
 
     Returns:
         nn.Module: The detector in eval mode, with ``cfg`` (the config) and
@@ -146,7 +149,7 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
     model = MODELS.build(cfg.model)
     meta = {}
     if checkpoint is not None:
-        meta = load_checkpoint_weights(model, str(checkpoint))
+        meta = load_checkpoint_weights(model, str(checkpoint), strict=strict)
     else:
         print_log('init_detector: no checkpoint given; the model has random weights',
                   logger='current', level=logging.WARNING)
@@ -250,20 +253,24 @@ def inference_detector(model: torch.nn.Module,
 
 def add_model_arguments(parser, checkpoint: str = 'required') -> None:
     """Add ``config``, ``checkpoint`` (positional if ``'required'``, else
-    ``--checkpoint``), ``--device`` and ``--cfg-options`` to an argparse
-    parser (the arguments of :func:`init_detector`)."""
-    from mmengine.config import DictAction
+    ``--checkpoint``), ``--device``, ``--cfg-options`` and ``--partial-load``
+    to an argparse parser (the arguments of :func:`init_detector`)."""
     parser.add_argument('config', help='config file')
     if checkpoint == 'required':
         parser.add_argument('checkpoint', help='checkpoint file (loaded weights-only)')
     else:
         parser.add_argument('--checkpoint', help='checkpoint file (default: random weights)')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda, cuda:1')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config entries, e.g. model.test_cfg.max_per_img=50')
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, default={},
+                        help='override existing config entries, e.g. '
+                        'model.test_cfg.max_per_img=50')
+    parser.add_argument('--partial-load', action='store_true',
+                        help='load only the checkpoint tensors whose names and shapes match '
+                        'the model (default: any difference is an error)')
 
 
 def init_detector_from_args(args) -> torch.nn.Module:
     """:func:`init_detector` with the arguments of :func:`add_model_arguments`."""
     return init_detector(args.config, args.checkpoint, device=args.device,
-                         cfg_options=args.cfg_options)
+                         cfg_options=args.cfg_options,
+                         strict=not getattr(args, 'partial_load', False))

@@ -1,11 +1,13 @@
 """Running a detector over image files and saving what it found (``tools/infer.py``)."""
 import json
+import logging
 import os
 import os.path as osp
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import mmcv
 import numpy as np
+from mmengine.logging import print_log
 from mmengine.visualization import Visualizer
 
 from mmdeform.engine.hooks import DetVisualizationHook
@@ -52,26 +54,52 @@ def detections_to_dict(sample: DetDataSample, classes: Optional[Sequence[str]],
                              for label in labels])
 
 
+def _detect_each(model, chunk: Sequence[str], batch_size: int
+                 ) -> Tuple[List[Tuple[str, DetDataSample]], List[Tuple[str, str]]]:
+    """Detections of the files of ``chunk`` that can be read, and (file, error)
+    for the others: a batch that fails is retried one image at a time."""
+    try:
+        return list(zip(chunk, inference_detector(model, list(chunk),
+                                                  batch_size=batch_size))), []
+    except (OSError, ValueError) as err:
+        if len(chunk) == 1:
+            return [], [(chunk[0], f'{type(err).__name__}: {err}')]
+    done, failed = [], []
+    for path in chunk:
+        ok, bad = _detect_each(model, [path], 1)
+        done += ok
+        failed += bad
+    return done, failed
+
+
 def infer_and_save(model, files: Sequence[str], out_dir: str, score_thr: float = 0.3,
-                   batch_size: int = 1) -> str:
+                   batch_size: int = 1) -> Tuple[str, List[dict]]:
     """Detect objects in ``files``, draw them and write a json of the results.
 
     Writes ``<out_dir>/<image name>.png`` per image (boxes, class names and
     scores >= ``score_thr``, drawn by :class:`DetVisualizationHook`'s code)
     and ``<out_dir>/results.json``: ``dict(classes, score_thr, results=[
-    dict(file, height, width, boxes_xyxy, scores, labels, class_names)])``.
+    dict(file, height, width, boxes_xyxy, scores, labels, class_names)],
+    failed=[dict(file, error)])``. A file that cannot be read or decoded
+    (missing, corrupt, too large) is reported in a warning and in
+    ``failed``, and the other files are still processed.
 
     Returns:
-        str: The json file.
+        tuple[str, list[dict]]: The json file and the failed files
+        (``file``, ``error``).
     """
     classes = (model.dataset_meta or {}).get('classes')
     drawer = DetVisualizationHook(draw=True, score_thr=score_thr)
     visualizer = Visualizer.get_instance('mmdeform_infer')
     os.makedirs(out_dir, exist_ok=True)
-    results = []
+    results, failed = [], []
     for start in range(0, len(files), batch_size):
-        chunk = list(files[start:start + batch_size])
-        for path, sample in zip(chunk, inference_detector(model, chunk, batch_size=batch_size)):
+        done, bad = _detect_each(model, list(files[start:start + batch_size]), batch_size)
+        for path, error in bad:
+            print_log(f'infer: skipped {path}: {error}', logger='current',
+                      level=logging.WARNING)
+            failed.append(dict(file=path, error=error))
+        for path, sample in done:
             img_bgr = mmcv.imread(path)
             drawn_rgb = drawer.draw_predictions(visualizer, img_bgr[..., ::-1], sample, classes)
             name = osp.splitext(osp.basename(path))[0]
@@ -83,5 +111,5 @@ def infer_and_save(model, files: Sequence[str], out_dir: str, score_thr: float =
     json_file = osp.join(out_dir, 'results.json')
     with open(json_file, 'w') as f:
         json.dump(dict(classes=list(classes) if classes else None, score_thr=score_thr,
-                       results=results), f, indent=1)
-    return json_file
+                       results=results, failed=failed), f, indent=1)
+    return json_file, failed

@@ -1,6 +1,7 @@
 """``CocoDataset``: images and boxes from a COCO-format json file."""
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from typing import Dict, List, Optional, Tuple
 
@@ -65,6 +66,58 @@ def load_coco_json(ann_file: str, backend_args: Optional[dict] = None) -> dict:
     return content
 
 
+def complete_annotations(content: dict, ann_file: str) -> Dict[str, int]:
+    """Check the required fields of every annotation and fill the optional
+    ones, in place.
+
+    ``image_id``, ``category_id`` and ``bbox`` are required. pycocotools
+    needs ``id``, ``area`` and ``iscrowd`` too, and without them dies with a
+    bare ``KeyError`` after the whole inference; they are filled here, with
+    one warning per field naming the file: ``id`` by numbers above the
+    largest id in the file, ``iscrowd`` = 0, and ``area`` = the box's width x
+    height (COCO's own ``area`` is the segmentation's area, close to but
+    smaller than the box's).
+
+    Args:
+        content (dict): A COCO json (``annotations`` list).
+        ann_file (str): Named in messages.
+
+    Returns:
+        dict[str, int]: How many annotations got each filled field.
+
+    Raises:
+        ValueError: an annotation lacks a required field (names the file and
+            the annotation's id or position).
+    """
+    anns = content['annotations']
+    for index, ann in enumerate(anns):
+        if not isinstance(ann, dict):
+            raise ValueError(f'{ann_file}: annotation #{index} is a {type(ann).__name__}, '
+                             'not an object')
+        for key in ('image_id', 'category_id', 'bbox'):
+            if key not in ann:
+                raise ValueError(f'{ann_file}: annotation {ann.get("id", f"#{index}")} has no '
+                                 f'"{key}"')
+    filled = Counter()
+    next_id = max((a['id'] for a in anns if isinstance(a.get('id'), int)), default=0) + 1
+    for ann in anns:
+        if 'id' not in ann:
+            ann['id'], next_id = next_id, next_id + 1
+            filled['id'] += 1
+        if 'iscrowd' not in ann:
+            ann['iscrowd'] = 0
+            filled['iscrowd'] += 1
+        if 'area' not in ann:
+            bbox = ann['bbox']
+            valid = isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            ann['area'] = float(bbox[2]) * float(bbox[3]) if valid else 0.0
+            filled['area'] += 1
+    meaning = dict(id='new unique ids', iscrowd='iscrowd=0', area='area = box width x height')
+    for key, count in filled.items():
+        _warn(f'{ann_file}: {count} annotation(s) without "{key}"; filled with {meaning[key]}')
+    return dict(filled)
+
+
 def map_categories(categories: List[dict], classes: Tuple[str, ...],
                    ann_file: str) -> Dict[int, Optional[int]]:
     """Map json category ids to contiguous labels by category name.
@@ -115,12 +168,16 @@ class CocoDataset(BaseDataset):
     absolute pixel xyxy boxes; ``iscrowd`` annotations get ``ignore_flag=1``.
 
     Annotation problems are handled as follows (one summary warning per kind
-    and file, quoting example annotation ids): a box with width or height
+    and file, quoting example annotation and image ids): a box with a
+    non-finite value (NaN, inf) is skipped; a box with width or height
     <= 0 is skipped; a box partly outside the image is clipped to it; a box
     entirely outside is skipped; an annotation of a category that is not
     among ``classes`` is skipped. An annotation whose ``category_id`` is not
     in the json's categories, or whose ``image_id`` is not among its images,
-    raises ``ValueError``.
+    or without ``image_id`` / ``category_id`` / ``bbox``, raises
+    ``ValueError``; missing ``id``, ``iscrowd`` and ``area`` are filled
+    (:func:`complete_annotations`). A file without images, or whose images
+    are all filtered out, raises ``ValueError``.
 
     Args:
         filter_cfg (dict, optional): ``filter_empty_gt`` (bool, default
@@ -151,6 +208,10 @@ class CocoDataset(BaseDataset):
     def load_data_list(self) -> List[dict]:
         """Read ``self.ann_file`` and return one data info per image."""
         content = load_coco_json(self.ann_file, self.backend_args)
+        if not content['images']:
+            raise ValueError(f'{self.ann_file}: the COCO json lists no images (an empty '
+                             '"images" list): nothing to train or evaluate on')
+        complete_annotations(content, self.ann_file)
         cat_to_label = map_categories(
             content['categories'], tuple(self._metainfo['classes']), self.ann_file)
         images = {img['id']: img for img in content['images']}
@@ -174,9 +235,6 @@ class CocoDataset(BaseDataset):
 
     def _check_ids(self, ann: dict, cat_to_label: dict, images: dict) -> None:
         ann_id = ann.get('id')
-        for key in ('image_id', 'category_id', 'bbox'):
-            if key not in ann:
-                raise ValueError(f'{self.ann_file}: annotation {ann_id} has no "{key}"')
         if ann['category_id'] not in cat_to_label:
             raise ValueError(
                 f'{self.ann_file}: annotation {ann_id} has category_id {ann["category_id"]}, '
@@ -220,23 +278,32 @@ class CocoDataset(BaseDataset):
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise ValueError(f'{self.ann_file}: annotation {ann.get("id")} has bbox {bbox}; '
                              'expected [x, y, w, h]')
-        x, y, w, h = (float(v) for v in bbox)
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise ValueError(f'{self.ann_file}: annotation {ann.get("id")} of image '
+                             f'{ann["image_id"]} has bbox {bbox}; expected 4 numbers') from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            self._issues['skipped: non-finite value (NaN or inf)'].append(ann)
+            return None
         if w <= 0 or h <= 0:
-            self._issues['skipped: width or height <= 0'].append(ann.get('id'))
+            self._issues['skipped: width or height <= 0'].append(ann)
             return None
         x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
         x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
         if x2 <= x1 or y2 <= y1:
-            self._issues['skipped: entirely outside the image'].append(ann.get('id'))
+            self._issues['skipped: entirely outside the image'].append(ann)
             return None
         if (x1, y1, x2, y2) != (x, y, x + w, y + h):
-            self._issues['clipped: partly outside the image'].append(ann.get('id'))
+            self._issues['clipped: partly outside the image'].append(ann)
         return [x1, y1, x2, y2]
 
     def _report_issues(self) -> None:
-        for kind, ann_ids in self._issues.items():
-            _warn(f'{self.ann_file}: {len(ann_ids)} box(es) {kind} '
-                  f'(annotation ids e.g. {ann_ids[:_NUM_EXAMPLES]})')
+        for kind, anns in self._issues.items():
+            examples = anns[:_NUM_EXAMPLES]
+            _warn(f'{self.ann_file}: {len(anns)} box(es) {kind} '
+                  f'(annotation ids e.g. {[a.get("id") for a in examples]}) '
+                  f'of image ids {[a.get("image_id") for a in examples]}')
         self._issues.clear()
 
     def filter_data(self) -> List[dict]:
@@ -258,4 +325,7 @@ class CocoDataset(BaseDataset):
         for reason, count in reasons.items():
             print_log(f'{self.ann_file}: filtered out {count} image(s) {reason}',
                       logger='current', level=logging.INFO)
+        if not kept:
+            raise ValueError(f'{self.ann_file}: all {len(self.data_list)} images were filtered '
+                             f'out ({dict(reasons)}; filter_cfg={self.filter_cfg})')
         return kept

@@ -1,22 +1,30 @@
-"""Training and testing: optimizer wrappers, hooks, safe checkpoint loading, and in
-:mod:`mmdeform.engine.launch` the functions behind ``tools/train.py`` / ``tools/test.py``.
+"""Training and testing: the Runner with safe, checked checkpoint loading,
+atomic checkpoint saves, hooks, optimizer wrappers, ``--cfg-options``
+checking, and in :mod:`mmdeform.engine.launch` the functions behind
+``tools/train.py`` / ``tools/test.py``.
 
-Importing this package registers the hooks and optimizer wrappers and makes
-mmengine load local checkpoints with ``torch.load(weights_only=True)`` and an
-explicit allow-list (see :mod:`mmdeform.engine.checkpoint`).
+Importing this package registers the hooks, optimizer wrappers and the
+Runner in mmdeform's registries; it changes no global state of torch or
+mmengine (checkpoints are loaded weights-only where the project reads them,
+see :mod:`mmdeform.engine.checkpoint`).
 """
 from . import launch
+from .atomic_save import save_checkpoint_atomic, torch_save_atomic, write_text_atomic
 from .checkpoint import (
+    CheckpointFormatError,
     CheckpointRefusedError,
     checkpoint_safe_globals,
     load_weights_only,
-    register_checkpoint_loading,
 )
-from .hooks import DetVisualizationHook
+from .config_options import CfgOptionsAction, apply_cfg_options, check_hook_types
+from .hooks import AtomicCheckpointHook, DetVisualizationHook
+from .model_weights import CheckpointMismatchError, load_model_weights
 from .optim_wrappers import DeviceAmpOptimWrapper
+from .runner import SafeLoadingRunner
 
-register_checkpoint_loading()
-
-__all__ = ['CheckpointRefusedError', 'DetVisualizationHook', 'DeviceAmpOptimWrapper',
-           'checkpoint_safe_globals', 'launch', 'load_weights_only',
-           'register_checkpoint_loading']
+__all__ = ['AtomicCheckpointHook', 'CfgOptionsAction', 'CheckpointFormatError',
+           'CheckpointMismatchError', 'CheckpointRefusedError', 'DetVisualizationHook',
+           'DeviceAmpOptimWrapper', 'SafeLoadingRunner', 'apply_cfg_options',
+           'check_hook_types', 'checkpoint_safe_globals', 'launch', 'load_model_weights',
+           'load_weights_only', 'save_checkpoint_atomic', 'torch_save_atomic',
+           'write_text_atomic']

@@ -17,19 +17,26 @@ a file that needs any other global is refused with
 :class:`CheckpointRefusedError`, naming the globals. A trusted file of another
 format is converted once, explicitly (e.g. ``tools/convert_official_ckpt.py``).
 
-Importing :mod:`mmdeform.engine` registers the allow-list with torch and
-:func:`load_from_local_weights_only` as mmengine's loader of local paths
-(``CheckpointLoader`` prefix ``''``), used by ``resume``, ``load_from``,
-``load_checkpoint`` and ``Pretrained`` initialisation.
+Nothing here changes torch's or mmengine's global state: the allow-list is
+active only inside :func:`load_weights_only` (``torch.serialization.safe_globals``),
+and mmengine's ``CheckpointLoader`` keeps its own loaders. The project's code
+calls :func:`load_weights_only` explicitly where it reads a checkpoint: the
+Runner of ``tools/train.py`` / ``tools/test.py``
+(:class:`mmdeform.engine.runner.SafeLoadingRunner`), ``init_detector`` and the
+backbone's ``pretrained`` weights.
+
+A file that is empty, not a ``torch.save`` file, or cut short is named and
+described as such (:class:`CheckpointFormatError`) instead of torch's bare
+``EOFError`` or its advice to unpickle the file fully.
 """
 import os.path as osp
 import pickle
+import zipfile
 from typing import Any, Callable, List, Tuple, Union
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner import CheckpointLoader
 
 try:
     from numpy._core import multiarray
@@ -43,8 +50,18 @@ _NUMERIC_DTYPES = ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
                    'uint64', 'float16', 'float32', 'float64')
 
 
+# torch.save's formats: a zip archive (torch >= 1.6) or the legacy pickle, which
+# starts with protocol 2 and torch's magic number 0x1950a86a20f9469cfc6c.
+_ZIP_SIGNATURE = b'PK\x03\x04'
+_LEGACY_SIGNATURE = b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19'
+
+
 class CheckpointRefusedError(pickle.UnpicklingError):
     """A checkpoint needs globals outside the weights-only allow-list."""
+
+
+class CheckpointFormatError(ValueError):
+    """A file is empty, not a ``torch.save`` file, or incomplete."""
 
 
 def history_buffer_getattr(obj: Any, name: str) -> Callable:
@@ -86,13 +103,37 @@ def checkpoint_safe_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
     return safe
 
 
-def allow_mmengine_checkpoint_globals() -> None:
-    """Register :func:`checkpoint_safe_globals` with torch (idempotent)."""
-    torch.serialization.add_safe_globals(checkpoint_safe_globals())
+def check_checkpoint_format(filename: str) -> None:
+    """Refuse a file that cannot be a complete ``torch.save`` checkpoint.
+
+    Args:
+        filename (str): Local path of an existing file.
+
+    Raises:
+        CheckpointFormatError: the file is empty; it starts neither like a
+            zip archive nor like torch's legacy format ("not a checkpoint");
+            or it is a zip archive without its central directory (cut short,
+            e.g. by a crash while it was written).
+    """
+    size = osp.getsize(filename)
+    if size == 0:
+        raise CheckpointFormatError(f'checkpoint {filename} is empty (0 bytes)')
+    with open(filename, 'rb') as f:
+        head = f.read(len(_LEGACY_SIGNATURE))
+    if head.startswith(_ZIP_SIGNATURE):
+        if not zipfile.is_zipfile(filename):
+            raise CheckpointFormatError(
+                f'checkpoint {filename} is incomplete ({size} bytes, a zip archive without '
+                'its end): cut short while it was written or copied')
+    elif not head.startswith(_LEGACY_SIGNATURE):
+        raise CheckpointFormatError(
+            f'{filename} is not a checkpoint: it starts with {head[:8]!r}, not like a file '
+            'written by torch.save (zip archive or legacy format)')
 
 
 def load_weights_only(filename: str, map_location: Any = None) -> Any:
-    """``torch.load(filename, weights_only=True)`` with a clear refusal.
+    """``torch.load(filename, weights_only=True)`` with the allow-list of
+    :func:`checkpoint_safe_globals` (for this call only) and clear errors.
 
     Args:
         filename (str): Local checkpoint path.
@@ -103,25 +144,33 @@ def load_weights_only(filename: str, map_location: Any = None) -> Any:
 
     Raises:
         FileNotFoundError: ``filename`` does not exist.
+        CheckpointFormatError: the file is empty, not a checkpoint or
+            incomplete (:func:`check_checkpoint_format`).
         CheckpointRefusedError: the file needs globals that are not allowed.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename} does not exist')
+    check_checkpoint_format(filename)
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointRefusedError(
             f'refused to load checkpoint {filename}: {_refusal_reason(filename, err)}. '
             'Unpickling what it holds could run arbitrary code. If you trust the file, '
             'convert it to plain tensors and containers first (see mmdeform.engine.checkpoint).'
         ) from None
+    except (EOFError, RuntimeError) as err:  # damaged inside a valid-looking container
+        raise CheckpointFormatError(f'checkpoint {filename} is damaged: '
+                                    f'{" ".join(str(err).split())[:300]}') from None
 
 
 def _refusal_reason(filename: str, err: pickle.UnpicklingError) -> str:
     """The globals outside the allow-list, else torch's own reason."""
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
     except Exception:  # not a zip checkpoint: torch's message says why
         unsafe = []
     if unsafe:
@@ -130,19 +179,3 @@ def _refusal_reason(filename: str, err: pickle.UnpicklingError) -> str:
     reason = str(err).split('WeightsUnpickler error:', 1)[-1]
     reason = reason.split('Check the documentation of torch.load', 1)[0]
     return ' '.join(reason.split())
-
-
-def load_from_local_weights_only(filename: str, map_location: Any = None) -> Any:
-    """mmengine ``CheckpointLoader`` loader for local paths (replaces
-    mmengine's ``load_from_local``, which calls ``torch.load`` with the
-    default ``weights_only``); see :func:`load_weights_only`."""
-    return load_weights_only(filename, map_location)
-
-
-def register_checkpoint_loading() -> None:
-    """Allow mmengine's checkpoint globals and load local checkpoints with
-    :func:`load_from_local_weights_only`. Called when ``mmdeform.engine`` is
-    imported."""
-    allow_mmengine_checkpoint_globals()
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
-                                     force=True)

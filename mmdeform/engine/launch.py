@@ -5,7 +5,21 @@ so that they can be reused and tested one by one:
 
     args = parse_train_args(argv)     # argparse
     cfg = build_train_cfg(args)       # Config with the command line applied
-    runner = train(cfg)               # mmengine Runner: train (and validate)
+    runner = train(cfg)               # SafeLoadingRunner: train (and validate)
+
+``--cfg-options`` are checked against the config
+(:mod:`mmdeform.engine.config_options`), as are the hook types.
+
+Resuming (``tools/train.py``), as mmdet but with the bare flag explicit:
+
+- ``--resume``: from the checkpoint named by ``<work_dir>/last_checkpoint``;
+  an error if there is none (or it names a missing file);
+- ``--resume auto``: the same if there is one, else train from scratch;
+- ``--resume CKPT``: from ``CKPT``, which must exist.
+
+Resuming needs the model that wrote the checkpoint (checked before loading);
+``load_from`` and ``tools/test.py``'s checkpoint load strictly unless
+``--partial-load`` (:class:`mmdeform.engine.runner.SafeLoadingRunner`).
 
 Distributed runs on a CPU-only machine (``--launcher pytorch|slurm|mpi``
 without CUDA) need three changes to mmengine 0.10.7's defaults, made by
@@ -35,24 +49,33 @@ from typing import List, Optional
 from unittest import mock
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.dist import init_dist, is_distributed
-from mmengine.runner import Runner
+from mmengine.logging import print_log
 from mmengine.utils.dl_utils import set_multi_processing
 from torch.nn.parallel import DistributedDataParallel
+
+from .config_options import CfgOptionsAction, apply_cfg_options, check_hook_types
+from .runner import SafeLoadingRunner
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 # What --amp turns optim_wrapper.type='OptimWrapper' into.
 _AMP_WRAPPER = 'DeviceAmpOptimWrapper'
+# --resume without a value (argparse's const): the latest checkpoint, which must exist.
+RESUME_LATEST = '<latest>'
+RESUME_AUTO = 'auto'
 
 
 def _add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--work-dir', help='folder for logs and checkpoints (default: '
                         './work_dirs/<config file name without .py>)')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, default={},
-        help='override config entries, e.g. train_dataloader.batch_size=4 '
+        '--cfg-options', nargs='+', action=CfgOptionsAction, default={},
+        help='override existing config entries, e.g. train_dataloader.batch_size=4 '
         "'param_scheduler.0.milestones=[8,11]'")
+    parser.add_argument('--partial-load', action='store_true',
+                        help='load only the checkpoint tensors whose names and shapes match '
+                        'the model (default: any difference is an error); not for --resume')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
                         help='job launcher for distributed runs')
     # torch.distributed.launch passes --local-rank (or --local_rank in old versions)
@@ -64,9 +87,11 @@ def parse_train_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Arguments of ``tools/train.py`` (see ``--help``)."""
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='config file path')
-    parser.add_argument('--resume', nargs='?', const='auto', default=None,
-                        help='resume from CKPT, or without a value from the latest '
-                        'checkpoint in the work dir')
+    parser.add_argument('--resume', nargs='?', const=RESUME_LATEST, default=None,
+                        metavar='CKPT|auto',
+                        help='resume from CKPT; without a value from the latest checkpoint '
+                        'in the work dir (an error if there is none); "auto": from the '
+                        'latest checkpoint if there is one, else from scratch')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (float16/bfloat16 on GPU, bfloat16 on CPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
@@ -102,11 +127,14 @@ def load_config(config: str, work_dir: Optional[str], cfg_options: dict,
 
     Raises:
         FileNotFoundError: ``config`` does not exist.
+        KeyError: a ``cfg_options`` key the config does not have, or a hook
+            type that is not registered (named).
     """
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config} does not exist')
     cfg = Config.fromfile(config)
-    cfg.merge_from_dict(cfg_options)
+    apply_cfg_options(cfg, cfg_options)
+    check_hook_types(cfg)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -180,11 +208,54 @@ def build_train_cfg(args: argparse.Namespace) -> Config:
             raise ValueError(f'--auto-scale-lr: {args.config} has no '
                              'auto_scale_lr=dict(base_batch_size=...)')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':  # the latest checkpoint in work_dir
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
+    if args.resume is not None:
+        resume_from = resolve_resume(args.resume, cfg.work_dir)
+        cfg.resume = resume_from is not None
+        if resume_from is not None:
+            cfg.load_from = resume_from
     return cfg
+
+
+def latest_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint named by ``<work_dir>/last_checkpoint``; None without that file.
+
+    Raises:
+        FileNotFoundError: the file names a checkpoint that does not exist.
+    """
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        path = f.read().strip()
+    if not path or not osp.isfile(path):
+        raise FileNotFoundError(f'{pointer} names the checkpoint {path!r}, which does not exist')
+    return path
+
+
+def resolve_resume(resume: str, work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` means (module doc), None to train from scratch.
+
+    Args:
+        resume (str): :data:`RESUME_LATEST` (the bare flag), ``'auto'`` or a path.
+        work_dir (str): Where training writes its checkpoints.
+
+    Raises:
+        FileNotFoundError: nothing to resume from, or a path that does not exist.
+    """
+    if resume in (RESUME_LATEST, RESUME_AUTO):
+        latest = latest_checkpoint(work_dir)
+        if latest is None and resume == RESUME_LATEST:
+            raise FileNotFoundError(
+                f'--resume: no checkpoint to resume from in {work_dir} (no last_checkpoint '
+                'file). Pass --resume CKPT, or --resume auto to start from scratch when '
+                'there is nothing to resume')
+        if latest is None:
+            print_log(f'--resume auto: no checkpoint in {work_dir}; training from scratch',
+                      logger='current')
+        return latest
+    if not osp.isfile(resume):
+        raise FileNotFoundError(f'--resume: checkpoint {resume} does not exist')
+    return resume
 
 
 def build_test_cfg(args: argparse.Namespace) -> Config:
@@ -209,26 +280,39 @@ def build_test_cfg(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def train(cfg: Config) -> Runner:
-    """Build a Runner from ``cfg`` and train; returns the Runner."""
+def build_runner(cfg: Config, strict_load: bool = True) -> SafeLoadingRunner:
+    """Start the process group if needed and build the Runner of ``cfg``.
+
+    Args:
+        cfg (Config): The complete config.
+        strict_load (bool): ``load_from`` must match the model exactly
+            (False: ``--partial-load``). Resuming is always strict.
+    """
     init_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
+    runner = SafeLoadingRunner.from_cfg(cfg)
+    runner.strict_load = strict_load
+    return runner
+
+
+def train(cfg: Config, strict_load: bool = True) -> SafeLoadingRunner:
+    """Build a Runner from ``cfg`` and train; returns the Runner."""
+    runner = build_runner(cfg, strict_load)
     runner.train()
     return runner
 
 
-def test(cfg: Config) -> dict:
+def test(cfg: Config, strict_load: bool = True) -> dict:
     """Build a Runner from ``cfg`` and test; returns the metrics."""
-    init_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
-    return runner.test()
+    return build_runner(cfg, strict_load).test()
 
 
-def run_train(argv: Optional[List[str]] = None) -> Runner:
+def run_train(argv: Optional[List[str]] = None) -> SafeLoadingRunner:
     """``tools/train.py``."""
-    return train(build_train_cfg(parse_train_args(argv)))
+    args = parse_train_args(argv)
+    return train(build_train_cfg(args), strict_load=not args.partial_load)
 
 
 def run_test(argv: Optional[List[str]] = None) -> dict:
     """``tools/test.py``."""
-    return test(build_test_cfg(parse_test_args(argv)))
+    args = parse_test_args(argv)
+    return test(build_test_cfg(args), strict_load=not args.partial_load)

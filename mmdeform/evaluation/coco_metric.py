@@ -8,12 +8,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from mmengine.evaluator import BaseMetric
-from mmengine.fileio import get_local_path
 from mmengine.logging import print_log
 from mmengine.utils import mkdir_or_exist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mmdeform.datasets.coco import complete_annotations, load_coco_json
 from mmdeform.registry import METRICS
 
 # MMDetection's names for COCOeval.stats[i] of a bbox evaluation (maxDets 1, 10, 100).
@@ -36,6 +36,12 @@ class CocoMetric(BaseMetric):
     ``dataset_meta`` label ``i`` is the i-th json category in id order.
     Only the images that were processed are evaluated (a subset of the
     json is fine); an image id not in the json raises.
+
+    The json is checked when the metric is built, before any inference, as
+    the dataset checks it: no images, or an annotation without
+    ``image_id`` / ``category_id`` / ``bbox``, raises ``ValueError``;
+    missing ``id``, ``iscrowd`` and ``area`` (which pycocotools needs) are
+    filled with a warning (:func:`mmdeform.datasets.coco.complete_annotations`).
 
     Returns (keys prefixed ``'coco/'`` by default): ``bbox_mAP``,
     ``bbox_mAP_50``, ``bbox_mAP_75``, ``bbox_mAP_s``, ``bbox_mAP_m``,
@@ -81,9 +87,7 @@ class CocoMetric(BaseMetric):
         self.format_only = format_only
         self.outfile_prefix = outfile_prefix
         self.classwise = classwise
-        with get_local_path(ann_file, backend_args=backend_args) as local_path, \
-                contextlib.redirect_stdout(io.StringIO()):
-            self._coco_gt = COCO(local_path)
+        self._coco_gt = load_ground_truth(ann_file, backend_args)
 
     def process(self, data_batch, data_samples: Sequence) -> None:
         """Store each image's detections as numpy arrays.
@@ -192,6 +196,25 @@ class CocoMetric(BaseMetric):
             lines.append(f'{name:>20s}: {ap:.3f}')
         _log('CocoMetric AP per class:\n' + '\n'.join(lines))
         return metrics
+
+
+def load_ground_truth(ann_file: str, backend_args: Optional[dict] = None) -> COCO:
+    """The COCO ground truth of ``ann_file``, checked and completed (class doc).
+
+    Raises:
+        ValueError: malformed json, no images, or an annotation without a
+            required field (naming the file).
+    """
+    content = load_coco_json(ann_file, backend_args)
+    if not content['images']:
+        raise ValueError(f'CocoMetric: {ann_file} lists no images (an empty "images" list): '
+                         'nothing to evaluate')
+    complete_annotations(content, ann_file)
+    coco = COCO()
+    coco.dataset = content
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
 
 
 def _to_numpy(value) -> np.ndarray:

@@ -117,3 +117,45 @@ def test_pipeline_applied(write_coco):
     assert tuple(out['inputs'].shape) == (3, 20, 30)
     assert out['data_samples'].gt_instances.labels.tolist() == [0]
     assert out['data_samples'].gt_instances.bboxes.tolist() == [[2.0, 3.0, 6.0, 8.0]]
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_box_skipped_naming_file_image_and_annotation(write_coco, log_messages, bad):
+    ann_file = write_coco([(7, 40, 40)], [ann(1, 7, 5, [0, 0, 5, 5]),
+                                          ann(42, 7, 5, [bad, 2, 5, 5])], CATS)
+    dataset = build(ann_file)
+    assert dataset.get_data_info(0)['instances'] == [
+        dict(bbox=[0.0, 0.0, 5.0, 5.0], bbox_label=1, ignore_flag=0)]
+    text = '\n'.join(log_messages())
+    assert (f'{ann_file}: 1 box(es) skipped: non-finite value (NaN or inf) '
+            '(annotation ids e.g. [42]) of image ids [7]') in text
+    assert 'clipped' not in text
+
+
+def test_missing_id_area_iscrowd_filled_with_warning(write_coco, log_messages):
+    anns = [dict(image_id=1, category_id=5, bbox=[0, 0, 4, 5]),
+            dict(id=8, image_id=1, category_id=9, bbox=[1, 1, 2, 2], iscrowd=1, area=3.0)]
+    ann_file = write_coco([(1, 40, 40)], anns, CATS)
+    dataset = build(ann_file)
+    assert [i['ignore_flag'] for i in dataset.get_data_info(0)['instances']] == [0, 1]
+    text = '\n'.join(log_messages())
+    for key in ('id', 'iscrowd', 'area'):
+        assert f'{ann_file}: 1 annotation(s) without "{key}"; filled with' in text
+
+
+def test_missing_required_annotation_field_raises(write_coco):
+    ann_file = write_coco([(1, 40, 40)], [dict(id=3, image_id=1, bbox=[0, 0, 4, 5])], CATS)
+    with pytest.raises(ValueError, match=r'ann\.json: annotation 3 has no "category_id"'):
+        build(ann_file)
+
+
+def test_no_images_raises_naming_the_file(write_coco):
+    ann_file = write_coco([], [], CATS)
+    with pytest.raises(ValueError, match=r'ann\.json: the COCO json lists no images'):
+        build(ann_file)
+
+
+def test_all_images_filtered_out_raises(write_coco):
+    ann_file = write_coco([(1, 8, 8)], [], CATS)
+    with pytest.raises(ValueError, match=r'ann\.json: all 1 images were filtered out'):
+        build(ann_file, filter_cfg=dict(filter_empty_gt=True))

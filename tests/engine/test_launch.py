@@ -25,13 +25,31 @@ def test_work_dir_default_explicit_and_from_config():
     assert train_cfg('--cfg-options', 'work_dir=/tmp/y').work_dir == '/tmp/y'
 
 
-def test_resume_forms():
-    cfg = train_cfg()
+def test_resume_forms(tmp_path):
+    work = ('--work-dir', str(tmp_path))
+    cfg = train_cfg(*work)
     assert cfg.resume is False and cfg.load_from is None
-    cfg = train_cfg('--resume')  # latest checkpoint of the work dir
-    assert cfg.resume is True and cfg.load_from is None
-    cfg = train_cfg('--resume', 'a/epoch_3.pth')
-    assert cfg.resume is True and cfg.load_from == 'a/epoch_3.pth'
+    # nothing to resume: the bare flag is an error, 'auto' trains from scratch
+    with pytest.raises(FileNotFoundError, match=r'--resume: no checkpoint to resume from in '
+                       rf'{tmp_path} .*--resume auto'):
+        train_cfg(*work, '--resume')
+    cfg = train_cfg(*work, '--resume', 'auto')
+    assert cfg.resume is False and cfg.load_from is None
+    # both take the checkpoint named by last_checkpoint
+    ckpt = tmp_path / 'epoch_3.pth'
+    ckpt.write_bytes(b'x')
+    (tmp_path / 'last_checkpoint').write_text(str(ckpt))
+    for argv in (('--resume',), ('--resume', 'auto')):
+        cfg = train_cfg(*work, *argv)
+        assert cfg.resume is True and cfg.load_from == str(ckpt)
+    cfg = train_cfg(*work, '--resume', str(ckpt))
+    assert cfg.resume is True and cfg.load_from == str(ckpt)
+    with pytest.raises(FileNotFoundError, match='--resume: checkpoint a/epoch_9.pth does not'):
+        train_cfg(*work, '--resume', 'a/epoch_9.pth')
+    ckpt.unlink()
+    with pytest.raises(FileNotFoundError, match=r'last_checkpoint names the checkpoint '
+                       r'.*epoch_3\.pth.*does not exist'):
+        train_cfg(*work, '--resume')
 
 
 def test_amp_auto_scale_lr_and_cfg_options():

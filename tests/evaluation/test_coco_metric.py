@@ -167,3 +167,32 @@ def test_results_collected_from_all_ranks(ann_file, tmp_path):
     # rank 1 reports the evaluation of all three images, not of its own ones
     assert results == pytest.approx(single)
     assert results['coco/bbox_mAP'] < 0.99
+
+
+def test_missing_id_area_iscrowd_are_filled_before_inference(tmp_path):
+    """pycocotools needs id, area and iscrowd; the metric fills them when it
+    is built and evaluates as with complete annotations."""
+    images = [dict(id=i, file_name=f'{i}.jpg', height=120, width=160) for i in (1, 2, 3)]
+    annotations = [dict(image_id=img, category_id=cat, bbox=box)
+                   for img, cat, box, crowd in GT if not crowd]
+    path = tmp_path / 'sparse.json'
+    path.write_text(json.dumps(dict(images=images, annotations=annotations,
+                                    categories=CATEGORIES)))
+    metric = make_metric(str(path))
+    anns = metric._coco_gt.dataset['annotations']
+    assert sorted(a['id'] for a in anns) == [1, 2, 3, 4]
+    assert all(a['iscrowd'] == 0 and a['area'] == a['bbox'][2] * a['bbox'][3] for a in anns)
+    assert evaluate(metric, predictions())['coco/bbox_mAP'] == pytest.approx(1.0)
+
+
+def test_json_without_images_or_required_fields_raises_when_built(tmp_path):
+    path = tmp_path / 'empty.json'
+    path.write_text(json.dumps(dict(images=[], annotations=[], categories=CATEGORIES)))
+    with pytest.raises(ValueError, match=r'empty\.json lists no images'):
+        CocoMetric(ann_file=str(path))
+    path = tmp_path / 'nobox.json'
+    path.write_text(json.dumps(dict(images=[dict(id=1, file_name='1.jpg', height=9, width=9)],
+                                    annotations=[dict(id=4, image_id=1, category_id=3)],
+                                    categories=CATEGORIES)))
+    with pytest.raises(ValueError, match=r'nobox\.json: annotation 4 has no "bbox"'):
+        CocoMetric(ann_file=str(path))

@@ -45,7 +45,7 @@ def test_train_then_test(synthetic_workspace, tmp_path):
                     '--out', str(preds), '--show-dir', 'shown',
                     '--cfg-options', 'default_hooks.visualization.score_thr=0'],
                    cwd=synthetic_workspace)
-    assert f'Loads checkpoint by local_weights_only backend from path: {ckpt_path}' in out
+    assert f'Loaded checkpoint {ckpt_path} (weights only, strict)' in out
     assert re.search(r'Epoch\(test\) \[3/3\]\s+coco/bbox_mAP: ', out)
     test_run = max(p for p in work_dir.iterdir() if p.is_dir())  # latest timestamp
     metrics = json.loads((test_run / f'{test_run.name}.json').read_text())

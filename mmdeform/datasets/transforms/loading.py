@@ -11,31 +11,54 @@ from mmengine.logging import print_log
 
 from mmdeform.registry import TRANSFORMS
 
+from .image_header import image_size_from_header
+
+# Largest image LoadImage decodes by default: 100 M pixels (300 MB as uint8 BGR).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ImageTooLargeError(ValueError):
+    """An image file declares more pixels than the loader's ``max_pixels``."""
+
 
 @TRANSFORMS.register_module()
 class LoadImage(LoadImageFromFile):
     """Load ``results['img_path']`` as a (H, W, 3) uint8 BGR image.
 
     mmcv's ``LoadImageFromFile`` with the same arguments (``color_type``,
-    ``imdecode_backend``, ``backend_args``, ``ignore_empty``, ``to_float32``)
-    and these guarantees: with the default ``color_type='color'`` (OpenCV's
+    ``imdecode_backend``, ``backend_args``, ``ignore_empty``, ``to_float32``),
+    plus ``max_pixels``, and these guarantees: with the default ``color_type='color'`` (OpenCV's
     ``IMREAD_COLOR``) grayscale images come back with 3 channels, an alpha
     channel is dropped and 16-bit images are scaled to uint8 (value / 256).
     OpenCV also applies an EXIF orientation tag, so if the decoded size
     differs from the annotation's ``height``/``width`` a warning names the
     file (``color_type='color_ignore_orientation'`` keeps the stored pixel
-    order).
+    order). Before decoding, the size the file declares in its header
+    (PNG, JPEG, BMP, GIF, WebP, TIFF; see
+    :mod:`mmdeform.datasets.transforms.image_header`) is checked against
+    ``max_pixels``, so a small file declaring a huge image is refused
+    without allocating it.
+
+    Args:
+        max_pixels (int, optional): Largest width x height decoded (default
+            100 M); None: no limit of ours (OpenCV's 2**30 remains).
+        **kwargs: mmcv ``LoadImageFromFile`` arguments.
 
     Raises:
         FileNotFoundError: the file does not exist.
+        ImageTooLargeError: the header declares more than ``max_pixels``
+            (a ``ValueError``; names the file and its size).
         ValueError: the file cannot be decoded as an image (corrupt, empty,
             not an image).
 
     Adds ``img``, ``img_shape`` and ``ori_shape`` ((h, w)).
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, **kwargs) -> None:
         super().__init__(**kwargs)
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f'LoadImage: max_pixels must be >= 1 or None, got {max_pixels}')
+        self.max_pixels = max_pixels
         if self.file_client_args is not None:
             raise ValueError('LoadImage: file_client_args is deprecated in mmcv and not '
                              'supported here; pass backend_args instead')
@@ -64,6 +87,12 @@ class LoadImage(LoadImageFromFile):
     def _decode(self, img_bytes: bytes, path: str) -> np.ndarray:
         if len(img_bytes) == 0:
             raise ValueError(f'cannot decode image {path}: the file is empty')
+        size = image_size_from_header(img_bytes) if self.max_pixels is not None else None
+        if size is not None and size[0] * size[1] > self.max_pixels:
+            raise ImageTooLargeError(
+                f'image {path} declares {size[0]} x {size[1]} = {size[0] * size[1]:,} pixels, '
+                f'more than max_pixels={self.max_pixels:,} of LoadImage; not decoded (raise '
+                'max_pixels in the pipeline config if the image is genuine)')
         try:
             img = mmcv.imfrombytes(img_bytes, flag=self.color_type,
                                    backend=self.imdecode_backend)

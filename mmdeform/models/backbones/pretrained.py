@@ -7,6 +7,7 @@ backbone. Backbones here use :func:`load_pretrained` instead: every tensor of
 the module must come from the checkpoint with the right shape.
 """
 import logging
+import os.path as osp
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -76,9 +77,9 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
                     ignore_prefixes: Sequence[str] = ()) -> None:
     """Load every parameter and buffer of ``module`` from a checkpoint.
 
-    The file is read through mmengine's ``CheckpointLoader`` (local paths,
-    ``http(s)://`` and any scheme registered there). The checkpoint may be a
-    plain state_dict or one wrapped as ``{'state_dict': ...}`` or
+    A local file is read with :func:`mmdeform.engine.checkpoint.load_weights_only`;
+    other schemes (``http(s)://`` ...) through mmengine's ``CheckpointLoader``.
+    The checkpoint may be a plain state_dict or one wrapped as ``{'state_dict': ...}`` or
     ``{'model': ...}``; a leading ``module.`` is stripped and
     ``num_batches_tracked`` entries are dropped.
 
@@ -100,7 +101,11 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
         raise ValueError(f'Pretrained checkpoint {checkpoint}: the torchvision:// scheme needs '
                          'torchvision, which mmdeform does not use; pass the path or URL of the '
                          '.pth file instead')
-    loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+    if osp.isfile(osp.expanduser(checkpoint)):
+        from mmdeform.engine.checkpoint import load_weights_only  # engine imports models
+        loaded = load_weights_only(checkpoint, map_location=map_location)
+    else:
+        loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
     state_dict = _select_keys(_unwrap(loaded, checkpoint), prefix, checkpoint)
     _check_complete(module, state_dict, checkpoint)
     expected = module.state_dict()

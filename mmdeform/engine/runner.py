@@ -1,0 +1,83 @@
+"""``SafeLoadingRunner``: mmengine's Runner reading checkpoints weights-only
+and loading them checked (used by ``tools/train.py`` and ``tools/test.py``)."""
+import os.path as osp
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+from mmengine.model import is_model_wrapper
+from mmengine.runner import CheckpointLoader, Runner
+
+from .checkpoint import load_weights_only
+from .model_weights import load_state_dict_checked, state_dict_of
+
+PARTIAL_LOAD_HINT = ('. Pass --partial-load to load only the tensors whose names and shapes '
+                     'match (e.g. to fine-tune with another number of classes)')
+RESUME_HINT = ('. --resume needs the model that wrote the checkpoint: the config (or its '
+               '--cfg-options) describes another model')
+
+
+class SafeLoadingRunner(Runner):
+    """mmengine's ``Runner`` with the project's checkpoint loading.
+
+    - Local checkpoints are read with
+      :func:`mmdeform.engine.checkpoint.load_weights_only` (an allow-list,
+      never full pickle; empty or damaged files named as such); other
+      schemes (``http(s)://``) go through mmengine's ``CheckpointLoader``.
+    - Weights are compared with the model before anything is loaded
+      (:func:`mmdeform.engine.model_weights.load_state_dict_checked`):
+      resuming always needs the same model (the first mismatching parameter
+      is named, instead of a failure deep inside the optimizer); ``load_from``
+      is strict unless :attr:`strict_load` is False (``--partial-load``).
+
+    Attributes:
+        strict_load (bool): Whether ``load_from`` must match the model
+            exactly. Default True.
+    """
+
+    strict_load: bool = True
+    _resuming: bool = False
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        self._resuming = True
+        try:
+            super().resume(filename, *args, **kwargs)
+        finally:
+            self._resuming = False
+
+    def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu',
+                        strict: Optional[bool] = None,
+                        revise_keys: Sequence[Tuple[str, str]] = ((r'^module\.', ''),)
+                        ) -> dict:
+        """Read ``filename`` and load its weights into the model.
+
+        Args:
+            filename (str): Local path, or a URI of a scheme registered with
+                mmengine's ``CheckpointLoader``.
+            map_location: As in :func:`torch.load`.
+            strict (bool, optional): Refuse any difference between the
+                checkpoint and the model; None: True when resuming, else
+                :attr:`strict_load`.
+            revise_keys (Sequence): (pattern, replacement) pairs applied to the
+                checkpoint's keys (default: strip a DDP ``module.`` prefix).
+
+        Returns:
+            dict: The checkpoint.
+
+        Raises:
+            CheckpointMismatchError: the weights do not fit (names the first
+                mismatching parameter, missing and unexpected keys).
+        """
+        if osp.isfile(osp.expanduser(filename)) or '://' not in filename:
+            checkpoint = load_weights_only(filename, map_location=map_location)
+        else:
+            checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        if strict is None:
+            strict = True if self._resuming else self.strict_load
+        hint = RESUME_HINT if self._resuming else (PARTIAL_LOAD_HINT if strict else '')
+        load_state_dict_checked(model, state_dict_of(checkpoint, filename, revise_keys),
+                                filename, strict=strict, hint=hint)
+        self._has_loaded = True
+        self.logger.info(f'Loaded checkpoint {filename} (weights only, '
+                         f'{"strict" if strict else "partial"})')
+        return checkpoint
