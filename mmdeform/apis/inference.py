@@ -39,8 +39,8 @@ from mmdeform.structures import DetDataSample
 
 ImageType = Union[str, Path, np.ndarray]
 # Pipeline steps that read annotations: inference has none.
-_ANNOTATION_LOADERS = ('LoadDetAnnotations', 'LoadAnnotations')
-_IMAGE_LOADERS = ('LoadImage', 'LoadImageFromFile')
+_ANNOTATION_LOADERS = ('LoadAnnotations', )
+_IMAGE_LOADERS = ('LoadImageFromFile', )
 
 
 class LoadImageOrArray(BaseTransform):

@@ -1,7 +1,7 @@
 """Datasets, data transforms and the synthetic shapes dataset generator."""
 from .coco import COCO_CLASSES, CocoDataset
 from .synthetic import SYNTHETIC_CLASSES, make_synthetic_coco
-from .transforms import LoadDetAnnotations, LoadImage, PackDetInputs, RandomCrop
+from .transforms import LoadAnnotations, LoadImageFromFile, PackDetInputs, RandomCrop
 
-__all__ = ['COCO_CLASSES', 'CocoDataset', 'LoadDetAnnotations', 'LoadImage',
+__all__ = ['COCO_CLASSES', 'CocoDataset', 'LoadAnnotations', 'LoadImageFromFile',
            'PackDetInputs', 'RandomCrop', 'SYNTHETIC_CLASSES', 'make_synthetic_coco']

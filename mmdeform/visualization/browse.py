@@ -55,7 +55,7 @@ def browse_dataset(cfg: Config, output_dir: str, num: int = 10,
     their ground-truth boxes.
 
     Each image is the packed ``inputs`` (3, H, W) uint8 in its channel order
-    (BGR from ``LoadImage``), i.e. resized, flipped, cropped as the model sees
+    (BGR from ``LoadImageFromFile``), i.e. resized, flipped, cropped as the model sees
     it (before normalization and batch padding); boxes are the packed
     ``gt_instances``. Files are ``<output_dir>/<index>_<image name>.png``.
 

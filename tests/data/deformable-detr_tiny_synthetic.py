@@ -18,15 +18,15 @@ model = dict(
 
 data_root = 'data/synthetic/'
 train_pipeline = [
-    dict(type='LoadImage'),
-    dict(type='LoadDetAnnotations'),
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='RandomChoiceResize', scales=[(56, 96), (64, 96)], keep_ratio=True),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImage'),
-    dict(type='LoadDetAnnotations'),
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
     dict(type='Resize', scale=(96, 64), keep_ratio=True),
     dict(type='PackDetInputs'),
 ]

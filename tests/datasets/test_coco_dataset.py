@@ -110,8 +110,8 @@ def test_bad_bbox_field_raises(write_coco):
 
 def test_pipeline_applied(write_coco):
     ann_file = write_coco([(1, 20, 30)], [ann(1, 1, 9, [2, 3, 4, 5])], CATS)
-    dataset = build(ann_file, pipeline=[dict(type='LoadImage'),
-                                        dict(type='LoadDetAnnotations'),
+    dataset = build(ann_file, pipeline=[dict(type='LoadImageFromFile'),
+                                        dict(type='LoadAnnotations'),
                                         dict(type='PackDetInputs')])
     out = dataset[0]
     assert tuple(out['inputs'].shape) == (3, 20, 30)

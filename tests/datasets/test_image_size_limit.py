@@ -1,4 +1,4 @@
-"""LoadImage reads the image size from the file header and refuses images above
+"""LoadImageFromFile reads the image size from the file header and refuses images above
 ``max_pixels`` before decoding them."""
 import struct
 import zlib
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mmdeform.datasets.transforms import LoadImage
+from mmdeform.datasets.transforms import LoadImageFromFile
 from mmdeform.datasets.transforms.image_header import image_size_from_header
 from mmdeform.datasets.transforms.loading import ImageTooLargeError
 
@@ -31,18 +31,18 @@ def test_huge_declared_png_refused_without_decoding(tmp_path):
     with mock.patch('mmcv.imfrombytes', side_effect=AssertionError('decoded')) as decode, \
             pytest.raises(ImageTooLargeError, match=r'bomb\.png declares 20000 x 20000 = '
                           r'400,000,000 pixels, more than max_pixels=100,000,000'):
-        LoadImage()(dict(img_path=str(path)))
+        LoadImageFromFile()(dict(img_path=str(path)))
     decode.assert_not_called()
 
 
 def test_limit_is_configurable(tmp_path):
     path = tmp_path / 'small.png'
     cv2.imwrite(str(path), np.zeros((30, 40, 3), np.uint8))
-    assert LoadImage(max_pixels=1200)(dict(img_path=str(path)))['img_shape'] == (30, 40)
+    assert LoadImageFromFile(max_pixels=1200)(dict(img_path=str(path)))['img_shape'] == (30, 40)
     with pytest.raises(ImageTooLargeError, match='small.png declares 40 x 30'):
-        LoadImage(max_pixels=1199)(dict(img_path=str(path)))
+        LoadImageFromFile(max_pixels=1199)(dict(img_path=str(path)))
     with pytest.raises(ValueError, match='max_pixels must be >= 1 or None'):
-        LoadImage(max_pixels=0)
+        LoadImageFromFile(max_pixels=0)
 
 
 @pytest.mark.parametrize('ext', ['.png', '.jpg', '.bmp', '.webp', '.tif'])

@@ -9,8 +9,8 @@ from mmengine.registry import DefaultScope
 
 from mmdeform.datasets import (
     CocoDataset,
-    LoadDetAnnotations,
-    LoadImage,
+    LoadAnnotations,
+    LoadImageFromFile,
     PackDetInputs,
     RandomCrop,
 )
@@ -20,8 +20,8 @@ from mmdeform.structures import DetDataSample
 MULTI_SCALE = [(s, 1333) for s in range(480, 801, 32)]
 # The paper's (and the official repo's) training augmentation.
 TRAIN_PIPELINE = [
-    dict(type='LoadImage'),
-    dict(type='LoadDetAnnotations'),
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
     dict(type='RandomFlip', prob=0.5),
     dict(type='RandomChoice', transforms=[
         [dict(type='RandomChoiceResize', scales=MULTI_SCALE, keep_ratio=True)],
@@ -32,7 +32,7 @@ TRAIN_PIPELINE = [
          dict(type='RandomChoiceResize', scales=MULTI_SCALE, keep_ratio=True)]]),
     dict(type='PackDetInputs'),
 ]
-TEST_PIPELINE = [dict(type='LoadImage'), dict(type='LoadDetAnnotations'),
+TEST_PIPELINE = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
                  dict(type='Resize', scale=(1333, 800), keep_ratio=True),
                  dict(type='PackDetInputs')]
 
@@ -54,9 +54,9 @@ def with_nearest_resize(cfg):
     return cfg
 
 
-# ---------------------------------------------------------------- LoadImage
+# ---------------------------------------------------------------- LoadImageFromFile
 def load(path, **kwargs):
-    return LoadImage(**kwargs)(dict(img_path=str(path)))
+    return LoadImageFromFile(**kwargs)(dict(img_path=str(path)))
 
 
 def test_load_colour_image(tmp_path):
@@ -111,20 +111,20 @@ def test_16bit_image_scaled_to_uint8(tmp_path):
 
 def test_size_mismatch_with_annotation_warns(tmp_path, log_messages):
     cv2.imwrite(str(tmp_path / 'r.png'), np.zeros((4, 6, 3), np.uint8))
-    LoadImage()(dict(img_path=str(tmp_path / 'r.png'), height=6, width=4))
+    LoadImageFromFile()(dict(img_path=str(tmp_path / 'r.png'), height=6, width=4))
     assert any('differs from the annotation (6, 4)' in m for m in log_messages())
 
 
-# -------------------------------------------------------- LoadDetAnnotations
+# -------------------------------------------------------- LoadAnnotations
 def test_load_det_annotations():
-    results = LoadDetAnnotations()(dict(instances=[
+    results = LoadAnnotations()(dict(instances=[
         dict(bbox=[1, 2, 3, 4], bbox_label=3, ignore_flag=0),
         dict(bbox=[5, 6, 7, 8], bbox_label=1, ignore_flag=1)]))
     assert results['gt_bboxes'].dtype == np.float32 and results['gt_bboxes'].shape == (2, 4)
     assert results['gt_bboxes_labels'].dtype == np.int64
     assert results['gt_bboxes_labels'].tolist() == [3, 1]
     assert results['gt_ignore_flags'].tolist() == [False, True]
-    empty = LoadDetAnnotations()(dict(instances=[]))
+    empty = LoadAnnotations()(dict(instances=[]))
     assert empty['gt_bboxes'].shape == (0, 4) and empty['gt_ignore_flags'].shape == (0,)
 
 
@@ -331,7 +331,7 @@ def test_collate_and_preprocess_batch(write_coco):
                           [dict(id=1, name='a')])
     dataset = CocoDataset(ann_file=ann_file, metainfo=dict(classes=('a',)), test_mode=True,
                           data_prefix=dict(img_path=ann_file.rsplit('/', 1)[0] + '/img'),
-                          pipeline=[dict(type='LoadImage'), dict(type='LoadDetAnnotations'),
+                          pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
                                     dict(type='PackDetInputs')])
     batch = next(iter(DataLoader(dataset, batch_size=2, collate_fn=pseudo_collate)))
     out = MODELS.build(dict(type='DetDataPreprocessor'))(batch)

@@ -7,8 +7,8 @@ The paper's (official repo's) pipelines, as tested in
 
     multi_scale = [(s, 1333) for s in range(480, 801, 32)]
     train_pipeline = [
-        dict(type='LoadImage'),
-        dict(type='LoadDetAnnotations'),
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', with_bbox=True),
         dict(type='RandomFlip', prob=0.5),
         dict(type='RandomChoice', transforms=[
             [dict(type='RandomChoiceResize', scales=multi_scale, keep_ratio=True)],
@@ -20,8 +20,8 @@ The paper's (official repo's) pipelines, as tested in
         dict(type='PackDetInputs'),
     ]
     test_pipeline = [
-        dict(type='LoadImage'),
-        dict(type='LoadDetAnnotations'),
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', with_bbox=True),
         dict(type='Resize', scale=(1333, 800), keep_ratio=True),
         dict(type='PackDetInputs'),
     ]
@@ -31,7 +31,7 @@ default scope's registry: run under ``default_scope='mmdeform'`` (a
 ``CocoDataset`` sets it for its pipeline when no scope is active).
 """
 from .formatting import PackDetInputs
-from .loading import LoadDetAnnotations, LoadImage
+from .loading import LoadAnnotations, LoadImageFromFile
 from .random_crop import RandomCrop
 
-__all__ = ['LoadDetAnnotations', 'LoadImage', 'PackDetInputs', 'RandomCrop']
+__all__ = ['LoadAnnotations', 'LoadImageFromFile', 'PackDetInputs', 'RandomCrop']

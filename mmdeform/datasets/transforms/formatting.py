@@ -20,7 +20,7 @@ class PackDetInputs(BaseTransform):
     Returns ``dict(inputs, data_samples)``:
 
     - ``inputs``: (3, H, W) contiguous tensor of the image in its channel
-      order (BGR from ``LoadImage``) and dtype (uint8 unless the image was
+      order (BGR from ``LoadImageFromFile``) and dtype (uint8 unless the image was
       converted earlier); the data preprocessor normalizes and pads it.
     - ``data_samples``: a :class:`DetDataSample` whose ``gt_instances`` hold
       ``bboxes`` float32 (n, 4) absolute xyxy in ``img_shape`` pixels and

@@ -1,7 +1,7 @@
 """The pixel size an image file declares in its header, read without decoding.
 
 A few hundred bytes of PNG can declare 20000 x 20000 pixels; decoding it
-allocates gigabytes. :class:`~mmdeform.datasets.transforms.LoadImage` reads
+allocates gigabytes. :class:`~mmdeform.datasets.transforms.LoadImageFromFile` reads
 the size here first and refuses images above its ``max_pixels``.
 
 Formats: PNG, JPEG, BMP, GIF, WebP and TIFF (first image). Other data gives

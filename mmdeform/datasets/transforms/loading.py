@@ -1,19 +1,20 @@
-"""Loading transforms: ``LoadImage`` (mmcv's loader with clear errors) and
-``LoadDetAnnotations`` (mmcv's annotation loader plus ignore flags)."""
+"""Loading transforms: ``LoadImageFromFile`` (mmcv's loader with clear errors) and
+``LoadAnnotations`` (mmcv's annotation loader plus ignore flags)."""
 import logging
 from typing import Optional
 
 import mmcv
 import mmengine.fileio as fileio
 import numpy as np
-from mmcv.transforms import LoadAnnotations, LoadImageFromFile
+from mmcv.transforms import LoadAnnotations as MMCVLoadAnnotations
+from mmcv.transforms import LoadImageFromFile as MMCVLoadImageFromFile
 from mmengine.logging import print_log
 
 from mmdeform.registry import TRANSFORMS
 
 from .image_header import image_size_from_header
 
-# Largest image LoadImage decodes by default: 100 M pixels (300 MB as uint8 BGR).
+# Largest image LoadImageFromFile decodes by default: 100 M pixels (300 MB as uint8 BGR).
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
@@ -22,7 +23,7 @@ class ImageTooLargeError(ValueError):
 
 
 @TRANSFORMS.register_module()
-class LoadImage(LoadImageFromFile):
+class LoadImageFromFile(MMCVLoadImageFromFile):
     """Load ``results['img_path']`` as a (H, W, 3) uint8 BGR image.
 
     mmcv's ``LoadImageFromFile`` with the same arguments (``color_type``,
@@ -57,10 +58,11 @@ class LoadImage(LoadImageFromFile):
     def __init__(self, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, **kwargs) -> None:
         super().__init__(**kwargs)
         if max_pixels is not None and max_pixels < 1:
-            raise ValueError(f'LoadImage: max_pixels must be >= 1 or None, got {max_pixels}')
+            raise ValueError('LoadImageFromFile: max_pixels must be >= 1 or None, '
+                             f'got {max_pixels}')
         self.max_pixels = max_pixels
         if self.file_client_args is not None:
-            raise ValueError('LoadImage: file_client_args is deprecated in mmcv and not '
+            raise ValueError('LoadImageFromFile: file_client_args is deprecated in mmcv and not '
                              'supported here; pass backend_args instead')
 
     def transform(self, results: dict) -> Optional[dict]:
@@ -91,8 +93,8 @@ class LoadImage(LoadImageFromFile):
         if size is not None and size[0] * size[1] > self.max_pixels:
             raise ImageTooLargeError(
                 f'image {path} declares {size[0]} x {size[1]} = {size[0] * size[1]:,} pixels, '
-                f'more than max_pixels={self.max_pixels:,} of LoadImage; not decoded (raise '
-                'max_pixels in the pipeline config if the image is genuine)')
+                f'more than max_pixels={self.max_pixels:,} of LoadImageFromFile; not decoded '
+                '(raise max_pixels in the pipeline config if the image is genuine)')
         try:
             img = mmcv.imfrombytes(img_bytes, flag=self.color_type,
                                    backend=self.imdecode_backend)
@@ -105,7 +107,7 @@ class LoadImage(LoadImageFromFile):
 
 
 @TRANSFORMS.register_module()
-class LoadDetAnnotations(LoadAnnotations):
+class LoadAnnotations(MMCVLoadAnnotations):
     """mmcv's ``LoadAnnotations`` plus ``gt_ignore_flags``.
 
     Reads ``results['instances']`` (``bbox`` xyxy, ``bbox_label``,
