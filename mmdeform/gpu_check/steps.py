@@ -2,7 +2,7 @@
 
 device -> wheels -> build -> cuda-tests -> op-fp32 / op-bf16 / op-fp16 /
 op-deterministic -> synthetic-data -> train-fp16 / train-bf16 -> test-fp16 ->
-coco-step -> inference -> dist. Each is a function of the
+coco-step -> dist -> inference. Each is a function of the
 :class:`~.runner.CheckContext` that returns (figures, note) or raises
 :class:`~.runner.StepFailed`. Tools and workers run as subprocesses through
 their command lines; the sizes of both modes are in :data:`GPU_SIZES` and
@@ -369,6 +369,7 @@ STEPS = [
     Step('train-bf16', make_train_step('bf16'), 'synthetic config, --amp bfloat16'),
     Step('test-fp16', step_test, 'tools/test.py on the fp16 checkpoint'),
     Step('coco-step', step_coco_train_step, 'COCO-shaped training step, fp32 and AMP'),
-    Step('inference', step_inference, 'inference images/s: fp32, bf16, torch.compile'),
     Step('dist', step_dist, 'tools/dist_train.sh'),
+    # Last: torch.compile's compilation is what most likely runs long.
+    Step('inference', step_inference, 'inference images/s: fp32, bf16, torch.compile'),
 ]
