@@ -8,7 +8,7 @@ turns (each round: one warm-up call, then five timed calls; at least
 that load from other tenants of a shared machine falls on both alike.
 
     python tools/benchmark_op.py                 # CPU shapes of issue 2
-    python tools/benchmark_op.py --device cuda   # GPU shapes of issue 5
+    python tools/benchmark_op.py --device cuda   # GPU shapes of issues 5 and 14
 
 CPU peak memory is measured in a fresh subprocess per case as the growth of
 the process' peak resident set size (VmHWM, reset before the run) during one
@@ -50,10 +50,10 @@ SHAPES = {
                                          num_query=300),
     },
     'cuda': {
-        'encoder 800x1333': dict(levels=[(100, 167), (50, 84), (25, 42), (13, 21)], n=2,
-                                 num_query=None),
-        'decoder 800x1333 (Lq=300)': dict(levels=[(100, 167), (50, 84), (25, 42), (13, 21)],
-                                          n=2, num_query=300),
+        # A COCO image of 640x480 resized to 800x1067 (issue 14): levels 100x134 .. 13x17.
+        'encoder 800x1067': dict(levels=level_shapes_for_image(800, 1067), n=2, num_query=None),
+        'decoder 800x1067 (Lq=300)': dict(levels=level_shapes_for_image(800, 1067), n=2,
+                                          num_query=300),
         'B=4, 64..8, Lq=10000': dict(levels=[(64, 64), (32, 32), (16, 16), (8, 8)], n=4,
                                      num_query=10000),
     },
@@ -188,9 +188,11 @@ def returned_bytes(inputs, grad_out):
     return sum(t.numel() * t.element_size() for t in (grad_out, value, locations, weights))
 
 
-def benchmark(device, dtype, repeats, min_seconds):
+def benchmark(device, dtype, repeats, min_seconds, shapes=None):
     rows = []
     for case, spec in SHAPES[device.type].items():
+        if shapes and case not in shapes:
+            continue
         inputs = make_inputs(spec['levels'], spec['n'], spec['num_query'], device, dtype)
         grad_out = torch.rand(inputs[3].shape[0], inputs[3].shape[1], 8 * 32, device=device,
                               dtype=dtype)
@@ -244,20 +246,34 @@ def main(argv=None):
                         help='at least this many timed calls of each backend per mode')
     parser.add_argument('--min-seconds', type=float, default=2.0,
                         help='and at least this long per shape and mode')
+    parser.add_argument('--shapes', nargs='+', metavar='NAME',
+                        help='only these shapes of the device (default: all)')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='torch.use_deterministic_algorithms(True, warn_only=True): the '
+                        "compiled op's deterministic backward")
     parser.add_argument('--memory-probe', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
         memory_probe(args.memory_probe)
         return
     device = torch.device(args.device)
+    unknown = sorted(set(args.shapes or ()) - set(SHAPES[device.type]))
+    if unknown:
+        raise SystemExit(f'benchmark_op: unknown --shapes {unknown} for {device.type}; '
+                         f'known: {sorted(SHAPES[device.type])}')
+    if args.deterministic:
+        # warn_only: the reference's grid_sample backward has no deterministic CUDA kernel.
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if get_backend(device) != 'compiled':
         raise SystemExit(f'benchmark_op: no compiled kernel for {device.type}; build the '
                          'extension first (pip install --no-build-isolation -e .)')
     name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
             else f'CPU, {torch.get_num_threads()} threads')
     print(f'ms_deform_attn benchmark on {name}, {args.dtype}, torch {torch.__version__}, '
-          f'M=8 D=32 P=4, medians of alternating rounds')
-    rows = benchmark(device, getattr(torch, args.dtype), args.repeats, args.min_seconds)
+          f'M=8 D=32 P=4, medians of alternating rounds'
+          + (', deterministic algorithms' if args.deterministic else ''))
+    rows = benchmark(device, getattr(torch, args.dtype), args.repeats, args.min_seconds,
+                     args.shapes)
     print_table(rows, device)
 
 
