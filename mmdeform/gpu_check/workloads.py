@@ -80,41 +80,6 @@ def backend_check(device: torch.device) -> None:
     report(backend=get_backend(device), max_abs_difference=float(difference))
 
 
-def random_detection_batch(batch_size: int, image_size: Sequence[int], num_classes: int,
-                           boxes_per_image: int = 10, seed: int = 0) -> dict:
-    """A batch as the data loader gives it: uint8 images, random ground truth.
-
-    Args:
-        batch_size (int): Images B.
-        image_size (Sequence[int]): (H, W) of every image (no padding).
-        num_classes (int): Labels are drawn from ``range(num_classes)``.
-        boxes_per_image (int): Ground-truth boxes per image.
-
-    Returns:
-        dict: ``inputs`` (B tensors (3, H, W) uint8) and ``data_samples``
-        (B ``DetDataSample`` with ``gt_instances.bboxes`` (n, 4) xyxy pixels
-        and ``labels`` (n,)).
-    """
-    from mmengine.structures import InstanceData
-
-    from mmdeform.structures import DetDataSample
-    gen = torch.Generator().manual_seed(seed)
-    h, w = image_size
-    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-    inputs, samples = [], []
-    for _ in range(batch_size):
-        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen))
-        # (n, 2 corners, xy), sorted per coordinate -> rows x1 y1 x2 y2, at least 4 px wide
-        corners = torch.rand(boxes_per_image, 2, 2, generator=gen).sort(dim=1).values
-        boxes = corners.reshape(-1, 4) * scale
-        boxes[:, 2:] = torch.minimum(torch.maximum(boxes[:, 2:], boxes[:, :2] + 4), scale[2:])
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
-        sample.gt_instances = InstanceData(
-            bboxes=boxes, labels=torch.randint(0, num_classes, (boxes_per_image,), generator=gen))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 def _build_detector(config: str, device: torch.device):
     from mmdeform.apis import init_detector
     return init_detector(config, None, device=device)
@@ -137,16 +102,18 @@ def coco_train_step(device: torch.device, config: str, image_size: Sequence[int]
     backward, gradient clipping and the optimizer step of the config.
     """
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import DefaultScope
+    from mmengine.registry import init_default_scope
     model = _build_detector(config, device)
     model.train()
     num_classes = model.cfg.model.bbox_head.num_classes
-    data = random_detection_batch(batch_size, image_size, num_classes)
+    from mmdeform.testing import make_batch
+    data = make_batch([tuple(image_size)] * batch_size, [10] * batch_size, num_classes,
+                      min_box_size=4)
     for precision in precisions:
         wrapper_cfg = (dict(model.cfg.optim_wrapper) if precision == 'fp32'
                        else _amp_wrapper_cfg(model.cfg, device))
-        with DefaultScope.overwrite_default_scope('mmdeform'):
-            optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
+        init_default_scope('mmdeform')
+        optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
         _reset_peak_memory(device)
         losses = []
         for i in range(warmup + iters):
