@@ -1,4 +1,6 @@
 """Runner hooks."""
 from .det_visualization_hook import DetVisualizationHook
+from .eval_progress_hook import EvalProgressHook
+from .train_time_limit_hook import TrainTimeLimitHook
 
-__all__ = ['DetVisualizationHook']
+__all__ = ['DetVisualizationHook', 'EvalProgressHook', 'TrainTimeLimitHook']
