@@ -1,15 +1,20 @@
 """What the exporters rely on: the GridSample twin of the op, the op's ONNX branch, and
 level sizes carried as Python ints (so the model traces as it is, without patches)."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from mmdeform.apis import init_detector
 from mmdeform.models.encoders import DeformableEncoder
+from mmdeform.models.query_generators import TwoStageProposals
 from mmdeform.models.stage_outputs import EncoderOutput
 from mmdeform.ops import MSDeformAttn, ms_deform_attn_reference
 from mmdeform.ops.ms_deform_attn import ms_deform_attn_grid_sample
 
 LEVELS = [(5, 7), (3, 4), (1, 2)]
+TINY_CONFIG = Path(__file__).resolve().parents[1] / 'data' / 'deformable-detr_tiny_synthetic.py'
 
 
 def test_grid_sample_twin_equals_the_reference():
@@ -89,3 +94,27 @@ def test_encoder_output_level_sizes_checked_or_filled():
     assert EncoderOutput(**common).spatial_shapes_list == [(3, 4), (1, 2)]
     with pytest.raises(ValueError, match='spatial_shapes_list has 1 levels'):
         EncoderOutput(**common, spatial_shapes_list=[(3, 4)])
+
+
+def test_detector_compiles_as_one_graph():
+    """torch.compile(fullgraph=True) of the detector as it is: no graph break (a level
+    size read back from a tensor would be one)."""
+    torch.manual_seed(0)
+    model = init_detector(str(TINY_CONFIG)).eval()
+    inputs = torch.randn(1, 3, 64, 96)
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    with torch.no_grad():
+        for got, want in zip(compiled(inputs, None, mode='tensor'),
+                             model(inputs, None, mode='tensor')):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_two_stage_proposals_compile_as_one_graph():
+    torch.manual_seed(0)
+    generator = TwoStageProposals(num_queries=5, embed_dims=16, num_classes=3).eval()
+    with torch.no_grad():
+        encoder_output = make_encoder()(*encoder_inputs())
+        compiled = torch.compile(generator, backend='eager', fullgraph=True)
+        got, want = compiled(encoder_output), generator(encoder_output)
+    torch.testing.assert_close(got.query, want.query, rtol=0, atol=0)
+    torch.testing.assert_close(got.reference_points, want.reference_points, rtol=0, atol=0)
