@@ -5,15 +5,11 @@ from .export import (
     example_inputs,
     export_onnx,
     export_program,
-    grid_sample_attention,
-    ms_deform_attn_static,
     run_onnx,
 )
 from .flops import FlopReport, count_flops, format_flop_report, ms_deform_attn_flop
 from .logs import find_scalar_log
-from .static_shapes import static_spatial_shapes
 
 __all__ = ['BenchmarkResult', 'FlopReport', 'TensorModeWrapper', 'benchmark_model',
            'count_flops', 'example_inputs', 'export_onnx', 'export_program', 'find_scalar_log',
-           'format_benchmark', 'format_flop_report', 'grid_sample_attention',
-           'ms_deform_attn_flop', 'ms_deform_attn_static', 'run_onnx', 'static_spatial_shapes']
+           'format_benchmark', 'format_flop_report', 'ms_deform_attn_flop', 'run_onnx']

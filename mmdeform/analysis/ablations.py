@@ -1,9 +1,10 @@
 """Deformable DETR's ablations (paper Table 2) re-run on the synthetic shapes data.
 
-:func:`run_ablations` trains every row config (one file per row, e.g.
-``configs/synthetic/ablations/*.py``) for the same number of iterations with
-the same seeds, each run in its own process, on data generated once; then it
-writes under ``work_dir``:
+:func:`run_ablations` trains every row config (one file per row, found by
+:func:`find_rows` in a folder the caller names: ``tools/run_ablations.py``
+passes the checkout's ``configs/synthetic/ablations``) for the same number of
+iterations with the same seeds, each run in its own process, on data
+generated once; then it writes under ``work_dir``:
 
 - ``results.md``: the table (AP, AP50, AP_S, AP_M, AP_L in COCO points,
   training seconds, parameters; mean +- sample s.d. over seeds), the paper's
@@ -17,29 +18,27 @@ A row is named by the first two ``_``-separated fields of its file name:
 ``deformable-detr_ms-attn-k4_r18_1xb8-600i_synthetic.py`` is row
 ``deformable-detr_ms-attn-k4``.
 """
-import argparse
 import json
 import multiprocessing
 import os.path as osp
 import time
 import uuid
 from glob import glob
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from mmengine.config import Config
 from mmengine.utils import mkdir_or_exist
 from torch import nn
 
-from mmdeform import demo
 from mmdeform.analysis.ablation_report import plot_ablation_curves, write_report
+from mmdeform.apis.synthetic_experiment import build_synthetic_config, train_and_evaluate
+from mmdeform.datasets.synthetic import prepare_synthetic_data
 from mmdeform.models.layers import SameLevelDeformAttn
 from mmdeform.ops import MSDeformAttn
 from mmdeform.registry import MODELS
 from mmdeform.visualization.curves import load_scalars
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEFAULT_CONFIG_DIR = osp.join(REPO_ROOT, 'configs', 'synthetic', 'ablations')
 # short name -> CocoMetric key
 METRICS = {'AP': 'coco/bbox_mAP', 'AP50': 'coco/bbox_mAP_50', 'AP_S': 'coco/bbox_mAP_s',
            'AP_M': 'coco/bbox_mAP_m', 'AP_L': 'coco/bbox_mAP_l'}
@@ -58,8 +57,7 @@ def row_name(config: str) -> str:
     return f'{parts[0]}_{parts[1]}'
 
 
-def find_rows(config_dir: str = DEFAULT_CONFIG_DIR,
-              patterns: Optional[Sequence[str]] = None) -> Dict[str, str]:
+def find_rows(config_dir: str, patterns: Optional[Sequence[str]] = None) -> Dict[str, str]:
     """Row configs of ``config_dir`` in table order, optionally filtered.
 
     Args:
@@ -168,7 +166,8 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
     """Train one row with one seed and evaluate it (data must already be there).
 
     Args:
-        config (str): Row config (see :func:`mmdeform.demo.build_demo_config`).
+        config (str): Row config (see
+            :func:`mmdeform.apis.synthetic_experiment.build_synthetic_config`).
         work_dir (str): Output folder of this run (no checkpoint is saved).
         data_root (str): Dataset folder prepared by the caller.
         seed (int): Training seed.
@@ -186,18 +185,15 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
         ``params`` and ``log_dir``.
     """
     import torch
-
-    import mmdeform.evaluation  # noqa: F401  (registers the metric and the model parts)
-    import mmdeform.models  # noqa: F401
     if num_threads is not None:
         torch.set_num_threads(num_threads)
-    cfg = demo.build_demo_config(config, work_dir, data_root, seed, max_iters, val_interval,
+    cfg = build_synthetic_config(config, work_dir, data_root, seed, max_iters, val_interval,
                                  synthetic_overrides)
     cfg.default_hooks.checkpoint = None  # a few hundred MB per run, never reused
     cfg.experiment_name = f'{row_name(config)}_seed{seed}_{uuid.uuid4().hex[:8]}'
     cfg.visualizer.name = cfg.experiment_name
     start = time.perf_counter()
-    runner, metrics = demo.train_and_evaluate(cfg, progress=False)
+    runner, metrics = train_and_evaluate(cfg, progress=False)
     total_seconds = time.perf_counter() - start
     # IterTimerHook's per-iteration times (data loading included), kept by the message hub
     iter_times = runner.message_hub.get_scalar('train/time').data[0]
@@ -287,7 +283,7 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
     if max_iters is not None and val_interval is None:
         val_interval = max(1, max_iters // 4)
     budget['seeds'] = list(seeds)
-    demo.prepare_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)
+    prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)
     runs = []
     total = len(rows) * len(seeds)
     for index, (seed, (name, config)) in enumerate(
@@ -313,39 +309,3 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
     plot_ablation_curves(runs, curves)
     print(table, flush=True)
     return dict(runs=runs, budget=budget, report=report, curves=curves, table=table)
-
-
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description='Train the ablation rows of Deformable DETR on synthetic shapes for the '
-                    'same budget; write results.md and curves.png.')
-    parser.add_argument('--config-dir', default=DEFAULT_CONFIG_DIR,
-                        help='folder of row configs (one per row)')
-    parser.add_argument('--rows', nargs='+', default=None,
-                        help='only these rows (name or variant, e.g. ss-k1 ms-attn-k4)')
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0])
-    parser.add_argument('--max-iters', type=int, default=None,
-                        help="iterations of every run (default: the configs')")
-    parser.add_argument('--val-interval', type=int, default=None)
-    parser.add_argument('--work-dir', default='work_dirs/ablations')
-    parser.add_argument('--data-root', default='data/synthetic_ablations',
-                        help='dataset folder (generated when missing)')
-    parser.add_argument('--num-train', type=int, default=None,
-                        help="synthetic training images (default: the configs')")
-    parser.add_argument('--num-val', type=int, default=None,
-                        help="synthetic validation images (default: the configs')")
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads per run')
-    parser.add_argument('--resume', action='store_true',
-                        help='reuse finished runs (same config, seed and iterations)')
-    parser.add_argument('--no-progress', action='store_true')
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[List[str]] = None) -> dict:
-    """Command line entry point used by ``tools/run_ablations.py``."""
-    args = parse_args(argv)
-    overrides = {key: value for key, value in
-                 (('num_train', args.num_train), ('num_val', args.num_val)) if value is not None}
-    return run_ablations(find_rows(args.config_dir, args.rows), args.seeds, args.work_dir,
-                         args.data_root, args.max_iters, args.val_interval, overrides or None,
-                         args.threads, args.resume, not args.no_progress)

@@ -11,28 +11,22 @@ un-padded, at the fixed size given at export; outputs ``logits``
   ``torch.ops.mmdeform.ms_deform_attn_forward`` (the program runs where
   ``mmdeform.ops`` is imported). Saved with ``torch.export.save``.
 - :func:`export_onnx`: the TorchScript-based exporter
-  (``torch.onnx.export(dynamo=False)``, no ``onnxscript`` needed) with the
-  attention decomposed into standard ONNX ops: while exporting, the op is
-  replaced by :func:`ms_deform_attn_static`, a ``GridSample``-based twin of
-  ``ms_deform_attn_reference`` that takes the level sizes as Python ints.
+  (``torch.onnx.export(dynamo=False)``, no ``onnxscript`` needed). While it
+  traces, ``ms_deform_attn`` computes with its pure-PyTorch reference, so the
+  attention is decomposed into ``GridSample`` and standard ONNX ops.
 
-Level sizes are static in both (:func:`static_spatial_shapes`); a new input
-size needs a new export.
+The model is exported as it is: the encoder carries the level sizes as
+Python ints (``EncoderOutput.spatial_shapes_list``), so nothing reads them
+back from a tensor. They are static in both formats; a new input size needs
+a new export.
 """
 import importlib.util
 import warnings
-from contextlib import contextmanager
-from typing import Iterator, List, Tuple
-from unittest import mock
+from typing import List, Tuple
 
 import numpy as np
 import torch
 from torch import nn
-
-from mmdeform.ops import ms_deform_attn_module
-from mmdeform.ops.ms_deform_attn import ms_deform_attn_grid_sample
-
-from .static_shapes import static_spatial_shapes
 
 OUTPUT_NAMES = ('logits', 'boxes_cxcywh')
 
@@ -50,22 +44,6 @@ class TensorModeWrapper(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.model(inputs, None, mode='tensor')
-
-
-# ``ms_deform_attn_reference`` with the level sizes as Python ints.
-ms_deform_attn_static = ms_deform_attn_grid_sample
-
-
-@contextmanager
-def grid_sample_attention(level_shapes: List[Tuple[int, int]]) -> Iterator[None]:
-    """While open, ``MSDeformAttn`` computes with :func:`ms_deform_attn_static`
-    on ``level_shapes`` (a list that may be filled later, e.g. the one
-    yielded by :func:`static_spatial_shapes`)."""
-    def attention(value, spatial_shapes, level_start_index, locations, weights):
-        return ms_deform_attn_static(value, level_shapes, locations, weights)
-
-    with mock.patch.object(ms_deform_attn_module, 'ms_deform_attn', attention):
-        yield
 
 
 def example_inputs(input_shape: Tuple[int, int], batch_size: int = 1,
@@ -93,7 +71,7 @@ def export_program(model: nn.Module, inputs: torch.Tensor,
         ExportedProgram: its ``module()`` runs like the model.
     """
     _check_model(model)
-    with static_spatial_shapes(model), torch.no_grad():
+    with torch.no_grad():
         program = torch.export.export(TensorModeWrapper(model), (inputs,), strict=False)
     if out_file is not None:
         torch.export.save(program, out_file)
@@ -124,9 +102,7 @@ def export_onnx(model: nn.Module, inputs: torch.Tensor, out_file: str,
     if opset_version < 16:
         raise ValueError(f'export_onnx: opset_version must be >= 16 (GridSample), '
                          f'got {opset_version}')
-    # the encoder's pre-hook fills ``shapes`` before any attention runs
-    with static_spatial_shapes(model) as shapes, grid_sample_attention(shapes), \
-            torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         # python ints taken from tensors become constants: intended (static sizes)
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
         torch.onnx.export(TensorModeWrapper(model), (inputs,), out_file, dynamo=False,

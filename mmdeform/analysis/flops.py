@@ -27,8 +27,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mmdeform.ops import get_backend
 
-from .static_shapes import static_spatial_shapes
-
 # Table 1 of the paper (and the official README): GFLOPs of the ResNet-50 models, counted
 # in multiply-adds by detectron2's flop counter, averaged over the first 100 COCO val2017
 # images (each resized to shorter side 800, longer <= 1333).
@@ -106,8 +104,7 @@ def count_flops(model: torch.nn.Module, input_shape: Tuple[int, int] = (800, 133
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     model.eval().requires_grad_(False)
     try:
-        with static_spatial_shapes(model), torch.no_grad(), \
-                FakeTensorMode(allow_non_fake_inputs=True):
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
             inputs = torch.empty(batch_size, 3, *input_shape, device=device)
             with counter:
                 model(inputs, None, mode='tensor')

@@ -22,9 +22,14 @@ from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
+from mmengine.logging import print_log
 from mmengine.utils import ProgressBar, mkdir_or_exist
 
 SYNTHETIC_CLASSES = ('circle', 'square', 'triangle', 'cross')
+# info.description of the json files written here (how prepare_synthetic_data knows its own)
+SYNTHETIC_DESCRIPTION = 'mmdeform synthetic shapes'
+# Written into out_dir after a complete generation: the generator arguments it used.
+_DATA_STAMP = 'synthetic_args.json'
 
 _SPLITS = ('train', 'val')
 # Largest fraction of an existing object's (or the new one's) pixels that a new object may cover.
@@ -162,7 +167,7 @@ def _make_split(out_dir: str, split: str, num_images: int, seed: int, image_size
             bar.update()
     categories = [dict(id=i + 1, name=name, supercategory='shape')
                   for i, name in enumerate(SYNTHETIC_CLASSES)]
-    content = dict(info=dict(description='mmdeform synthetic shapes', seed=seed,
+    content = dict(info=dict(description=SYNTHETIC_DESCRIPTION, seed=seed,
                              image_size=image_size),
                    images=images, annotations=annotations, categories=categories)
     with open(osp.join(out_dir, f'{split}.json'), 'w') as f:
@@ -213,6 +218,60 @@ def make_synthetic_coco(out_dir: str, num_train: int = 2000, num_val: int = 200,
                               medium=int(((areas >= 32**2) & (areas < 96**2)).sum()),
                               large=int((areas >= 96**2).sum()))
     return summary
+
+
+def _check_not_foreign(data_root: str) -> None:
+    """Refuse to overwrite COCO json files that this generator did not write."""
+    for split in _SPLITS:
+        ann_file = osp.join(data_root, f'{split}.json')
+        if not osp.isfile(ann_file):
+            continue
+        with open(ann_file) as f:
+            try:
+                description = json.load(f).get('info', {}).get('description')
+            except (ValueError, AttributeError):
+                description = None
+        if description != SYNTHETIC_DESCRIPTION:
+            raise FileExistsError(
+                f'prepare_synthetic_data: {ann_file} exists and is not a synthetic shapes '
+                f'annotation file (info.description {description!r}); choose another data_root')
+
+
+def prepare_synthetic_data(data_root: str, synthetic_data: dict, progress: bool = True) -> bool:
+    """Generate the synthetic dataset into ``data_root`` unless it is already there.
+
+    The data counts as present when ``data_root/synthetic_args.json`` (written
+    after a complete generation) records the same generator arguments.
+
+    Args:
+        data_root (str): Dataset folder (``train.json``, ``val.json``,
+            ``train/``, ``val/``).
+        synthetic_data (dict): Keyword arguments of :func:`make_synthetic_coco`
+            (except ``out_dir`` and ``progress``), e.g. a config's
+            ``synthetic_data``.
+        progress (bool): Show the generator's progress bars.
+
+    Returns:
+        bool: True if the data was generated, False if it was reused.
+
+    Raises:
+        FileExistsError: ``data_root`` holds a ``train.json`` / ``val.json``
+            that the generator did not write (it is never overwritten).
+    """
+    stamp_file = osp.join(data_root, _DATA_STAMP)
+    wanted = json.loads(json.dumps(dict(synthetic_data)))
+    if osp.isfile(stamp_file):
+        with open(stamp_file) as f:
+            if json.load(f) == wanted:
+                print_log(f'synthetic data in {data_root} is up to date', logger='current')
+                return False
+    _check_not_foreign(data_root)
+    print_log(f'generating synthetic data in {data_root}: {wanted}', logger='current')
+    summary = make_synthetic_coco(data_root, progress=progress, **wanted)
+    print_log(f'synthetic data: {summary}', logger='current')
+    with open(stamp_file, 'w') as f:
+        json.dump(wanted, f)
+    return True
 
 
 def main(argv: Optional[List[str]] = None) -> dict:

@@ -35,9 +35,9 @@ without CUDA) need three changes to mmengine 0.10.7's defaults, made by
   a gradient, with or without ground truth boxes);
 - mmengine's launchers call ``torch.cuda.set_device(local_rank)``
   unconditionally, which raises on a CPU-only torch. :func:`init_distributed`
-  starts the process group before the Runner exists, with mmengine's own
-  ``init_dist`` (so the launcher's environment handling is unchanged) while
-  ``torch.cuda.set_device`` is replaced by a no-op for that call only. The
+  starts the process group before the Runner exists with
+  :func:`~mmdeform.engine.cpu_distributed.init_cpu_process_group` (the
+  launcher's environment handling of mmengine, without that call). The
   Runner then finds the process group initialised and does not start
   another one.
 """
@@ -46,16 +46,16 @@ import inspect
 import os
 import os.path as osp
 from typing import List, Optional
-from unittest import mock
 
 import torch
 from mmengine.config import Config
-from mmengine.dist import init_dist, is_distributed
+from mmengine.dist import is_distributed
 from mmengine.logging import print_log
 from mmengine.utils.dl_utils import set_multi_processing
 from torch.nn.parallel import DistributedDataParallel
 
 from .config_options import CfgOptionsAction, apply_cfg_options, check_hook_types
+from .cpu_distributed import init_cpu_process_group
 from .runner import SafeLoadingRunner
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
@@ -183,8 +183,7 @@ def init_distributed(cfg: Config) -> None:
     env_cfg = cfg.get('env_cfg', {})
     # as the Runner does before starting the process group (start method, threads)
     set_multi_processing(**env_cfg.get('mp_cfg', {}), distributed=True)
-    with mock.patch.object(torch.cuda, 'set_device', lambda device: None):
-        init_dist(cfg.launcher, **env_cfg.get('dist_cfg', {}))
+    init_cpu_process_group(cfg.launcher, **env_cfg.get('dist_cfg', {}))
 
 
 def build_train_cfg(args: argparse.Namespace) -> Config:

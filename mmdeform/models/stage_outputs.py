@@ -4,7 +4,7 @@ Conventions: masks are True at padding; boxes are normalized to the valid
 (un-padded) image region; ``cxcywh`` / ``xyxy`` in a name gives the format.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -17,7 +17,7 @@ class EncoderOutput:
         memory (Tensor): (B, S, C) encoded tokens of all levels, flattened
             row-major per level, levels concatenated.
         padding_mask (Tensor): (B, S) bool, True at padded tokens.
-        spatial_shapes (Tensor): (L, 2) int64 rows (H_l, W_l).
+        spatial_shapes (Tensor): (L, 2) int64 rows (H_l, W_l), for the op.
         level_start_index (Tensor): (L,) int64 first token of each level.
         valid_ratios (Tensor): (B, L, 2) float32 valid fraction (x, y) of
             each level (un-padded width / W_l, height / H_l).
@@ -25,6 +25,13 @@ class EncoderOutput:
             memory token, level embedding included (what the encoder added
             to its attention queries); needed by decoders whose keys are the
             memory tokens (``DenseDecoder``).
+        spatial_shapes_list (list[tuple[int, int]], optional): the same L
+            pairs (H_l, W_l) as Python ints, for code that loops over the
+            levels (two-stage proposals). The encoders fill it from the
+            feature maps' shapes, so nothing reads sizes back from the
+            tensor and the model traces, exports and FLOP-counts with fake
+            tensors as it is. Left out, it is read from ``spatial_shapes``
+            (eager only).
     """
     memory: torch.Tensor
     padding_mask: torch.Tensor
@@ -32,6 +39,15 @@ class EncoderOutput:
     level_start_index: torch.Tensor
     valid_ratios: torch.Tensor
     memory_pos: Optional[torch.Tensor] = None
+    spatial_shapes_list: Optional[List[Tuple[int, int]]] = None
+
+    def __post_init__(self):
+        if self.spatial_shapes_list is None:
+            self.spatial_shapes_list = [(int(h), int(w)) for h, w in self.spatial_shapes.tolist()]
+        elif len(self.spatial_shapes_list) != self.spatial_shapes.shape[0]:
+            raise ValueError(
+                f'EncoderOutput: spatial_shapes_list has {len(self.spatial_shapes_list)} '
+                f'levels but spatial_shapes has {self.spatial_shapes.shape[0]} rows')
 
 
 @dataclass

@@ -4,9 +4,12 @@
 ``torch.ops.mmdeform.ms_deform_attn_forward`` (from ``mmdeform._C``) when the
 extension is built and has a kernel for the input's device, and the
 pure-PyTorch ``ms_deform_attn_reference`` otherwise, with one warning that says
-how to build the extension. The compiled operator has a fake (meta) kernel and
-an autograd formula registered here, so ``torch.compile(fullgraph=True)`` and
-``torch.export`` see a single opaque operator instead of a graph break.
+how to build the extension. While ``torch.onnx.export`` (TorchScript-based)
+traces a model, it is the reference, so the file holds standard ONNX
+operators (``GridSample``) instead of our custom one. The compiled operator
+has a fake (meta) kernel and an autograd formula registered here, so
+``torch.compile(fullgraph=True)`` and ``torch.export`` see a single opaque
+operator instead of a graph break.
 
 Shapes used throughout (N batch, S value tokens, M heads, D channels per head,
 Lq queries, L levels, P points):
@@ -283,6 +286,11 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
         value, sampling_locations, attention_weights)
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights, float32_geometry=autocast)
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no such operator: the reference is written with GridSample and
+        # standard ops (the level sizes it reads become constants of the graph)
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index,
+                                        sampling_locations, attention_weights)
     if get_backend(value.device) == 'compiled':
         return torch.ops.mmdeform.ms_deform_attn_forward(
             value, spatial_shapes, level_start_index, sampling_locations,

@@ -1,6 +1,7 @@
 """The ablation runner (mmdeform.analysis.ablations) and its report."""
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from mmdeform.analysis import ablation_report as report
 from mmdeform.analysis import ablations
 
+CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
+ROW_DIR = str(CONFIGS / 'synthetic' / 'ablations')
 TINY_DATA = dict(num_train=8, num_val=4)
 TWO_ROWS = ['ss-k1', 'dense-detr_ss']
 
@@ -22,7 +25,7 @@ def fake_run(row: str, seed: int, ap: float, ap_s: float = 0.1, curve=None) -> d
 
 
 def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
-    rows = ablations.find_rows(patterns=TWO_ROWS)
+    rows = ablations.find_rows(ROW_DIR, patterns=TWO_ROWS)
     assert list(rows) == ['deformable-detr_ss-k1', 'dense-detr_ss']
     work_dir = tmp_path / 'work'
     result = ablations.run_ablations(rows, seeds=[0], work_dir=str(work_dir),
@@ -65,18 +68,19 @@ def test_row_names_and_selection():
         'deformable-detr_ss-k1'
     with pytest.raises(ValueError, match='not named'):
         ablations.row_name('base.py')
-    rows = ablations.find_rows()
+    rows = ablations.find_rows(ROW_DIR)
     assert list(rows) == list(ablations.ROW_ORDER)  # the table follows the paper's order
     assert set(report.claims_rows()) <= set(rows)
     # a variant alone selects only its exact row (not ms-attn-k4-fpn)
-    assert list(ablations.find_rows(patterns=['ms-attn-k4'])) == ['deformable-detr_ms-attn-k4']
+    assert list(ablations.find_rows(ROW_DIR, patterns=['ms-attn-k4'])) == \
+        ['deformable-detr_ms-attn-k4']
     with pytest.raises(ValueError, match=r"\['k8'\] match no row"):
-        ablations.find_rows(patterns=['ss-k1', 'k8'])
+        ablations.find_rows(ROW_DIR, patterns=['ss-k1', 'k8'])
 
 
 def test_describe_row():
     rows = ablations.find_rows(
-        patterns=['ms-inputs-k1', 'ss-k4', 'dense-detr_ss', 'ms-attn-k4-fpn'])
+        ROW_DIR, patterns=['ms-inputs-k1', 'ss-k4', 'dense-detr_ss', 'ms-attn-k4-fpn'])
     described = {name: ablations.describe_config(path) for name, path in rows.items()}
     assert described['deformable-detr_ms-inputs-k1'] == dict(
         levels='4', attention='within-level', K='1', neck='MultiScaleProjection')
@@ -88,7 +92,7 @@ def test_describe_row():
 
 
 def test_rows_must_share_the_budget(tmp_path):
-    base = ablations.find_rows(patterns=['ss-k1'])['deformable-detr_ss-k1']
+    base = ablations.find_rows(ROW_DIR, patterns=['ss-k1'])['deformable-detr_ss-k1']
     other = tmp_path / 'deformable-detr_other_r18_synthetic.py'
     other.write_text(f'_base_ = {base!r}\ntrain_cfg = dict(max_iters=7)\n')
     rows = {'a': base, 'b': str(other)}
@@ -98,7 +102,7 @@ def test_rows_must_share_the_budget(tmp_path):
     other.write_text(f'_base_ = {base!r}\nsynthetic_data = dict(num_val=3)\n')
     with pytest.raises(ValueError, match='synthetic_data'):
         ablations.check_same_budget(rows, max_iters=5)
-    coco_rows = ablations.find_rows(ablations.REPO_ROOT + '/configs/ablations', ['ss-k1'])
+    coco_rows = ablations.find_rows(str(CONFIGS / 'ablations'), ['ss-k1'])
     with pytest.raises(KeyError, match='has no "synthetic_data"'):
         ablations.check_same_budget(coco_rows)
 

@@ -50,7 +50,7 @@ def test_batched_equals_one_by_one(model):
     assert len(batched) == len(images)
     for one, many, image in zip(single, batched, images):
         assert one.ori_shape == many.ori_shape == image.shape[:2]
-        assert len(one.pred_instances.scores) == 10  # num_predictions of the tiny head
+        assert len(one.pred_instances.scores) == 10  # test_cfg.max_per_img of the tiny config
         assert_same_detections(one, many)
 
 

@@ -11,21 +11,22 @@ from mmdeform.engine import launch
 from mmdeform.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = str(REPO / 'tests' / 'data' / 'deformable-detr_tiny_synthetic.py')
 REAL = str(REPO / 'configs' / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py')
 
 
-def train_cfg(*argv):
-    return launch.build_train_cfg(launch.parse_train_args([TINY, *argv]))
+@pytest.fixture
+def train_cfg(tiny_config):
+    """The training config of the tiny config with a command line's arguments."""
+    return lambda *argv: launch.build_train_cfg(launch.parse_train_args([tiny_config, *argv]))
 
 
-def test_work_dir_default_explicit_and_from_config():
+def test_work_dir_default_explicit_and_from_config(train_cfg):
     assert train_cfg().work_dir == './work_dirs/deformable-detr_tiny_synthetic'
     assert train_cfg('--work-dir', '/tmp/x').work_dir == '/tmp/x'
     assert train_cfg('--cfg-options', 'work_dir=/tmp/y').work_dir == '/tmp/y'
 
 
-def test_resume_forms(tmp_path):
+def test_resume_forms(train_cfg, tmp_path):
     work = ('--work-dir', str(tmp_path))
     cfg = train_cfg(*work)
     assert cfg.resume is False and cfg.load_from is None
@@ -52,7 +53,7 @@ def test_resume_forms(tmp_path):
         train_cfg(*work, '--resume')
 
 
-def test_amp_auto_scale_lr_and_cfg_options():
+def test_amp_auto_scale_lr_and_cfg_options(train_cfg):
     cfg = train_cfg('--amp', '--auto-scale-lr', '--cfg-options', 'train_dataloader.batch_size=4',
                     'optim_wrapper.optimizer.lr=0.001')
     assert cfg.optim_wrapper.type == 'DeviceAmpOptimWrapper'
@@ -67,7 +68,7 @@ def test_amp_auto_scale_lr_and_cfg_options():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='CPU-only distributed settings')
-def test_cpu_distributed_settings():
+def test_cpu_distributed_settings(train_cfg):
     cfg = train_cfg()
     assert cfg.env_cfg.dist_cfg.backend == 'nccl' and 'model_wrapper_cfg' not in cfg
     cfg = train_cfg('--launcher', 'pytorch')
@@ -84,8 +85,8 @@ def test_cpu_distributed_settings():
     assert not torch.distributed.is_initialized()
 
 
-def test_test_cfg_out_and_show_dir():
-    args = launch.parse_test_args([TINY, 'w/epoch_2.pth', '--out', 'r/preds.pkl',
+def test_test_cfg_out_and_show_dir(tiny_config):
+    args = launch.parse_test_args([tiny_config, 'w/epoch_2.pth', '--out', 'r/preds.pkl',
                                    '--show-dir', 'vis'])
     cfg = launch.build_test_cfg(args)
     assert cfg.load_from == 'w/epoch_2.pth'
@@ -93,11 +94,11 @@ def test_test_cfg_out_and_show_dir():
     assert cfg.test_evaluator[1].out_file_path == 'r/preds.pkl'
     assert cfg.default_hooks.visualization == dict(type='DetVisualizationHook', draw=True,
                                                    test_out_dir='vis')
-    plain = launch.build_test_cfg(launch.parse_test_args([TINY, 'c.pth']))
+    plain = launch.build_test_cfg(launch.parse_test_args([tiny_config, 'c.pth']))
     assert plain.test_evaluator.type == 'CocoMetric'
     assert plain.default_hooks.visualization.draw is False
     with pytest.raises(ValueError, match='--out must be a .pkl or .pickle file, got r.json'):
-        launch.build_test_cfg(launch.parse_test_args([TINY, 'c.pth', '--out', 'r.json']))
+        launch.build_test_cfg(launch.parse_test_args([tiny_config, 'c.pth', '--out', 'r.json']))
 
 
 def test_missing_config_is_named():

@@ -84,7 +84,7 @@ def test_reference_points_match_independent_computation():
     then times the ratio of every level, all in float32 (official order)."""
     f32 = np.float32
     ratios = independent_valid_ratios()
-    ref = get_encoder_reference_points(torch.tensor(SHAPES), torch.from_numpy(ratios))
+    ref = get_encoder_reference_points(SHAPES, torch.from_numpy(ratios))
     assert ref.dtype == torch.float32
     assert ref.shape == (2, sum(h * w for h, w in SHAPES), 2, 2)
     expected = np.zeros(ref.shape, dtype=f32)
@@ -143,7 +143,7 @@ def test_layer_adds_position_to_query_only():
     query, query_pos, padding_mask, shapes = encoder.flatten_levels(feats, masks, pos_embeds)
     starts = torch.tensor([0, SHAPES[0][0] * SHAPES[0][1]])
     ratios = torch.stack([get_valid_ratios(m) for m in masks], 1)
-    ref = get_encoder_reference_points(shapes, ratios).double()
+    ref = get_encoder_reference_points(SHAPES, ratios).double()
     out = layer(query, query_pos, ref, shapes, starts, padding_mask)
     attn = layer.self_attn(query + query_pos, ref, query, shapes, starts, padding_mask)
     x = layer.self_attn_norm(query + attn)

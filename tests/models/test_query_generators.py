@@ -90,7 +90,7 @@ def test_learned_queries():
 
 def test_proposals_match_an_independent_computation():
     enc = make_encoder_output()
-    proposals, unusable = make_proposals(enc.padding_mask, enc.spatial_shapes)
+    proposals, unusable = make_proposals(enc.padding_mask, enc.spatial_shapes_list)
     assert proposals.dtype == torch.float32  # float32 island
     expected, expected_unusable = independent_proposals()
     assert np.array_equal(unusable.numpy(), expected_unusable)

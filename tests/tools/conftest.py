@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_CONFIG = str(REPO / 'tests' / 'data' / 'deformable-detr_tiny_synthetic.py')
 NUM_TRAIN, NUM_VAL = 8, 5  # 4 iterations per epoch at batch 2; an odd number of val images
 TOOL_TIMEOUT_S = 300
 

@@ -4,15 +4,15 @@ import pickle
 import re
 import sys
 
-from conftest import NUM_TRAIN, NUM_VAL, TINY_CONFIG, free_port, run_tool
+from conftest import NUM_TRAIN, NUM_VAL, free_port, run_tool
 
 
-def test_dist_train_and_test_on_cpu(synthetic_workspace, tmp_path, monkeypatch):
+def test_dist_train_and_test_on_cpu(tiny_config, synthetic_workspace, tmp_path, monkeypatch):
     # the scripts call `python`: this interpreter (one thread per process, see tool_env)
     monkeypatch.setenv('PATH', os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
     monkeypatch.setenv('PORT', str(free_port()))
     work_dir = tmp_path / 'work'
-    out = run_tool('dist_train.sh', [TINY_CONFIG, '2', '--work-dir', str(work_dir),
+    out = run_tool('dist_train.sh', [tiny_config, '2', '--work-dir', str(work_dir),
                                      '--cfg-options', 'train_cfg.max_epochs=1'],
                    cwd=synthetic_workspace)
     assert 'Distributed training: True' in out and "dist_cfg: {'backend': 'gloo'}" in out
@@ -27,7 +27,7 @@ def test_dist_train_and_test_on_cpu(synthetic_workspace, tmp_path, monkeypatch):
 
     preds = tmp_path / 'preds.pkl'
     monkeypatch.setenv('PORT', str(free_port()))
-    out = run_tool('dist_test.sh', [TINY_CONFIG, str(work_dir / 'epoch_1.pth'), '2',
+    out = run_tool('dist_test.sh', [tiny_config, str(work_dir / 'epoch_1.pth'), '2',
                                     '--work-dir', str(work_dir), '--out', str(preds)],
                    cwd=synthetic_workspace)
     assert re.search(r'Epoch\(test\) \[2/2\]\s+coco/bbox_mAP: ', out)
@@ -45,7 +45,7 @@ SLURM_PROCID=0 SLURM_NTASKS=1 SLURM_LOCALID=0 SLURM_NODELIST=node0 exec "$@"
 FAKE_SCONTROL = '#!/usr/bin/env bash\necho 127.0.0.1\n'  # `scontrol show hostname node0`
 
 
-def test_slurm_train_script_on_cpu(synthetic_workspace, tmp_path, monkeypatch):
+def test_slurm_train_script_on_cpu(tiny_config, synthetic_workspace, tmp_path, monkeypatch):
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
     for name, text in (('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL)):
@@ -57,7 +57,7 @@ def test_slurm_train_script_on_cpu(synthetic_workspace, tmp_path, monkeypatch):
     monkeypatch.setenv('GPUS', '1')
     monkeypatch.setenv('GPUS_PER_NODE', '1')
     work_dir = tmp_path / 'work'
-    out = run_tool('slurm_train.sh', ['dev', 'tiny', TINY_CONFIG, str(work_dir), '--cfg-options',
+    out = run_tool('slurm_train.sh', ['dev', 'tiny', tiny_config, str(work_dir), '--cfg-options',
                                       'train_cfg.max_epochs=1', 'train_cfg.val_interval=5'],
                    cwd=synthetic_workspace)
     srun_args = (bin_dir / 'srun_args').read_text().split()

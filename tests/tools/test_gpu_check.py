@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_CONFIG
+from conftest import REPO
 
 from mmdeform.gpu_check import runner
 from mmdeform.gpu_check.cli import main
@@ -135,7 +135,7 @@ def test_command_over_its_limit_is_killed_with_its_children(tmp_path, monkeypatc
         ctx.run('late', ['true'], 10)
 
 
-def test_dry_run_end_to_end(tmp_path, capsys):
+def test_dry_run_end_to_end(tiny_config, tmp_path, capsys):
     """The steps in a dry run, but for CI's time: the op benchmarks (see the table
     contract), the second training (the first one's code with another option), test.py
     and dist (thin command lines of tools with tests of their own)."""
@@ -146,7 +146,7 @@ def test_dry_run_end_to_end(tmp_path, capsys):
         'import pytest\n\ndef test_on_cpu():\n    assert sum([1, 2]) == 3\n\n\n'
         "@pytest.mark.skip(reason='needs cuda')\ndef test_on_gpu():\n    pass\n")
     layout = dataclasses.replace(load_tool('gpu_check').LAYOUT, wheel_dir=str(tmp_path / 'whl'),
-                                 tests_dir=str(tests_dir), base_config=TINY_CONFIG)
+                                 tests_dir=str(tests_dir), base_config=tiny_config)
     steps = ['device', 'wheels', 'build', 'cuda-tests', 'synthetic-data', 'train-fp16',
              'coco-step', 'inference']
     out = tmp_path / 'out'

@@ -5,7 +5,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, TINY_CONFIG, TOOL_TIMEOUT_S, run_tool, tool_env
+from conftest import REPO, TOOL_TIMEOUT_S, run_tool, tool_env
 
 from mmdeform.engine import load_weights_only
 
@@ -21,12 +21,12 @@ def trained_epochs(log: str) -> list:
                                        rf'{ITERS_PER_EPOCH}\]', log)]
 
 
-def train_until_first_checkpoint(work_dir, cwd, out_file) -> None:
+def train_until_first_checkpoint(tiny_config, work_dir, cwd, out_file) -> None:
     """Start tools/train.py and SIGKILL it as soon as a checkpoint is complete
     (``last_checkpoint`` is written after the .pth file)."""
     with open(out_file, 'w') as out:
         proc = subprocess.Popen(
-            [sys.executable, str(REPO / 'tools' / 'train.py'), TINY_CONFIG,
+            [sys.executable, str(REPO / 'tools' / 'train.py'), tiny_config,
              '--work-dir', str(work_dir), *CFG_OPTIONS],
             cwd=cwd, env=tool_env(), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + TOOL_TIMEOUT_S
@@ -43,7 +43,7 @@ def train_until_first_checkpoint(work_dir, cwd, out_file) -> None:
     assert proc.returncode == -9
 
 
-def test_sigkill_then_resume(synthetic_workspace, tmp_path):
+def test_sigkill_then_resume(tiny_config, synthetic_workspace, tmp_path):
     work_dir = tmp_path / 'work'
     killed_log = tmp_path / 'killed.out'
     train_until_first_checkpoint(work_dir, synthetic_workspace, killed_log)
@@ -54,7 +54,7 @@ def test_sigkill_then_resume(synthetic_workspace, tmp_path):
     assert trained_epochs(killed_log.read_text())[:saved_epoch] == list(
         range(1, saved_epoch + 1))
 
-    out = run_tool('train.py', [TINY_CONFIG, '--work-dir', str(work_dir), '--resume',
+    out = run_tool('train.py', [tiny_config, '--work-dir', str(work_dir), '--resume',
                                 *CFG_OPTIONS], cwd=synthetic_workspace)
     assert f'resumed epoch: {saved_epoch}, iter: {saved_epoch * ITERS_PER_EPOCH}' in out
     # the resumed run trains exactly the epochs after the checkpoint, each completely

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import NUM_VAL, REPO, TINY_CONFIG, TOOL_TIMEOUT_S, run_tool, tool_env
+from conftest import NUM_VAL, REPO, TOOL_TIMEOUT_S, run_tool, tool_env
 
 from mmdeform.apis import init_detector
 
@@ -20,38 +20,40 @@ def run_failing(script, args, cwd):
 
 
 @pytest.fixture(scope='module')
-def tiny_state():
+def tiny_state(tiny_config):
     torch.manual_seed(0)
-    return init_detector(TINY_CONFIG).state_dict()
+    return init_detector(tiny_config).state_dict()
 
 
-def test_test_tool_refuses_another_models_checkpoint(synthetic_workspace, tiny_state, tmp_path):
+def test_test_tool_refuses_another_models_checkpoint(tiny_config, synthetic_workspace,
+                                                     tiny_state, tmp_path):
     state = dict(tiny_state)
     name = next(k for k in state if k.endswith('.weight') and state[k].ndim == 2)
     state[name] = torch.zeros(state[name].shape[0] + 1, state[name].shape[1])
     state['extra.bias'] = state.pop(next(k for k in state if k.endswith('.bias')))
     ckpt = tmp_path / 'other.pth'
     torch.save({'state_dict': state}, ckpt)
-    code, out, err = run_failing('test.py', [TINY_CONFIG, str(ckpt), '--work-dir',
+    code, out, err = run_failing('test.py', [tiny_config, str(ckpt), '--work-dir',
                                              str(tmp_path / 'work')], synthetic_workspace)
     assert code != 0
     assert f'checkpoint {ckpt} does not fit the model: first mismatching parameter: {name}' in err
     assert "1 unexpected keys (in the checkpoint, not in the model): ['extra.bias']" in err
     assert '--partial-load' in err and 'coco/bbox_mAP' not in out + err
     # the explicit opt-out evaluates what matches
-    out = run_tool('test.py', [TINY_CONFIG, str(ckpt), '--work-dir', str(tmp_path / 'work'),
+    out = run_tool('test.py', [tiny_config, str(ckpt), '--work-dir', str(tmp_path / 'work'),
                                '--partial-load'], cwd=synthetic_workspace)
     assert f'partial load of {ckpt}' in out and 'coco/bbox_mAP' in out
 
 
-def test_bare_resume_without_checkpoint_fails(synthetic_workspace, tmp_path):
-    code, out, err = run_failing('train.py', [TINY_CONFIG, '--work-dir', str(tmp_path),
+def test_bare_resume_without_checkpoint_fails(tiny_config, synthetic_workspace, tmp_path):
+    code, out, err = run_failing('train.py', [tiny_config, '--work-dir', str(tmp_path),
                                               '--resume'], synthetic_workspace)
     assert code != 0 and f'--resume: no checkpoint to resume from in {tmp_path}' in err
     assert 'Epoch(train)' not in out + err
 
 
-def test_infer_reports_bad_files_and_saves_the_good(synthetic_workspace, tiny_state, tmp_path):
+def test_infer_reports_bad_files_and_saves_the_good(tiny_config, synthetic_workspace,
+                                                    tiny_state, tmp_path):
     ckpt = tmp_path / 'tiny.pth'
     torch.save({'state_dict': tiny_state}, ckpt)
     images = tmp_path / 'images'
@@ -62,7 +64,7 @@ def test_infer_reports_bad_files_and_saves_the_good(synthetic_workspace, tiny_st
         (images / path.name).write_bytes(path.read_bytes())
     (images / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\x00' * 50)
     (images / 'empty.jpg').write_bytes(b'')
-    code, out, err = run_failing('infer.py', [str(images), TINY_CONFIG, str(ckpt), '--out-dir',
+    code, out, err = run_failing('infer.py', [str(images), tiny_config, str(ckpt), '--out-dir',
                                               str(tmp_path / 'out'), '--batch-size', '2'],
                                  synthetic_workspace)
     assert code == 1, err[-3000:]

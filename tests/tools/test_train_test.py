@@ -5,7 +5,7 @@ import pickle
 import re
 from pathlib import Path
 
-from conftest import NUM_VAL, TINY_CONFIG, run_tool
+from conftest import NUM_VAL, run_tool
 from mmengine.config import Config
 
 from mmdeform.engine import load_weights_only
@@ -19,9 +19,9 @@ def only(paths):
     return paths[0]
 
 
-def test_train_then_test(synthetic_workspace, tmp_path):
+def test_train_then_test(tiny_config, synthetic_workspace, tmp_path):
     work_dir = tmp_path / 'work'
-    out = run_tool('train.py', [TINY_CONFIG, '--work-dir', str(work_dir), '--amp',
+    out = run_tool('train.py', [tiny_config, '--work-dir', str(work_dir), '--amp',
                     '--cfg-options', 'train_cfg.max_epochs=1'],
                    cwd=synthetic_workspace)
     # 8 images, batch 2: one epoch of 4 iterations, then a validation on all 5 images
@@ -41,7 +41,7 @@ def test_train_then_test(synthetic_workspace, tmp_path):
     assert any(k.startswith('encoder.layers.0.self_attn') for k in checkpoint['state_dict'])
 
     preds = tmp_path / 'preds.pkl'
-    out = run_tool('test.py', [TINY_CONFIG, str(ckpt_path), '--work-dir', str(work_dir),
+    out = run_tool('test.py', [tiny_config, str(ckpt_path), '--work-dir', str(work_dir),
                     '--out', str(preds), '--show-dir', 'shown',
                     '--cfg-options', 'default_hooks.visualization.score_thr=0'],
                    cwd=synthetic_workspace)

@@ -9,7 +9,7 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_VAL, TINY_CONFIG, run_tool
+from conftest import NUM_VAL, run_tool
 
 from mmdeform.analysis import example_inputs, run_onnx
 from mmdeform.apis import init_detector
@@ -17,20 +17,14 @@ from mmdeform.apis import init_detector
 CLASSES = ['circle', 'square', 'triangle', 'cross']
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread for the in-process checks (busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
+def checkpoint(tiny_config, tmp_path_factory):
     """Random tiny weights saved as an mmengine checkpoint with class names."""
     torch.manual_seed(0)
-    model = init_detector(TINY_CONFIG)
+    model = init_detector(tiny_config)
     path = tmp_path_factory.mktemp('ckpt') / 'tiny.pth'
     torch.save({'state_dict': model.state_dict(),
                 'meta': {'dataset_meta': {'classes': tuple(CLASSES)}}}, path)
@@ -44,9 +38,9 @@ def read_png(path):
     return img
 
 
-def test_infer(synthetic_workspace, checkpoint, tmp_path):
+def test_infer(tiny_config, synthetic_workspace, checkpoint, tmp_path):
     val_dir = synthetic_workspace / 'data' / 'synthetic' / 'val'
-    out = run_tool('infer.py', [str(val_dir), TINY_CONFIG, checkpoint, '--out-dir',
+    out = run_tool('infer.py', [str(val_dir), tiny_config, checkpoint, '--out-dir',
                                 str(tmp_path), '--score-thr', '0', '--batch-size', '2'],
                    cwd=synthetic_workspace)
     assert f'infer: {NUM_VAL} image(s)' in out
@@ -56,7 +50,7 @@ def test_infer(synthetic_workspace, checkpoint, tmp_path):
     for result in results['results']:
         assert set(result) == {'file', 'height', 'width', 'boxes_xyxy', 'scores', 'labels',
                                'class_names'}
-        assert len(result['boxes_xyxy']) == len(result['scores']) == 10  # num_predictions
+        assert len(result['boxes_xyxy']) == len(result['scores']) == 10  # test_cfg.max_per_img
         assert all(len(box) == 4 for box in result['boxes_xyxy'])
         assert result['scores'] == sorted(result['scores'], reverse=True)
         assert result['class_names'] == [CLASSES[label] for label in result['labels']]
@@ -65,9 +59,9 @@ def test_infer(synthetic_workspace, checkpoint, tmp_path):
         assert drawn.shape[:2] == (result['height'], result['width']) == (64, 64)
 
 
-def test_visualize_sampling(synthetic_workspace, checkpoint, tmp_path):
+def test_visualize_sampling(tiny_config, synthetic_workspace, checkpoint, tmp_path):
     image = sorted((synthetic_workspace / 'data' / 'synthetic' / 'val').iterdir())[0]
-    run_tool('visualize_sampling.py', [str(image), TINY_CONFIG, checkpoint, '--out-dir',
+    run_tool('visualize_sampling.py', [str(image), tiny_config, checkpoint, '--out-dir',
                                        str(tmp_path), '--topk', '2', '--encoder-point', '10',
                                        '20', '--layout', 'levels'],
              cwd=synthetic_workspace)
@@ -77,8 +71,8 @@ def test_visualize_sampling(synthetic_workspace, checkpoint, tmp_path):
         read_png(path)
 
 
-def test_browse_dataset(synthetic_workspace, tmp_path):
-    out = run_tool('browse_dataset.py', [TINY_CONFIG, '--output-dir', str(tmp_path),
+def test_browse_dataset(tiny_config, synthetic_workspace, tmp_path):
+    out = run_tool('browse_dataset.py', [tiny_config, '--output-dir', str(tmp_path),
                                          '--num', '3', '--phase', 'train'],
                    cwd=synthetic_workspace)
     assert 'browse_dataset: 3 image(s)' in out
@@ -101,9 +95,9 @@ def test_plot_curves(tmp_path):
     read_png(tmp_path / 'work' / 'curves.png')
 
 
-def test_get_flops(tmp_path):
-    out = run_tool('analysis/get_flops.py', [TINY_CONFIG, '--shape', '64', '96'], cwd=tmp_path)
-    params = sum(p.numel() for p in init_detector(TINY_CONFIG).parameters())
+def test_get_flops(tiny_config, tmp_path):
+    out = run_tool('analysis/get_flops.py', [tiny_config, '--shape', '64', '96'], cwd=tmp_path)
+    params = sum(p.numel() for p in init_detector(tiny_config).parameters())
     assert f'params: {params / 1e6:.2f} M' in out
     # 30 encoder tokens + 10 queries, M=4, L=2, P=2, D=8, 10 FLOPs per sample and channel
     op_line = re.search(r'mmdeform\.ms_deform_attn_forward\s+([\d.]+) G', out)
@@ -112,8 +106,8 @@ def test_get_flops(tmp_path):
     assert re.search(r'FLOPs:\s+[\d.]+ G', out)
 
 
-def test_benchmark(tmp_path):
-    out = run_tool('analysis/benchmark.py', [TINY_CONFIG, '--shape', '64', '64',
+def test_benchmark(tiny_config, tmp_path):
+    out = run_tool('analysis/benchmark.py', [tiny_config, '--shape', '64', '64',
                                              '--batch-sizes', '1', '2', '--warmup', '1',
                                              '--iters', '2', '--amp', 'bf16'], cwd=tmp_path)
     rows = re.findall(r'^\s+(\d)\s+([\d.]+)\s+([\d.]+)\s+2$', out, flags=re.MULTILINE)
@@ -121,16 +115,16 @@ def test_benchmark(tmp_path):
     assert 'amp=bf16' in out
 
 
-def test_export(checkpoint, tmp_path):
+def test_export(tiny_config, checkpoint, tmp_path):
     """The program always; the ONNX file when onnx is installed (optional dependency),
     checked with onnxruntime when that is installed too (CI installs both)."""
     has_onnx = importlib.util.find_spec('onnx') is not None
     formats = ['program', 'onnx'] if has_onnx else ['program']
-    out = run_tool('export.py', [TINY_CONFIG, checkpoint, '--out-dir', str(tmp_path),
+    out = run_tool('export.py', [tiny_config, checkpoint, '--out-dir', str(tmp_path),
                                  '--shape', '64', '96', '--format', *formats], cwd=tmp_path)
     assert 'torch.export program' in out
     name = 'deformable-detr_tiny_synthetic'
-    model = init_detector(TINY_CONFIG, checkpoint)
+    model = init_detector(tiny_config, checkpoint)
     inputs = example_inputs((64, 96), seed=1)
     with torch.no_grad():
         expected = model(inputs, None, mode='tensor')

@@ -30,7 +30,7 @@ def get_valid_ratios(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([valid_w / width, valid_h / height], -1)
 
 
-def get_encoder_reference_points(spatial_shapes: torch.Tensor,
+def get_encoder_reference_points(spatial_shapes_list: Sequence[Tuple[int, int]],
                                  valid_ratios: torch.Tensor) -> torch.Tensor:
     """Reference point of every encoder token for every level, in float32.
 
@@ -41,7 +41,8 @@ def get_encoder_reference_points(spatial_shapes: torch.Tensor,
     float32 island), so they are not simplified algebraically.
 
     Args:
-        spatial_shapes (Tensor): (L, 2) int64 rows (H_l, W_l).
+        spatial_shapes_list (Sequence[tuple[int, int]]): L pairs (H_l, W_l)
+            as Python ints (``EncoderOutput.spatial_shapes_list``).
         valid_ratios (Tensor): (B, L, 2) float32 ratios (x, y).
 
     Returns:
@@ -49,7 +50,7 @@ def get_encoder_reference_points(spatial_shapes: torch.Tensor,
     """
     device = valid_ratios.device
     points = []
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    for level, (height, width) in enumerate(spatial_shapes_list):
         centre_y = torch.arange(height, dtype=torch.float32, device=device) + 0.5
         centre_x = torch.arange(width, dtype=torch.float32, device=device) + 0.5
         grid_y, grid_x = torch.meshgrid(centre_y, centre_x, indexing='ij')
@@ -89,6 +90,19 @@ def check_encoder_inputs(name: str, num_levels: int, embed_dims: int,
                              f'of feats[{level}] {tuple(feat.shape)}, got {tuple(pos.shape)}')
 
 
+def get_level_shapes(feats: Sequence[torch.Tensor]) -> List[Tuple[int, int]]:
+    """(H_l, W_l) of every level, read from the maps' shapes (not from data).
+
+    Args:
+        feats (Sequence[Tensor]): L maps (B, C, H_l, W_l).
+
+    Returns:
+        list[tuple[int, int]]: L pairs (H_l, W_l), Python ints (symbolic
+        sizes under ``torch.compile(dynamic=True)``).
+    """
+    return [(feat.shape[-2], feat.shape[-1]) for feat in feats]
+
+
 def flatten_levels(feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
                    pos_embeds: Sequence[torch.Tensor], level_embed: Optional[torch.Tensor]
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,9 +122,7 @@ def flatten_levels(feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
     """
     tokens: List[torch.Tensor] = []
     positions: List[torch.Tensor] = []
-    shapes = []
     for level, (feat, pos) in enumerate(zip(feats, pos_embeds)):
-        shapes.append(feat.shape[2:])
         # (B, C, H, W) -> (B, H*W, C)
         tokens.append(feat.flatten(2).transpose(1, 2))
         pos = pos.flatten(2).transpose(1, 2)
@@ -118,7 +130,8 @@ def flatten_levels(feats: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
             pos = pos + level_embed[level].view(1, 1, -1)
         positions.append(pos)
     padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
-    spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=feats[0].device)
+    spatial_shapes = torch.as_tensor(get_level_shapes(feats), dtype=torch.long,
+                                     device=feats[0].device)
     return torch.cat(tokens, 1), torch.cat(positions, 1), padding_mask, spatial_shapes
 
 
@@ -205,17 +218,19 @@ class DeformableEncoder(BaseModule):
 
         Returns:
             EncoderOutput: memory (B, S, C), padding_mask (B, S),
-            spatial_shapes (L, 2), level_start_index (L,), valid_ratios
-            (B, L, 2) float32 and memory_pos (B, S, C) (position encodings
-            plus level embeddings).
+            spatial_shapes (L, 2) and spatial_shapes_list (L pairs of
+            ints), level_start_index (L,), valid_ratios (B, L, 2) float32
+            and memory_pos (B, S, C) (position encodings plus level
+            embeddings).
         """
         self._check_inputs(feats, masks, pos_embeds)
         query, query_pos, padding_mask, spatial_shapes = self.flatten_levels(
             feats, masks, pos_embeds)
+        spatial_shapes_list = get_level_shapes(feats)
         level_start_index = get_level_start_index(spatial_shapes)
         valid_ratios = torch.stack([get_valid_ratios(mask) for mask in masks], 1)
         # float32 island (official), cast once to the tokens' dtype for the op
-        reference_points = get_encoder_reference_points(spatial_shapes, valid_ratios)
+        reference_points = get_encoder_reference_points(spatial_shapes_list, valid_ratios)
         reference_points = reference_points.to(query.dtype)
         for layer in self.layers:
             query = layer(query, query_pos, reference_points, spatial_shapes,
@@ -223,4 +238,4 @@ class DeformableEncoder(BaseModule):
         return EncoderOutput(memory=query, padding_mask=padding_mask,
                              spatial_shapes=spatial_shapes,
                              level_start_index=level_start_index, valid_ratios=valid_ratios,
-                             memory_pos=query_pos)
+                             memory_pos=query_pos, spatial_shapes_list=spatial_shapes_list)

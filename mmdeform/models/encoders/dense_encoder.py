@@ -12,6 +12,7 @@ from ..stage_outputs import EncoderOutput
 from .deformable_encoder import (
     check_encoder_inputs,
     flatten_levels,
+    get_level_shapes,
     get_level_start_index,
     get_valid_ratios,
 )
@@ -81,8 +82,9 @@ class DenseEncoder(BaseModule):
 
         Returns:
             EncoderOutput: memory (B, S, C), padding_mask (B, S),
-            spatial_shapes (L, 2), level_start_index (L,), valid_ratios
-            (B, L, 2) float32 (as ``DeformableEncoder``) and memory_pos
+            spatial_shapes (L, 2) and spatial_shapes_list (L pairs of ints),
+            level_start_index (L,), valid_ratios (B, L, 2) float32 (as
+            ``DeformableEncoder``) and memory_pos
             (B, S, C) (position encodings plus level embeddings).
         """
         check_encoder_inputs('DenseEncoder', self.num_levels, self.embed_dims,
@@ -95,4 +97,5 @@ class DenseEncoder(BaseModule):
         return EncoderOutput(memory=query, padding_mask=padding_mask,
                              spatial_shapes=spatial_shapes,
                              level_start_index=get_level_start_index(spatial_shapes),
-                             valid_ratios=valid_ratios, memory_pos=query_pos)
+                             valid_ratios=valid_ratios, memory_pos=query_pos,
+                             spatial_shapes_list=get_level_shapes(feats))

@@ -1,6 +1,6 @@
 """``TwoStageProposals``: queries from the top-scoring encoder-token proposals."""
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from mmengine.model import BaseModule
@@ -12,8 +12,8 @@ from ..layers import MLP
 from ..stage_outputs import EncoderOutput, QueryOutput
 
 
-def make_proposals(padding_mask: torch.Tensor,
-                   spatial_shapes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def make_proposals(padding_mask: torch.Tensor, spatial_shapes_list: Sequence[Tuple[int, int]]
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One fixed proposal box per encoder token, in logit space (float32).
 
     The token at cell (i, j) of level l proposes the box centred at
@@ -28,7 +28,8 @@ def make_proposals(padding_mask: torch.Tensor,
 
     Args:
         padding_mask (Tensor): (B, S) bool, True at padded tokens.
-        spatial_shapes (Tensor): (L, 2) int64 rows (H_l, W_l).
+        spatial_shapes_list (Sequence[tuple[int, int]]): L pairs (H_l, W_l)
+            as Python ints (``EncoderOutput.spatial_shapes_list``).
 
     Returns:
         tuple[Tensor, Tensor]: proposals (B, S, 4) float32 cxcywh logits
@@ -38,7 +39,7 @@ def make_proposals(padding_mask: torch.Tensor,
     device = padding_mask.device
     proposals = []
     start = 0
-    for level, (height, width) in enumerate(spatial_shapes.tolist()):
+    for level, (height, width) in enumerate(spatial_shapes_list):
         # (B, H*W) -> (B, H, W)
         level_mask = padding_mask[:, start:start + height * width].view(batch_size, height, width)
         valid_h = (~level_mask[:, :, 0]).sum(1)
@@ -180,7 +181,7 @@ class TwoStageProposals(BaseModule):
 
         Args:
             encoder_output (EncoderOutput): memory (B, S, C), padding mask
-                and spatial shapes are used; S must be >= num_queries.
+                and ``spatial_shapes_list`` are used; S must be >= num_queries.
             head_branches (tuple, optional): the head's shared (class, box)
                 branches; used, and required, when ``share_head_branches``.
 
@@ -200,7 +201,7 @@ class TwoStageProposals(BaseModule):
                              f'than num_queries={self.num_queries}; use larger inputs or '
                              'fewer queries')
         proposals, unusable = make_proposals(encoder_output.padding_mask,
-                                             encoder_output.spatial_shapes)
+                                             encoder_output.spatial_shapes_list)
         output_memory = memory.masked_fill(unusable[..., None], 0.0)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         cls_branch, reg_branch = self.branches(head_branches)

@@ -1,24 +1,14 @@
-"""tools/benchmark_op.py: how it takes turns between backends and what its
-memory figure means. No timing is asserted (the benchmark is not a test)."""
-import importlib.util
-
+"""The op benchmark behind tools/benchmark_op.py (mmdeform.analysis.op_benchmark): how it
+takes turns between backends and what its memory figure means. No timing is asserted (the
+benchmark is not a test)."""
 import pytest
 import torch
-from conftest import REPO
 
+from mmdeform.analysis import op_benchmark as bench
 from mmdeform.ops import extension_available
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location('benchmark_op',
-                                                  REPO / 'tools' / 'benchmark_op.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_rounds_alternate_with_a_warm_up_each():
-    bench = load_benchmark()
     calls = []
     fns = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
     medians, count = bench.time_in_rounds(fns, torch.device('cpu'), repeats=7, min_seconds=0)
@@ -29,7 +19,6 @@ def test_rounds_alternate_with_a_warm_up_each():
 
 
 def test_returned_bytes_are_output_and_input_gradients():
-    bench = load_benchmark()
     inputs = bench.make_inputs([(4, 5), (2, 3)], 2, 7, torch.device('cpu'), torch.float32)
     grad_out = torch.rand(2, 7, 8 * 32)
     value, _, _, locations, weights = inputs
@@ -40,7 +29,6 @@ def test_returned_bytes_are_output_and_input_gradients():
 @pytest.mark.skipif(not extension_available(), reason='needs the compiled extension')
 def test_memory_probe_follows_live_tensors():
     """The compiled op's peak is what it returns; the reference keeps more."""
-    bench = load_benchmark()
     case = 'decoder 512x512 (Lq=300)'
     spec = bench.SHAPES['cpu'][case]
     inputs = bench.make_inputs(spec['levels'], spec['n'], spec['num_query'],
