@@ -46,7 +46,7 @@ def train_until_first_checkpoint(tiny_config, work_dir, cwd, out_file) -> None:
 def test_sigkill_then_resume(tiny_config, synthetic_workspace, tmp_path):
     work_dir = tmp_path / 'work'
     killed_log = tmp_path / 'killed.out'
-    train_until_first_checkpoint(work_dir, synthetic_workspace, killed_log)
+    train_until_first_checkpoint(tiny_config, work_dir, synthetic_workspace, killed_log)
     saved = load_weights_only((work_dir / 'last_checkpoint').read_text().strip())
     saved_epoch = saved['meta']['epoch']
     assert 1 <= saved_epoch < MAX_EPOCHS, 'the kill came too late to test resuming'
