@@ -3,26 +3,15 @@ import pytest
 import torch
 
 from mmdeform.ops import extension_available, get_backend, ms_deform_attn, ms_deform_attn_reference
+from mmdeform.testing import make_op_inputs
 
 pytestmark = pytest.mark.skipif(
     not extension_available(), reason='mmdeform._C is not built')
 
 
-def make_inputs(shapes, n=2, m=3, d=5, lq=7, p=2, dtype=torch.float64, spread=(-0.2, 1.2),
-                seed=0, requires_grad=False):
-    """Random op inputs; locations uniform in ``spread`` (outside [0, 1] too)."""
-    gen = torch.Generator().manual_seed(seed)
-    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    num_levels = len(shapes)
-    value = torch.rand(n, int(sizes.sum()), m, d, generator=gen, dtype=dtype)
-    lo, hi = spread
-    locations = torch.rand(n, lq, m, num_levels, p, 2, generator=gen, dtype=dtype) * (hi - lo) + lo
-    weights = torch.rand(n, lq, m, num_levels, p, generator=gen, dtype=dtype)
-    for t in (value, locations, weights):
-        t.requires_grad_(requires_grad)
-    return value, spatial_shapes, level_start_index, locations, weights
+def make_inputs(shapes, **kwargs):
+    """:func:`mmdeform.testing.make_op_inputs` as a tuple (CPU)."""
+    return tuple(make_op_inputs(shapes, **kwargs))
 
 
 CASES = [

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mmdeform.ops import extension_available, get_backend, ms_deform_attn, ms_deform_attn_reference
+from mmdeform.testing import make_op_inputs
 
 CUDA = torch.cuda.is_available()
 DEVICE = 'cuda'  # where make_inputs puts the tensors (one name, to debug the cases elsewhere)
@@ -26,29 +27,9 @@ forward_op = torch.ops.mmdeform.ms_deform_attn_forward if extension_available() 
 backward_op = torch.ops.mmdeform.ms_deform_attn_backward if extension_available() else None
 
 
-def make_inputs(shapes, n=2, m=3, d=5, lq=7, p=2, dtype=torch.float64, spread=(-0.2, 1.2),
-                zero_weights=False, seed=0, device=None):
-    """Random op inputs on ``device``; locations uniform in ``spread``.
-
-    Returns:
-        list: value (N, S, M, D), spatial_shapes (L, 2), level_start_index (L,),
-        sampling_locations (N, Lq, M, L, P, 2), attention_weights (N, Lq, M, L, P).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    num_levels = len(shapes)
-    value = torch.randn(n, int(sizes.sum()), m, d, generator=gen, dtype=torch.float64)
-    lo, hi = spread
-    locations = torch.rand(n, lq, m, num_levels, p, 2, generator=gen,
-                           dtype=torch.float64) * (hi - lo) + lo
-    weights = torch.rand(n, lq, m, num_levels, p, generator=gen, dtype=torch.float64)
-    if zero_weights:
-        weights[torch.rand(weights.shape, generator=gen) < 0.3] = 0
-    inputs = [value.to(dtype), spatial_shapes, level_start_index, locations.to(dtype),
-              weights.to(dtype)]
-    return [t.to(device or DEVICE) for t in inputs]
+def make_inputs(shapes, device=None, **kwargs):
+    """:func:`mmdeform.testing.make_op_inputs` on ``device`` (default: the GPU)."""
+    return make_op_inputs(shapes, device=device or DEVICE, **kwargs)
 
 
 def grad_output_for(inputs, seed=1):
