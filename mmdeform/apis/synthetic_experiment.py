@@ -6,7 +6,7 @@ already holds it), trains the config's model with the project's ``SafeLoadingRun
 (validating at the config's ``val_interval`` and after the last iteration),
 draws the loss / mAP curves and prints one line::
 
-    demo: bbox mAP=0.691 in 317 s; outputs in work_dirs/demo
+    demo: bbox mAP=0.685 in 349 s; outputs in work_dirs/demo
 
 The seconds count data generation, model building, training and evaluation
 (not the environment set-up). Outputs under ``work_dir``: the config,
