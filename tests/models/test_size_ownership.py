@@ -113,6 +113,13 @@ def test_two_stage_without_refinement_can_share_the_head_branches():
         model.query_generator.branches(None)
 
 
+def test_a_component_that_is_not_a_config_is_named():
+    model = tiny()
+    model['bbox_head'] = 'DeformableDETRHead'
+    with pytest.raises(ValueError, match='bbox_head must be a config dict with a type'):
+        MODELS.build(model)
+
+
 @pytest.mark.parametrize('path', DERIVED, ids=lambda p: p.name)
 def test_every_variant_is_one_or_two_model_keys(path):
     base = single_base(path)

@@ -108,7 +108,7 @@ class DeformableDETR(BaseModel):
         self.encoder = build_with_sizes('encoder', encoder, embed_dims=embed_dims,
                                         num_levels=num_levels)
         generator_sizes = dict(num_queries=num_queries, embed_dims=embed_dims)
-        if bbox_head.get('num_classes') is not None:
+        if isinstance(bbox_head, dict) and bbox_head.get('num_classes') is not None:
             generator_sizes['num_classes'] = bbox_head['num_classes']
         self.query_generator = build_with_sizes('query_generator', query_generator,
                                                 **generator_sizes)
