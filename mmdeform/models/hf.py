@@ -1,0 +1,334 @@
+"""Read HuggingFace transformers' ``DeformableDetrForObjectDetection`` checkpoints.
+
+A transformers checkpoint folder holds ``config.json`` (a ``DeformableDetrConfig``
+as a dict) and ``model.safetensors`` or ``pytorch_model.bin``. This module maps
+both to mmdeform without importing transformers:
+
+* :func:`hf_model_overrides` reads the config dict and returns the mmdeform
+  ``model`` keys of the same architecture (variant, sizes, classes), refusing
+  what mmdeform does not have;
+* :func:`convert_hf_state_dict` renames the weights. transformers registers a
+  head under several names (``class_embed.1..`` are ``class_embed.0`` without
+  box refinement; ``model.decoder.bbox_embed.i`` / ``model.decoder.class_embed.i``
+  are ``bbox_embed.i`` / ``class_embed.i``); aliases may be absent (transformers
+  drops tied copies when saving) but, when present, must equal their canonical
+  tensor, else the checkpoint is refused. Decoder self-attention ``q_proj`` /
+  ``k_proj`` / ``v_proj`` become ``nn.MultiheadAttention``'s ``in_proj_*``.
+
+Backbones: transformers' own ResNet (``embedder`` / ``encoder.stages``) and
+timm's (torchvision names) under ``model.backbone.conv_encoder.model.``.
+"""
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+_PREFIX = 'model.'
+_BACKBONE = 'model.backbone.conv_encoder.model.'
+_ENCODER_LAYER_RENAMES = {
+    'self_attn': 'self_attn', 'self_attn_layer_norm': 'self_attn_norm', 'fc1': 'ffn.linear1',
+    'fc2': 'ffn.linear2', 'final_layer_norm': 'ffn_norm'}
+_DECODER_LAYER_RENAMES = {
+    'self_attn.out_proj': 'self_attn.out_proj', 'self_attn_layer_norm': 'self_attn_norm',
+    'encoder_attn': 'cross_attn', 'encoder_attn_layer_norm': 'cross_attn_norm',
+    'fc1': 'ffn.linear1', 'fc2': 'ffn.linear2', 'final_layer_norm': 'ffn_norm'}
+_QUERY_GENERATOR_NAMES = ('reference_points', 'enc_output', 'enc_output_norm', 'pos_trans',
+                          'pos_trans_norm')
+# (layer_type, depths) of transformers' ResNetConfig -> our ResNet depth
+_HF_RESNETS = {('basic', (2, 2, 2, 2)): 18, ('basic', (3, 4, 6, 3)): 34,
+               ('bottleneck', (3, 4, 6, 3)): 50, ('bottleneck', (3, 4, 23, 3)): 101}
+_TIMM_RESNETS = {'resnet18': 18, 'resnet34': 34, 'resnet50': 50, 'resnet101': 101}
+
+
+def _refuse(what: str) -> None:
+    raise ValueError(f'hf config: {what}; mmdeform has no such Deformable DETR')
+
+
+def hf_backbone_depth(config: Mapping) -> int:
+    """Our ResNet depth for the backbone a transformers config describes."""
+    if config.get('use_timm_backbone', True):
+        name = config.get('backbone')
+        if name not in _TIMM_RESNETS:
+            _refuse(f'timm backbone {name!r} (supported: {sorted(_TIMM_RESNETS)})')
+        return _TIMM_RESNETS[name]
+    backbone = config.get('backbone_config') or {}
+    if backbone.get('model_type') != 'resnet':
+        _refuse(f"backbone_config.model_type={backbone.get('model_type')!r} (only 'resnet')")
+    depth = _HF_RESNETS.get((backbone.get('layer_type'), tuple(backbone.get('depths', ()))))
+    widths = [64, 128, 256, 512] if backbone.get('layer_type') == 'basic' else [256, 512, 1024,
+                                                                                 2048]
+    if depth is None or list(backbone.get('hidden_sizes', [])) != widths or \
+            backbone.get('embedding_size', 64) != 64 or backbone.get('downsample_in_bottleneck'):
+        _refuse(f'ResNet backbone_config {backbone!r} is not a torchvision ResNet-18/34/50/101')
+    levels = config.get('num_feature_levels', 4)
+    expected = ['stage2', 'stage3', 'stage4'] if levels > 1 else ['stage4']
+    if list(backbone.get('out_features') or []) != expected:
+        _refuse(f"backbone_config.out_features={backbone.get('out_features')} with "
+                f'num_feature_levels={levels} (expected {expected})')
+    return depth
+
+
+def hf_model_overrides(config: Mapping) -> Dict:
+    """mmdeform ``model`` keys for a transformers ``DeformableDetrConfig`` dict.
+
+    Args:
+        config (Mapping): ``config.json`` of the checkpoint (``to_dict()``).
+
+    Returns:
+        dict: ``model`` config keys (complete for every size and variant
+        component, so they can override any of our Deformable DETR configs).
+
+    Raises:
+        ValueError: naming the config key of an architecture we do not have.
+    """
+    for key, wanted in (('activation_function', 'relu'), ('position_embedding_type', 'sine'),
+                        ('num_channels', 3)):
+        if config.get(key, wanted) != wanted:
+            _refuse(f'{key}={config[key]!r} (only {wanted!r})')
+    levels = config.get('num_feature_levels', 4)
+    if levels not in (1, 3, 4, 5, 6):
+        _refuse(f'num_feature_levels={levels}')
+    refine, two_stage = config.get('with_box_refine', False), config.get('two_stage', False)
+    num_queries = config['two_stage_num_proposals'] if two_stage else config['num_queries']
+    dilation = bool(config.get('dilation', False))
+
+    def layer(prefix: str) -> dict:
+        return dict(num_heads=config[f'{prefix}_attention_heads'],
+                    num_points=config[f'{prefix}_n_points'],
+                    feedforward_dims=config[f'{prefix}_ffn_dim'], dropout=config['dropout'])
+
+    if two_stage and not refine:
+        _refuse('two_stage=True with with_box_refine=False (transformers refuses it too)')
+    query_generator = dict(type='TwoStageProposals') if two_stage else \
+        dict(type='LearnedQueries')
+    return dict(
+        num_queries=num_queries,
+        backbone=dict(depth=hf_backbone_depth(config), dilate_last_stage=dilation,
+                      out_indices=(1, 2, 3) if levels > 1 else (3, ), init_cfg=None),
+        neck=dict(out_channels=config['d_model'], num_extra_levels=max(levels - 3, 0)),
+        encoder=dict(num_layers=config['encoder_layers'], layer_cfg=layer('encoder')),
+        decoder=dict(type='RefineDeformableDecoder' if refine else 'DeformableDecoder',
+                     num_layers=config['decoder_layers'], layer_cfg=layer('decoder')),
+        query_generator=query_generator,
+        bbox_head=dict(num_classes=hf_num_labels(config)))
+
+
+def hf_num_labels(config: Mapping) -> int:
+    """Number of classes: ``num_labels``, else the size of ``id2label``."""
+    if config.get('num_labels') is not None:
+        return int(config['num_labels'])
+    return len(config.get('id2label') or {}) or 91
+
+
+def hf_class_names(config: Mapping) -> Tuple[str, ...]:
+    """Class names by class index from ``id2label`` (gaps named ``'N/A'``)."""
+    id2label = {int(k): v for k, v in (config.get('id2label') or {}).items()}
+    return tuple(id2label.get(i, 'N/A') for i in range(hf_num_labels(config)))
+
+
+def _backbone_name(rest: str) -> Optional[str]:
+    """transformers-ResNet or timm name below the backbone prefix -> our ResNet name."""
+    if m := re.match(r'embedder\.embedder\.(convolution|normalization)\.(.+)$', rest):
+        return ('conv1.' if m.group(1) == 'convolution' else 'bn1.') + m.group(2)
+    if m := re.match(r'encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)$', rest):
+        block = f'layer{int(m.group(1)) + 1}.{m.group(2)}.'
+        if s := re.match(r'shortcut\.(convolution|normalization)\.(.+)$', m.group(3)):
+            return block + ('downsample.0.' if s.group(1) == 'convolution' else
+                            'downsample.1.') + s.group(2)
+        if s := re.match(r'layer\.(\d+)\.(convolution|normalization)\.(.+)$', m.group(3)):
+            kind = 'conv' if s.group(2) == 'convolution' else 'bn'
+            return f'{block}{kind}{int(s.group(1)) + 1}.{s.group(3)}'
+        return None
+    if re.match(r'(conv1|bn1|layer[1-4]\.\d+\.(conv\d|bn\d|downsample\.[01]))\.', rest):
+        return rest  # timm's ResNet keeps torchvision's names
+    return None
+
+
+def _layer_name(rest: str, renames: Dict[str, str]) -> Optional[str]:
+    """'fc1.weight' -> 'ffn.linear1.weight' by the longest matching module prefix."""
+    for old in sorted(renames, key=len, reverse=True):
+        if rest.startswith(old + '.'):
+            return renames[old] + rest[len(old):]
+    return None
+
+
+def _head_name(kind: str, index: int, tail: str, num_layers: int, refine: bool,
+               two_stage: bool) -> Tuple[Optional[str], Optional[str]]:
+    """``class_embed.i`` / ``bbox_embed.i`` -> (our name, None) or (None, canonical alias)."""
+    if not refine:  # one module under every index
+        if index == 0:
+            return f"bbox_head.{'cls' if kind == 'class_embed' else 'reg'}_branches.0.{tail}", None
+        return None, f'{kind}.0.{tail}'
+    if two_stage and index == num_layers:
+        return f"query_generator.{'cls' if kind == 'class_embed' else 'reg'}_branch.{tail}", None
+    if index >= num_layers:
+        return None, None
+    return f"bbox_head.{'cls' if kind == 'class_embed' else 'reg'}_branches.{index}.{tail}", None
+
+
+def hf_name_map(keys: List[str], config: Mapping) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """Rename table of a transformers state_dict.
+
+    Returns:
+        tuple[dict, dict]: ``{hf: mmdeform}`` (decoder ``q/k/v_proj`` map to
+        ``in_proj_*`` and are merged by :func:`convert_hf_state_dict`) and
+        ``{alias: canonical hf}`` for tied copies.
+
+    Raises:
+        KeyError: naming every key without an mmdeform counterpart.
+    """
+    num_layers = config['decoder_layers']
+    refine, two_stage = config.get('with_box_refine', False), config.get('two_stage', False)
+    renames, aliases, unknown = {}, {}, []
+    for key in keys:
+        new, canonical = None, None
+        if key.startswith(_BACKBONE):
+            name = _backbone_name(key[len(_BACKBONE):])
+            new = None if name is None else 'backbone.' + name
+        elif m := re.match(r'model\.input_proj\.(\d+)\.([01])\.(.+)$', key):
+            new = f"neck.projections.{m.group(1)}.{'conv' if m.group(2) == '0' else 'gn'}." \
+                  f'{m.group(3)}'
+        elif key == 'model.level_embed':
+            new = 'encoder.level_embed'
+        elif key == 'model.query_position_embeddings.weight':
+            new = 'query_generator.query_embed.weight'
+        elif m := re.match(r'model\.encoder\.layers\.(\d+)\.(.+)$', key):
+            rest = _layer_name(m.group(2), _ENCODER_LAYER_RENAMES)
+            new = rest and f'encoder.layers.{m.group(1)}.{rest}'
+        elif m := re.match(r'model\.decoder\.layers\.(\d+)\.self_attn\.[qkv]_proj\.(weight|bias)$',
+                           key):
+            new = f'decoder.layers.{m.group(1)}.self_attn.in_proj_{m.group(2)}'
+        elif m := re.match(r'model\.decoder\.layers\.(\d+)\.(.+)$', key):
+            rest = _layer_name(m.group(2), _DECODER_LAYER_RENAMES)
+            new = rest and f'decoder.layers.{m.group(1)}.{rest}'
+        elif m := re.match(r'model\.decoder\.(class_embed|bbox_embed)\.(\d+\..+)$', key):
+            canonical = f'{m.group(1)}.{m.group(2)}'
+        elif m := re.match(r'model\.(\w+)\.(weight|bias)$', key):
+            if m.group(1) in _QUERY_GENERATOR_NAMES:
+                new = f'query_generator.{m.group(1)}.{m.group(2)}'
+        elif m := re.match(r'(class_embed|bbox_embed)\.(\d+)\.(.+)$', key):
+            new, canonical = _head_name(m.group(1), int(m.group(2)), m.group(3), num_layers,
+                                        refine, two_stage)
+        if canonical is not None:
+            aliases[key] = canonical
+        elif new is not None:
+            renames[key] = new
+        else:
+            unknown.append(key)
+    if unknown:
+        raise KeyError(f'convert_hf_state_dict: {len(unknown)} keys have no mmdeform '
+                       f'counterpart: {unknown}')
+    return renames, aliases
+
+
+def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor],
+                          config: Mapping) -> 'OrderedDict[str, torch.Tensor]':
+    """transformers ``DeformableDetrForObjectDetection`` state_dict -> mmdeform.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): transformers' keys (4.x names:
+            ``model.*``, ``class_embed.*``, ``bbox_embed.*``).
+        config (Mapping): its ``config.json`` as a dict; the variant (box
+            refinement, two-stage, decoder layers) is read from it.
+
+    Returns:
+        OrderedDict[str, Tensor]: mmdeform names, canonical tensors only.
+
+    Raises:
+        KeyError: unknown keys, an alias whose canonical key is missing, or
+            an incomplete q/k/v triple.
+        ValueError: an alias whose values differ from its canonical tensor.
+    """
+    renames, aliases = hf_name_map(list(state_dict), config)
+    for alias, canonical in aliases.items():
+        if canonical not in state_dict:
+            raise KeyError(f'convert_hf_state_dict: {alias!r} is an alias of {canonical!r}, '
+                           'which is missing')
+        if not torch.equal(state_dict[alias], state_dict[canonical]):
+            raise ValueError(f'convert_hf_state_dict: tied keys {alias!r} and {canonical!r} '
+                             'hold different values; transformers shares this tensor, so the '
+                             'checkpoint is inconsistent')
+    converted = OrderedDict()
+    for key, value in state_dict.items():
+        if key not in renames or renames[key] in converted:
+            continue
+        if '.self_attn.in_proj_' in renames[key]:
+            parts = [re.sub(r'[qkv]_proj', f'{p}_proj', key) for p in 'qkv']
+            missing = [p for p in parts if p not in state_dict]
+            if missing:
+                raise KeyError(f'convert_hf_state_dict: {missing} missing (needed with {key!r})')
+            value = torch.cat([state_dict[p] for p in parts], 0)  # rows q, k, v
+        converted[renames[key]] = value
+    return converted
+
+
+def hf_base_config_name(config: Mapping) -> str:
+    """Stem of our closest variant config (``configs/deformable_detr/<stem>_r50_...``)."""
+    if config.get('num_feature_levels', 4) == 1:
+        return 'deformable-detr-single-scale-dc5' if config.get('dilation') else \
+            'deformable-detr-single-scale'
+    if config.get('two_stage'):
+        return 'deformable-detr-refine-twostage'
+    return 'deformable-detr-refine' if config.get('with_box_refine') else 'deformable-detr'
+
+
+def load_hf_config(folder: str) -> Dict:
+    """``config.json`` of a transformers Deformable DETR folder, as a dict."""
+    config_file = Path(folder) / 'config.json'
+    if not config_file.is_file():
+        raise FileNotFoundError(f'load_hf_config: {config_file} is missing')
+    config = json.loads(config_file.read_text())
+    if config.get('model_type') != 'deformable_detr':
+        raise ValueError(f"load_hf_config: {config_file} has model_type="
+                         f"{config.get('model_type')!r}, expected 'deformable_detr'")
+    return config
+
+
+def load_hf_checkpoint(folder: str) -> Tuple[Dict, Dict[str, torch.Tensor]]:
+    """``(config dict, state_dict)`` of a transformers checkpoint folder.
+
+    ``model.safetensors`` is read with the ``safetensors`` package,
+    ``pytorch_model.bin`` with ``torch.load(weights_only=True)``.
+    """
+    config = load_hf_config(folder)
+    folder = Path(folder)
+    if (folder / 'model.safetensors').is_file():
+        from safetensors.torch import load_file
+        return config, load_file(str(folder / 'model.safetensors'))
+    if (folder / 'pytorch_model.bin').is_file():
+        return config, torch.load(folder / 'pytorch_model.bin', map_location='cpu',
+                                  weights_only=True)
+    raise FileNotFoundError(f'load_hf_checkpoint: {folder} has neither model.safetensors nor '
+                            'pytorch_model.bin (sharded checkpoints are not read)')
+
+
+def convert_hf_folder(src: str, dst_dir: str, base_config: str) -> Dict:
+    """Write ``dst_dir/config.py`` and ``dst_dir/model.pth`` for a transformers folder.
+
+    Args:
+        src (str): transformers checkpoint folder (``config.json`` + weights).
+        dst_dir (str): output folder (created).
+        base_config (str): our config of the matching variant (see
+            :func:`hf_base_config_name`); ``config.py`` inherits it and sets
+            every model key :func:`hf_model_overrides` returns.
+
+    Returns:
+        dict: the converted state_dict.
+    """
+    from mmdeform.engine.atomic_save import torch_save_atomic  # engine imports models
+    config, state_dict = load_hf_checkpoint(src)
+    overrides = hf_model_overrides(config)
+    converted = convert_hf_state_dict(state_dict, config)
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / 'config.py').write_text(
+        f'# Converted from the transformers checkpoint {Path(src).resolve()}\n'
+        f'_base_ = {str(Path(base_config).resolve())!r}\n\n'
+        'model = dict(\n'
+        + ''.join(f'    {key}={value!r},\n' for key, value in overrides.items()) + ')\n')
+    meta = dict(dataset_meta=dict(classes=hf_class_names(config)), source=str(src))
+    torch_save_atomic({'state_dict': converted, 'meta': meta}, str(dst / 'model.pth'))
+    return converted

@@ -1,0 +1,273 @@
+"""Parity with HuggingFace transformers' Deformable DETR, and the transformers converter.
+
+A small random ``DeformableDetrForObjectDetection`` (transformers' own
+ResNet-18, no pretrained weights, nothing downloaded) is saved with
+``save_pretrained``, converted with ``tools/convert_hf_ckpt.py`` and loaded
+into our model through ``init_detector``; both run a padded batch of two
+images of different sizes (``pixel_mask`` / our ``img_shape``) and must give
+the same logits and boxes of every decoder layer, and the same two-stage
+encoder outputs, in float64 at 1e-10.
+
+transformers computes everything in the model's dtype; the official model
+(and ours) computes a few parameter-free pieces in float32 ("float32
+islands", README "Equality with the official model"). For the float64
+comparison transformers' model is run with those pieces in float32 too:
+the sine position encoding and the valid ratios (so the encoder reference
+points) are transformers' own code called in float32, while the two-stage
+proposal boxes and their sine encoding are the official float32 computation
+(our ``make_proposals`` / ``proposal_pos_embed``, themselves checked against
+the official fixtures), since a float32 ``log`` there differs by an ulp.
+"""
+import functools
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from mmdeform.apis import init_detector
+from mmdeform.models.hf import convert_hf_state_dict, hf_model_overrides
+from mmdeform.models.query_generators.two_stage_proposals import make_proposals, proposal_pos_embed
+from mmdeform.structures import DetDataSample
+
+transformers = pytest.importorskip('transformers')
+from transformers.models.deformable_detr import modeling_deformable_detr as hf_modeling  # noqa
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ATOL = 1e-10
+# name -> (with_box_refine, two_stage, num_feature_levels)
+VARIANTS = {'base': (False, False, 4), 'refine': (True, False, 4),
+            'refine_twostage': (True, True, 4), 'single_scale': (False, False, 1)}
+IMAGE_SIZES = [(96, 128), (80, 100)]  # (h, w) of the two images; the batch is (96, 128)
+
+
+def hf_config(variant: str, num_labels: int = 7):
+    refine, two_stage, levels = VARIANTS[variant]
+    backbone = transformers.ResNetConfig(
+        layer_type='basic', depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
+        embedding_size=64, out_features=['stage2', 'stage3', 'stage4'] if levels > 1
+        else ['stage4'])
+    return transformers.DeformableDetrConfig(
+        use_timm_backbone=False, backbone=None, backbone_config=backbone,
+        use_pretrained_backbone=False, d_model=64, encoder_layers=2, decoder_layers=3,
+        encoder_ffn_dim=96, decoder_ffn_dim=96, encoder_attention_heads=4,
+        decoder_attention_heads=4, num_queries=20, two_stage_num_proposals=20,
+        num_feature_levels=levels, with_box_refine=refine, two_stage=two_stage,
+        num_labels=num_labels, id2label={i: f'thing{i}' for i in range(num_labels)})
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Every parameter and BN statistic drawn at random (transformers zero-inits
+    some heads, which would hide mistakes in the box path)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            draw = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
+            if name.endswith('running_var'):
+                draw = draw.abs() + 0.5
+            tensor.copy_(draw * (0.5 if name.endswith(('running_var', 'running_mean')) else 0.1))
+
+
+@functools.cache
+def saved_hf_model(variant: str, tmp_root: str) -> Path:
+    torch.manual_seed(0)
+    model = transformers.DeformableDetrForObjectDetection(hf_config(variant)).eval()
+    randomize(model)
+    folder = Path(tmp_root) / f'hf_{variant}'
+    # transformers 4.57 refuses safetensors for the refine variants' shared tensors
+    model.save_pretrained(folder, safe_serialization=not VARIANTS[variant][0])
+    return folder
+
+
+@pytest.fixture(scope='module')
+def tmp_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('hf'))
+
+
+def make_batch(dtype):
+    generator = torch.Generator().manual_seed(1)
+    height, width = max(h for h, _ in IMAGE_SIZES), max(w for _, w in IMAGE_SIZES)
+    images = torch.zeros(len(IMAGE_SIZES), 3, height, width, dtype=torch.float64)
+    pixel_mask = torch.zeros(len(IMAGE_SIZES), height, width, dtype=torch.long)
+    samples = []
+    for i, (h, w) in enumerate(IMAGE_SIZES):
+        images[i, :, :h, :w] = torch.randn(3, h, w, generator=generator, dtype=torch.float64)
+        pixel_mask[i, :h, :w] = 1
+        samples.append(DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                                   batch_input_shape=(height, width))))
+    return images.to(dtype), pixel_mask, samples
+
+
+def float32_islands(stack: ExitStack) -> None:
+    """Run transformers' parameter-free float32 pieces as the official model does."""
+    sine = hf_modeling.DeformableDetrSinePositionEmbedding.forward
+    valid_ratio = hf_modeling.DeformableDetrModel.get_valid_ratio
+
+    def gen_proposals(self, enc_output, padding_mask, spatial_shapes):
+        proposals, unusable = make_proposals(padding_mask, [tuple(s) for s in spatial_shapes])
+        query = enc_output.masked_fill(unusable[..., None], 0.0)
+        return self.enc_output_norm(self.enc_output(query)), proposals
+
+    patches = {
+        'DeformableDetrSinePositionEmbedding.forward':
+            lambda self, values, mask: sine(self, values.float(), mask),
+        'DeformableDetrModel.get_valid_ratio':
+            lambda self, mask, dtype=torch.float32: valid_ratio(self, mask, torch.float32),
+        'DeformableDetrModel.gen_encoder_output_proposals': gen_proposals,
+        'DeformableDetrModel.get_proposal_pos_embed':
+            lambda self, coords: proposal_pos_embed(coords, self.config.d_model // 2),
+    }
+    for target, replacement in patches.items():
+        stack.enter_context(mock.patch.object(getattr(hf_modeling, target.split('.')[0]),
+                                              target.split('.')[1], replacement))
+
+
+def hf_every_layer(model, images, pixel_mask):
+    """transformers' logits / boxes of every decoder layer, (D, B, Q, K) / (D, B, Q, 4)."""
+    out = model(pixel_values=images, pixel_mask=pixel_mask)
+    logits, boxes = [], []
+    for layer in range(out.intermediate_hidden_states.shape[1]):
+        reference = out.init_reference_points if layer == 0 else \
+            out.intermediate_reference_points[:, layer - 1]
+        reference = hf_modeling.inverse_sigmoid(reference)
+        hidden = out.intermediate_hidden_states[:, layer]
+        delta = model.bbox_embed[layer](hidden)
+        if reference.shape[-1] == 4:
+            delta = delta + reference
+        else:
+            delta = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+        logits.append(model.class_embed[layer](hidden))
+        boxes.append(delta.sigmoid())
+    assert torch.equal(logits[-1], out.logits) and torch.equal(boxes[-1], out.pred_boxes)
+    return torch.stack(logits), torch.stack(boxes), out
+
+
+@functools.cache
+def run_pair(variant: str, tmp_root: str, dtype: torch.dtype = torch.float64):
+    """(transformers outputs, our HeadOutput, our QueryOutput) on the padded batch."""
+    folder = saved_hf_model(variant, tmp_root)
+    dst = Path(tmp_root) / f'ours_{variant}'
+    if not (dst / 'model.pth').is_file():
+        subprocess.run([sys.executable, str(REPO_ROOT / 'tools' / 'convert_hf_ckpt.py'),
+                        str(folder), str(dst)], check=True, cwd=REPO_ROOT, capture_output=True)
+    ours = init_detector(dst / 'config.py', dst / 'model.pth').to(dtype)
+    hf = transformers.DeformableDetrForObjectDetection.from_pretrained(folder).eval().to(dtype)
+    images, pixel_mask, samples = make_batch(dtype)
+    with torch.no_grad(), ExitStack() as stack:
+        if dtype == torch.float64:
+            float32_islands(stack)
+        hf_logits, hf_boxes, hf_out = hf_every_layer(hf, images, pixel_mask)
+        head_output, query_output = ours.forward_stages(images, samples)
+    return dict(hf_logits=hf_logits, hf_boxes=hf_boxes, hf=hf_out, head=head_output,
+                query=query_output, model=ours)
+
+
+def assert_close(actual, expected, atol, what):
+    assert actual.shape == expected.shape, f'{what}: shape {actual.shape} != {expected.shape}'
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol, msg=lambda m: f'{what}: {m}')
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_every_layer_equal_in_float64(variant, tmp_root):
+    result = run_pair(variant, tmp_root)
+    assert_close(result['head'].logits, result['hf_logits'], ATOL, 'logits of every layer')
+    assert_close(result['head'].boxes_cxcywh, result['hf_boxes'], ATOL, 'boxes of every layer')
+    hf = result['hf']
+    if VARIANTS[variant][1]:
+        assert_close(result['query'].enc_logits, hf.enc_outputs_class, ATOL, 'enc logits')
+        assert_close(result['query'].enc_boxes_cxcywh, hf.enc_outputs_coord_logits.sigmoid(),
+                     ATOL, 'enc boxes')
+    else:
+        assert result['query'].enc_logits is None
+
+
+@pytest.mark.parametrize('variant', ['base', 'refine_twostage'])
+def test_float32_close(variant, tmp_root):
+    """float32 without mirroring: transformers' own dtype choices, our islands."""
+    result = run_pair(variant, tmp_root, torch.float32)
+    assert_close(result['head'].logits, result['hf_logits'], 1e-4, 'logits')
+    assert_close(result['head'].boxes_cxcywh, result['hf_boxes'], 2e-5, 'boxes')
+
+
+def test_converted_folder(tmp_root):
+    folder = saved_hf_model('refine_twostage', tmp_root)
+    run_pair('refine_twostage', tmp_root)
+    dst = Path(tmp_root) / 'ours_refine_twostage'
+    assert sorted(p.name for p in dst.iterdir()) == ['config.py', 'model.pth']
+    model = init_detector(dst / 'config.py', dst / 'model.pth')
+    assert model.dataset_meta['classes'] == tuple(f'thing{i}' for i in range(7))
+    assert model.query_generator.num_queries == 20 and model.bbox_head.num_classes == 7
+    assert (folder / 'pytorch_model.bin').is_file()
+
+
+# ----------------------------------------------------------------------------- errors
+
+def tiny_state_dict(variant: str) -> tuple:
+    torch.manual_seed(0)
+    config = hf_config(variant)
+    return transformers.DeformableDetrForObjectDetection(config).state_dict(), config.to_dict()
+
+
+def test_converter_names_unknown_and_missing_keys():
+    state_dict, config = tiny_state_dict('base')
+    state_dict['model.mystery.weight'] = torch.zeros(1)
+    with pytest.raises(KeyError, match=r'model\.mystery\.weight'):
+        convert_hf_state_dict(state_dict, config)
+    state_dict, config = tiny_state_dict('base')
+    del state_dict['class_embed.0.bias']
+    with pytest.raises(KeyError, match=r'class_embed\.0\.bias'):
+        convert_hf_state_dict(state_dict, config)
+    state_dict, _ = tiny_state_dict('base')
+    del state_dict['model.decoder.layers.1.self_attn.k_proj.bias']
+    with pytest.raises(KeyError, match=r'k_proj\.bias'):
+        convert_hf_state_dict(state_dict, config)
+
+
+@pytest.mark.parametrize('variant,alias', [('base', 'class_embed.2.bias'),
+                                           ('refine_twostage', 'model.decoder.bbox_embed.1.'
+                                                               'layers.0.weight')])
+def test_converter_rejects_diverging_alias(variant, alias):
+    state_dict, config = tiny_state_dict(variant)
+    state_dict = {k: v.clone() for k, v in state_dict.items()}
+    state_dict[alias] += 1
+    with pytest.raises(ValueError, match=alias.replace('.', r'\.')):
+        convert_hf_state_dict(state_dict, config)
+
+
+@pytest.mark.parametrize('key,value', [('activation_function', 'gelu'),
+                                       ('position_embedding_type', 'learned'),
+                                       ('num_feature_levels', 2), ('two_stage', True)])
+def test_unsupported_variants_are_refused(key, value):
+    config = hf_config('base').to_dict()
+    config[key] = value
+    with pytest.raises(ValueError, match=key):
+        hf_model_overrides(config)
+
+
+def test_unsupported_backbone_is_refused():
+    config = hf_config('base').to_dict()
+    config['backbone_config']['depths'] = [1, 1, 1, 1]
+    with pytest.raises(ValueError, match='ResNet'):
+        hf_model_overrides(config)
+    config = dict(hf_config('base').to_dict(), use_timm_backbone=True, backbone='convnext_tiny')
+    with pytest.raises(ValueError, match='convnext_tiny'):
+        hf_model_overrides(config)
+
+
+def test_timm_backbone_names_map_to_ours():
+    """timm's ResNet keeps torchvision's names: our names with transformers' prefix."""
+    state_dict, config = tiny_state_dict('base')
+    prefix = 'model.backbone.conv_encoder.model.'
+    ours = convert_hf_state_dict(state_dict, config)
+    timm_like = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+    timm_like.update({prefix + k[len('backbone.'):]: v for k, v in ours.items()
+                      if k.startswith('backbone.')})
+    config = dict(config, use_timm_backbone=True, backbone='resnet18', backbone_config=None)
+    converted = convert_hf_state_dict(timm_like, config)
+    assert set(converted) == set(ours)
+    assert hf_model_overrides(config)['backbone']['depth'] == 18
