@@ -27,10 +27,13 @@ from unittest import mock
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from mmdeform.apis import init_detector
 from mmdeform.models.hf import convert_hf_state_dict, hf_model_overrides
+from mmdeform.models.hf_export import hf_config_kwargs
 from mmdeform.models.query_generators.two_stage_proposals import make_proposals, proposal_pos_embed
+from mmdeform.registry import MODELS
 from mmdeform.structures import DetDataSample
 
 transformers = pytest.importorskip('transformers')
@@ -271,3 +274,45 @@ def test_timm_backbone_names_map_to_ours():
     converted = convert_hf_state_dict(timm_like, config)
     assert set(converted) == set(ours)
     assert hf_model_overrides(config)['backbone']['depth'] == 18
+
+
+# ----------------------------------------------------------------------------- export
+
+@pytest.mark.parametrize('variant', ['base', 'refine_twostage', 'single_scale'])
+def test_round_trip_through_a_transformers_folder(variant, tmp_root):
+    """transformers -> ours -> tools/export_hf.py -> from_pretrained: same weights, same outputs."""
+    ours = run_pair(variant, tmp_root)['model']
+    dst, out = Path(tmp_root) / f'ours_{variant}', Path(tmp_root) / f'back_{variant}'
+    subprocess.run([sys.executable, str(REPO_ROOT / 'tools' / 'export_hf.py'),
+                    str(dst / 'config.py'), str(dst / 'model.pth'), str(out)],
+                   check=True, cwd=REPO_ROOT, capture_output=True)
+    original = transformers.DeformableDetrForObjectDetection.from_pretrained(
+        saved_hf_model(variant, tmp_root)).state_dict()
+    back = transformers.DeformableDetrForObjectDetection.from_pretrained(out).eval().double()
+    assert set(back.state_dict()) == set(original)
+    for key, value in back.state_dict().items():
+        assert torch.equal(value.float(), original[key]), key
+    assert back.config.id2label == {i: f'thing{i}' for i in range(7)}
+    processor = transformers.DeformableDetrImageProcessor.from_pretrained(out)
+    assert processor.image_mean == pytest.approx([0.485, 0.456, 0.406])
+    images, pixel_mask, samples = make_batch(torch.float64)
+    with torch.no_grad(), ExitStack() as stack:
+        float32_islands(stack)
+        hf_logits, hf_boxes, _ = hf_every_layer(back, images, pixel_mask)
+        head_output, _ = ours.double().forward_stages(images, samples)
+    assert_close(head_output.logits, hf_logits, ATOL, 'logits after the round trip')
+    assert_close(head_output.boxes_cxcywh, hf_boxes, ATOL, 'boxes after the round trip')
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(decoder=dict(type='DeformableDecoder'),
+          query_generator=dict(type='TwoStageProposals', share_head_branches=True)),
+     'two-stage proposals without box refinement'),
+    (dict(encoder=dict(layer_cfg=dict(self_attn_cfg=dict(type='SameLevelDeformAttn')))),
+     'SameLevelDeformAttn')])
+def test_export_refuses_what_transformers_cannot_express(change, message, tmp_root):
+    run_pair('refine_twostage', tmp_root)
+    cfg = Config.fromfile(Path(tmp_root) / 'ours_refine_twostage' / 'config.py')
+    cfg.merge_from_dict(dict(model=change))
+    with pytest.raises(ValueError, match=message):
+        hf_config_kwargs(MODELS.build(cfg.model))

@@ -1,0 +1,158 @@
+"""Write an mmdeform ``DeformableDETR`` as a HuggingFace transformers checkpoint folder.
+
+The inverse of :mod:`mmdeform.models.hf`: :func:`hf_config_kwargs` describes
+our model as ``DeformableDetrConfig`` keyword arguments (transformers' own
+ResNet as backbone, so no timm is needed), refusing components transformers
+cannot express; :func:`to_hf_state_dict` fills every key of transformers'
+model through the converter's own name table (:func:`hf_name_map`), so the
+two directions cannot drift apart; :func:`export_hf` writes the folder that
+``DeformableDetrForObjectDetection.from_pretrained`` loads, with a matching
+``preprocessor_config.json``. Only :func:`export_hf` imports transformers.
+"""
+import math
+from typing import Dict, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .hf import hf_name_map
+
+# our ResNet depth -> transformers' ResNetConfig
+_RESNET_CONFIGS = {
+    18: dict(layer_type='basic', depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512]),
+    34: dict(layer_type='basic', depths=[3, 4, 6, 3], hidden_sizes=[64, 128, 256, 512]),
+    50: dict(layer_type='bottleneck', depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048]),
+    101: dict(layer_type='bottleneck', depths=[3, 4, 23, 3],
+              hidden_sizes=[256, 512, 1024, 2048]),
+}
+_SUPPORTED_TYPES = {
+    'backbone': ('ResNet', ), 'neck': ('MultiScaleProjection', ),
+    'positional_encoding': ('SinePositionalEncoding', ), 'encoder': ('DeformableEncoder', ),
+    'decoder': ('DeformableDecoder', 'RefineDeformableDecoder'),
+    'query_generator': ('LearnedQueries', 'TwoStageProposals')}
+
+
+def _refuse(what: str) -> None:
+    raise ValueError(f'export_hf: {what}; transformers\' DeformableDetr cannot express it')
+
+
+def _check_components(model: nn.Module) -> None:
+    for name, types in _SUPPORTED_TYPES.items():
+        kind = type(getattr(model, name)).__name__
+        if kind not in types:
+            _refuse(f'model.{name} is {kind} (supported: {", ".join(types)})')
+    attentions = [layer.self_attn for layer in model.encoder.layers] + \
+        [layer.cross_attn for layer in model.decoder.layers]
+    for attention in attentions:
+        if type(attention).__name__ != 'MSDeformAttn':
+            _refuse(f'deformable attention {type(attention).__name__} (only MSDeformAttn)')
+    pe = model.positional_encoding
+    if (pe.temperature, pe.normalize, pe.offset, pe.eps) != (10000, True, -0.5, 1e-6) or \
+            not math.isclose(pe.scale, 2 * math.pi):
+        _refuse('a sine encoding other than temperature=10000, normalize=True, offset=-0.5, '
+                'eps=1e-6, scale=2*pi')
+    if getattr(model.query_generator, 'share_head_branches', False) or (
+            type(model.query_generator).__name__ == 'TwoStageProposals' and
+            not model.decoder.refines_references):
+        _refuse('two-stage proposals without box refinement')
+    if any(conv_module.gn.num_groups != 32 for conv_module in model.neck.projections):
+        _refuse('a GroupNorm with other than 32 groups in the neck')
+
+
+def hf_config_kwargs(model: nn.Module, class_names: Optional[Sequence[str]] = None) -> Dict:
+    """``DeformableDetrConfig`` keyword arguments describing ``model``.
+
+    Args:
+        model (nn.Module): our ``DeformableDETR``.
+        class_names (Sequence[str], optional): ``id2label``; default
+            ``class0`` .. ``classK-1``.
+
+    Raises:
+        ValueError: naming a component transformers has no equivalent of.
+    """
+    _check_components(model)
+    backbone, levels = model.backbone, model.neck.num_levels
+    if backbone.depth not in _RESNET_CONFIGS:
+        _refuse(f'ResNet depth {backbone.depth}')
+    expected = (1, 2, 3) if levels > 1 else (3, )
+    if tuple(backbone.out_indices) != expected or levels == 2:
+        _refuse(f'backbone.out_indices={backbone.out_indices} with {levels} levels (transformers '
+                'uses C3-C5 plus extra levels, or C5 alone)')
+    encoder_layer, decoder_layer = model.encoder.layers[0], model.decoder.layers[0]
+    if decoder_layer.self_attn.num_heads != decoder_layer.cross_attn.num_heads:
+        _refuse('different head counts in the decoder self- and cross-attention')
+    num_classes = model.bbox_head.num_classes
+    names = list(class_names) if class_names is not None else \
+        [f'class{i}' for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f'export_hf: {len(names)} class names for {num_classes} classes')
+    two_stage = type(model.query_generator).__name__ == 'TwoStageProposals'
+    return dict(
+        use_timm_backbone=False, backbone=None, use_pretrained_backbone=False,
+        backbone_config=dict(model_type='resnet', embedding_size=64,
+                             out_features=['stage2', 'stage3', 'stage4'] if levels > 1
+                             else ['stage4'], **_RESNET_CONFIGS[backbone.depth]),
+        dilation=backbone.layer4[0].conv2.dilation == (2, 2),
+        d_model=model.neck.out_channels, num_feature_levels=levels,
+        encoder_layers=len(model.encoder.layers), decoder_layers=len(model.decoder.layers),
+        encoder_attention_heads=encoder_layer.self_attn.num_heads,
+        decoder_attention_heads=decoder_layer.cross_attn.num_heads,
+        encoder_n_points=encoder_layer.self_attn.num_points,
+        decoder_n_points=decoder_layer.cross_attn.num_points,
+        encoder_ffn_dim=encoder_layer.ffn.linear1.out_features,
+        decoder_ffn_dim=decoder_layer.ffn.linear1.out_features,
+        num_queries=model.query_generator.num_queries,
+        two_stage_num_proposals=model.query_generator.num_queries,
+        with_box_refine=model.decoder.refines_references, two_stage=two_stage,
+        num_labels=num_classes, id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)})
+
+
+def to_hf_state_dict(state_dict: Mapping[str, torch.Tensor], hf_keys: Sequence[str],
+                     hf_config: Mapping) -> Dict[str, torch.Tensor]:
+    """Our state_dict under transformers' names (every key of ``hf_keys``).
+
+    Args:
+        state_dict (Mapping[str, Tensor]): our model's state_dict.
+        hf_keys (Sequence[str]): the keys of transformers' model to fill.
+        hf_config (Mapping): its config as a dict.
+
+    Raises:
+        KeyError: a transformers key whose source is missing here.
+    """
+    renames, aliases = hf_name_map(list(hf_keys), hf_config)
+    converted = {}
+    for key in hf_keys:
+        source = renames.get(key) or renames[aliases[key]]
+        if source not in state_dict:
+            raise KeyError(f'export_hf: {source!r} (for transformers\' {key!r}) is missing')
+        value = state_dict[source]
+        if '.self_attn.in_proj_' in source:  # rows q, k, v
+            value = value.chunk(3, 0)['qkv'.index(key.split('.self_attn.')[1][0])]
+        converted[key] = value.detach().clone()
+    return converted
+
+
+def export_hf(model: nn.Module, out_dir: str,
+              class_names: Optional[Sequence[str]] = None) -> None:
+    """Write ``out_dir`` for ``DeformableDetrForObjectDetection.from_pretrained``.
+
+    The weights go to ``model.safetensors`` except with box refinement, where
+    transformers 4.x refuses safetensors for its shared heads and writes
+    ``pytorch_model.bin``. ``preprocessor_config.json`` carries our
+    normalization (mean / std of the data preprocessor, RGB).
+    """
+    import transformers
+    kwargs = hf_config_kwargs(model, class_names)
+    kwargs['backbone_config'] = transformers.ResNetConfig(
+        **{k: v for k, v in kwargs['backbone_config'].items() if k != 'model_type'})
+    config = transformers.DeformableDetrConfig(**kwargs)
+    hf_model = transformers.DeformableDetrForObjectDetection(config)
+    hf_state = hf_model.state_dict()
+    converted = to_hf_state_dict(model.state_dict(), list(hf_state), config.to_dict())
+    hf_model.load_state_dict(converted, strict=True)
+    hf_model.save_pretrained(out_dir, safe_serialization=not config.with_box_refine)
+    preprocessor = model.data_preprocessor
+    transformers.DeformableDetrImageProcessor(
+        image_mean=[value / 255 for value in preprocessor.mean],
+        image_std=[value / 255 for value in preprocessor.std]).save_pretrained(out_dir)
