@@ -316,3 +316,19 @@ def test_export_refuses_what_transformers_cannot_express(change, message, tmp_ro
     cfg.merge_from_dict(dict(model=change))
     with pytest.raises(ValueError, match=message):
         hf_config_kwargs(MODELS.build(cfg.model))
+
+
+@pytest.mark.parametrize('variant', ['base', 'refine_twostage'])
+def test_post_processing_agrees(variant, tmp_root):
+    """Our predict vs transformers' post_process_object_detection (top-k over Q*K)."""
+    result = run_pair(variant, tmp_root)
+    _, _, samples = make_batch(torch.float64)
+    predictions = result['model'].bbox_head.predict(result['head'], samples)
+    sizes = torch.tensor(IMAGE_SIZES, dtype=torch.float64)
+    expected = transformers.DeformableDetrImageProcessor().post_process_object_detection(
+        result['hf'], threshold=-1.0, target_sizes=sizes, top_k=100)
+    for image, (sample, ref) in enumerate(zip(predictions, expected)):
+        pred = sample.pred_instances
+        assert torch.equal(pred.labels, ref['labels']), f'image {image} labels'
+        assert_close(pred.scores, ref['scores'], ATOL, f'image {image} scores')
+        assert_close(pred.bboxes, ref['boxes'], 1e-8, f'image {image} boxes (pixels)')
