@@ -19,6 +19,7 @@ proposal boxes and their sine encoding are the official float32 computation
 the official fixtures), since a float32 ``log`` there differs by an ulp.
 """
 import functools
+import re
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -221,10 +222,6 @@ def test_converter_names_unknown_and_missing_keys():
     state_dict['model.mystery.weight'] = torch.zeros(1)
     with pytest.raises(KeyError, match=r'model\.mystery\.weight'):
         convert_hf_state_dict(state_dict, config)
-    state_dict, config = tiny_state_dict('base')
-    del state_dict['class_embed.0.bias']
-    with pytest.raises(KeyError, match=r'class_embed\.0\.bias'):
-        convert_hf_state_dict(state_dict, config)
     state_dict, _ = tiny_state_dict('base')
     del state_dict['model.decoder.layers.1.self_attn.k_proj.bias']
     with pytest.raises(KeyError, match=r'k_proj\.bias'):
@@ -332,3 +329,43 @@ def test_post_processing_agrees(variant, tmp_root):
         assert torch.equal(pred.labels, ref['labels']), f'image {image} labels'
         assert_close(pred.scores, ref['scores'], ATOL, f'image {image} scores')
         assert_close(pred.bboxes, ref['boxes'], 1e-8, f'image {image} boxes (pixels)')
+
+
+# ----------------------------------------------------------------------------- 5.x names
+
+V5_RENAMES = [(r'^model\.backbone\.conv_encoder\.model\.', 'model.backbone.model.'),
+              (r'\.(fc[12])\.', r'.mlp.\1.'), (r'self_attn\.out_proj', 'self_attn.o_proj')]
+
+
+@pytest.mark.parametrize('variant', ['base', 'refine_twostage'])
+def test_transformers_5_names_convert_alike(variant):
+    """A live 5.x model's names (``backbone.model``, ``mlp.fc1``, ``o_proj``), and 5.x
+    files, which keep the refine heads only as ``model.decoder.*``, convert alike."""
+    state_dict, config = tiny_state_dict(variant)
+    expected = convert_hf_state_dict(state_dict, config)
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in V5_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    as_saved = {key: value for key, value in state_dict.items()
+                if not (VARIANTS[variant][0] and re.match(r'(class|bbox)_embed\.', key))}
+    for variant_dict in (renamed, as_saved):
+        converted = convert_hf_state_dict(variant_dict, config)
+        assert set(converted) == set(expected)
+        for name, value in expected.items():
+            assert torch.equal(converted[name], value), name
+
+
+def test_tool_names_missing_weights(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.DeformableDetrForObjectDetection(hf_config('base'))
+    model.save_pretrained(tmp_path / 'src', safe_serialization=False)
+    state_dict = torch.load(tmp_path / 'src' / 'pytorch_model.bin', weights_only=True)
+    del state_dict['model.level_embed']
+    torch.save(state_dict, tmp_path / 'src' / 'pytorch_model.bin')
+    run = subprocess.run([sys.executable, str(REPO_ROOT / 'tools' / 'convert_hf_ckpt.py'),
+                          str(tmp_path / 'src'), str(tmp_path / 'dst')], cwd=REPO_ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and 'encoder.level_embed' in run.stderr
+    assert not (tmp_path / 'dst' / 'model.pth').exists()

@@ -27,12 +27,15 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 
 _PREFIX = 'model.'
-_BACKBONE = 'model.backbone.conv_encoder.model.'
+# saved files (4.x and 5.x) / a live 5.x model's state_dict
+_BACKBONES = ('model.backbone.conv_encoder.model.', 'model.backbone.model.')
 _ENCODER_LAYER_RENAMES = {
     'self_attn': 'self_attn', 'self_attn_layer_norm': 'self_attn_norm', 'fc1': 'ffn.linear1',
-    'fc2': 'ffn.linear2', 'final_layer_norm': 'ffn_norm'}
+    'fc2': 'ffn.linear2', 'mlp.fc1': 'ffn.linear1', 'mlp.fc2': 'ffn.linear2',
+    'final_layer_norm': 'ffn_norm'}
 _DECODER_LAYER_RENAMES = {
-    'self_attn.out_proj': 'self_attn.out_proj', 'self_attn_layer_norm': 'self_attn_norm',
+    'self_attn.out_proj': 'self_attn.out_proj', 'self_attn.o_proj': 'self_attn.out_proj',
+    'self_attn_layer_norm': 'self_attn_norm', 'mlp.fc1': 'ffn.linear1', 'mlp.fc2': 'ffn.linear2',
     'encoder_attn': 'cross_attn', 'encoder_attn_layer_norm': 'cross_attn_norm',
     'fc1': 'ffn.linear1', 'fc2': 'ffn.linear2', 'final_layer_norm': 'ffn_norm'}
 _QUERY_GENERATOR_NAMES = ('reference_points', 'enc_output', 'enc_output_norm', 'pos_trans',
@@ -169,6 +172,41 @@ def _head_name(kind: str, index: int, tail: str, num_layers: int, refine: bool,
     return f"bbox_head.{'cls' if kind == 'class_embed' else 'reg'}_branches.{index}.{tail}", None
 
 
+def _map_key(key: str, num_layers: int, refine: bool,
+             two_stage: bool) -> Tuple[Optional[str], Optional[str]]:
+    """One transformers key -> (our name, None), (None, canonical alias) or (None, None)."""
+    new, canonical = None, None
+    prefix = next((p for p in _BACKBONES if key.startswith(p)), None)
+    if prefix is not None:
+        name = _backbone_name(key[len(prefix):])
+        new = None if name is None else 'backbone.' + name
+    elif m := re.match(r'model\.input_proj\.(\d+)\.([01])\.(.+)$', key):
+        new = f"neck.projections.{m.group(1)}.{'conv' if m.group(2) == '0' else 'gn'}." \
+              f'{m.group(3)}'
+    elif key == 'model.level_embed':
+        new = 'encoder.level_embed'
+    elif key == 'model.query_position_embeddings.weight':
+        new = 'query_generator.query_embed.weight'
+    elif m := re.match(r'model\.encoder\.layers\.(\d+)\.(.+)$', key):
+        rest = _layer_name(m.group(2), _ENCODER_LAYER_RENAMES)
+        new = rest and f'encoder.layers.{m.group(1)}.{rest}'
+    elif m := re.match(r'model\.decoder\.layers\.(\d+)\.self_attn\.[qkv]_proj\.(weight|bias)$',
+                       key):
+        new = f'decoder.layers.{m.group(1)}.self_attn.in_proj_{m.group(2)}'
+    elif m := re.match(r'model\.decoder\.layers\.(\d+)\.(.+)$', key):
+        rest = _layer_name(m.group(2), _DECODER_LAYER_RENAMES)
+        new = rest and f'decoder.layers.{m.group(1)}.{rest}'
+    elif m := re.match(r'model\.decoder\.(class_embed|bbox_embed)\.(\d+\..+)$', key):
+        canonical = f'{m.group(1)}.{m.group(2)}'
+    elif m := re.match(r'model\.(\w+)\.(weight|bias)$', key):
+        if m.group(1) in _QUERY_GENERATOR_NAMES:
+            new = f'query_generator.{m.group(1)}.{m.group(2)}'
+    elif m := re.match(r'(class_embed|bbox_embed)\.(\d+)\.(.+)$', key):
+        new, canonical = _head_name(m.group(1), int(m.group(2)), m.group(3), num_layers,
+                                    refine, two_stage)
+    return new, canonical
+
+
 def hf_name_map(keys: List[str], config: Mapping) -> Tuple[Dict[str, str], Dict[str, str]]:
     """Rename table of a transformers state_dict.
 
@@ -180,44 +218,27 @@ def hf_name_map(keys: List[str], config: Mapping) -> Tuple[Dict[str, str], Dict[
     Raises:
         KeyError: naming every key without an mmdeform counterpart.
     """
-    num_layers = config['decoder_layers']
-    refine, two_stage = config.get('with_box_refine', False), config.get('two_stage', False)
+    rule = dict(num_layers=config['decoder_layers'],
+                refine=config.get('with_box_refine', False),
+                two_stage=config.get('two_stage', False))
     renames, aliases, unknown = {}, {}, []
     for key in keys:
-        new, canonical = None, None
-        if key.startswith(_BACKBONE):
-            name = _backbone_name(key[len(_BACKBONE):])
-            new = None if name is None else 'backbone.' + name
-        elif m := re.match(r'model\.input_proj\.(\d+)\.([01])\.(.+)$', key):
-            new = f"neck.projections.{m.group(1)}.{'conv' if m.group(2) == '0' else 'gn'}." \
-                  f'{m.group(3)}'
-        elif key == 'model.level_embed':
-            new = 'encoder.level_embed'
-        elif key == 'model.query_position_embeddings.weight':
-            new = 'query_generator.query_embed.weight'
-        elif m := re.match(r'model\.encoder\.layers\.(\d+)\.(.+)$', key):
-            rest = _layer_name(m.group(2), _ENCODER_LAYER_RENAMES)
-            new = rest and f'encoder.layers.{m.group(1)}.{rest}'
-        elif m := re.match(r'model\.decoder\.layers\.(\d+)\.self_attn\.[qkv]_proj\.(weight|bias)$',
-                           key):
-            new = f'decoder.layers.{m.group(1)}.self_attn.in_proj_{m.group(2)}'
-        elif m := re.match(r'model\.decoder\.layers\.(\d+)\.(.+)$', key):
-            rest = _layer_name(m.group(2), _DECODER_LAYER_RENAMES)
-            new = rest and f'decoder.layers.{m.group(1)}.{rest}'
-        elif m := re.match(r'model\.decoder\.(class_embed|bbox_embed)\.(\d+\..+)$', key):
-            canonical = f'{m.group(1)}.{m.group(2)}'
-        elif m := re.match(r'model\.(\w+)\.(weight|bias)$', key):
-            if m.group(1) in _QUERY_GENERATOR_NAMES:
-                new = f'query_generator.{m.group(1)}.{m.group(2)}'
-        elif m := re.match(r'(class_embed|bbox_embed)\.(\d+)\.(.+)$', key):
-            new, canonical = _head_name(m.group(1), int(m.group(2)), m.group(3), num_layers,
-                                        refine, two_stage)
+        new, canonical = _map_key(key, **rule)
         if canonical is not None:
             aliases[key] = canonical
         elif new is not None:
             renames[key] = new
         else:
             unknown.append(key)
+    # transformers 5.x saves the refine heads only as model.decoder.*: the first
+    # present alias of a missing canonical key becomes the source of its tensor
+    present = set(keys)
+    for alias, canonical in sorted(aliases.items()):
+        if canonical not in present:
+            renames[alias] = _map_key(canonical, **rule)[0]
+            present.add(canonical)
+            aliases.pop(alias)
+            aliases.update({a: alias for a, c in aliases.items() if c == canonical})
     if unknown:
         raise KeyError(f'convert_hf_state_dict: {len(unknown)} keys have no mmdeform '
                        f'counterpart: {unknown}')
@@ -317,11 +338,25 @@ def convert_hf_folder(src: str, dst_dir: str, base_config: str) -> Dict:
 
     Returns:
         dict: the converted state_dict.
+
+    Raises:
+        KeyError: the weights do not fill our model exactly (the mmdeform
+            names of the missing / unexpected tensors are listed).
     """
+    from mmengine.config import Config
+
     from mmdeform.engine.atomic_save import torch_save_atomic  # engine imports models
+    from mmdeform.registry import MODELS
     config, state_dict = load_hf_checkpoint(src)
     overrides = hf_model_overrides(config)
     converted = convert_hf_state_dict(state_dict, config)
+    cfg = Config.fromfile(base_config)
+    cfg.merge_from_dict(dict(model=overrides))
+    expected = set(MODELS.build(cfg.model).state_dict())
+    missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
+    if missing or unexpected:
+        raise KeyError(f'convert_hf_folder: {src} does not fill our model: missing {missing}, '
+                       f'unexpected {unexpected}')
     dst = Path(dst_dir)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / 'config.py').write_text(
