@@ -12,11 +12,15 @@ both to mmdeform without importing transformers:
   box refinement; ``model.decoder.bbox_embed.i`` / ``model.decoder.class_embed.i``
   are ``bbox_embed.i`` / ``class_embed.i``); aliases may be absent (transformers
   drops tied copies when saving) but, when present, must equal their canonical
-  tensor, else the checkpoint is refused. Decoder self-attention ``q_proj`` /
-  ``k_proj`` / ``v_proj`` become ``nn.MultiheadAttention``'s ``in_proj_*``.
+  tensor, else the checkpoint is refused. When only an alias is present (5.x
+  files keep only ``model.decoder.*`` with box refinement) it is the source.
+  Decoder self-attention ``q_proj`` / ``k_proj`` / ``v_proj`` become
+  ``nn.MultiheadAttention``'s ``in_proj_*``.
 
-Backbones: transformers' own ResNet (``embedder`` / ``encoder.stages``) and
-timm's (torchvision names) under ``model.backbone.conv_encoder.model.``.
+Names: files saved by transformers 4.x and 5.x (5.x writes the 4.x names), and
+a live 5.x model's ``state_dict()`` (``model.backbone.model.``, ``mlp.fc1``,
+``self_attn.o_proj``). Backbones: transformers' own ResNet (``embedder`` /
+``encoder.stages``) and timm's (torchvision names).
 """
 import json
 import re
@@ -26,7 +30,6 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-_PREFIX = 'model.'
 # saved files (4.x and 5.x) / a live 5.x model's state_dict
 _BACKBONES = ('model.backbone.conv_encoder.model.', 'model.backbone.model.')
 _ENCODER_LAYER_RENAMES = {
@@ -250,8 +253,8 @@ def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor],
     """transformers ``DeformableDetrForObjectDetection`` state_dict -> mmdeform.
 
     Args:
-        state_dict (Mapping[str, Tensor]): transformers' keys (4.x names:
-            ``model.*``, ``class_embed.*``, ``bbox_embed.*``).
+        state_dict (Mapping[str, Tensor]): transformers' keys (``model.*``,
+            ``class_embed.*``, ``bbox_embed.*``; 4.x or 5.x names, see above).
         config (Mapping): its ``config.json`` as a dict; the variant (box
             refinement, two-stage, decoder layers) is read from it.
 
