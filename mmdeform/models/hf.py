@@ -30,6 +30,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from .official import QUERY_GENERATOR_NAMES, head_rule
+
 # saved files (4.x and 5.x) / a live 5.x model's state_dict
 _BACKBONES = ('model.backbone.conv_encoder.model.', 'model.backbone.model.')
 _ENCODER_LAYER_RENAMES = {
@@ -41,8 +43,6 @@ _DECODER_LAYER_RENAMES = {
     'self_attn_layer_norm': 'self_attn_norm', 'mlp.fc1': 'ffn.linear1', 'mlp.fc2': 'ffn.linear2',
     'encoder_attn': 'cross_attn', 'encoder_attn_layer_norm': 'cross_attn_norm',
     'fc1': 'ffn.linear1', 'fc2': 'ffn.linear2', 'final_layer_norm': 'ffn_norm'}
-_QUERY_GENERATOR_NAMES = ('reference_points', 'enc_output', 'enc_output_norm', 'pos_trans',
-                          'pos_trans_norm')
 # (layer_type, depths) of transformers' ResNetConfig -> our ResNet depth
 _HF_RESNETS = {('basic', (2, 2, 2, 2)): 18, ('basic', (3, 4, 6, 3)): 34,
                ('bottleneck', (3, 4, 6, 3)): 50, ('bottleneck', (3, 4, 23, 3)): 101}
@@ -161,20 +161,6 @@ def _layer_name(rest: str, renames: Dict[str, str]) -> Optional[str]:
     return None
 
 
-def _head_name(kind: str, index: int, tail: str, num_layers: int, refine: bool,
-               two_stage: bool) -> Tuple[Optional[str], Optional[str]]:
-    """``class_embed.i`` / ``bbox_embed.i`` -> (our name, None) or (None, canonical alias)."""
-    if not refine:  # one module under every index
-        if index == 0:
-            return f"bbox_head.{'cls' if kind == 'class_embed' else 'reg'}_branches.0.{tail}", None
-        return None, f'{kind}.0.{tail}'
-    if two_stage and index == num_layers:
-        return f"query_generator.{'cls' if kind == 'class_embed' else 'reg'}_branch.{tail}", None
-    if index >= num_layers:
-        return None, None
-    return f"bbox_head.{'cls' if kind == 'class_embed' else 'reg'}_branches.{index}.{tail}", None
-
-
 def _map_key(key: str, num_layers: int, refine: bool,
              two_stage: bool) -> Tuple[Optional[str], Optional[str]]:
     """One transformers key -> (our name, None), (None, canonical alias) or (None, None)."""
@@ -202,11 +188,12 @@ def _map_key(key: str, num_layers: int, refine: bool,
     elif m := re.match(r'model\.decoder\.(class_embed|bbox_embed)\.(\d+\..+)$', key):
         canonical = f'{m.group(1)}.{m.group(2)}'
     elif m := re.match(r'model\.(\w+)\.(weight|bias)$', key):
-        if m.group(1) in _QUERY_GENERATOR_NAMES:
+        if m.group(1) in QUERY_GENERATOR_NAMES:
             new = f'query_generator.{m.group(1)}.{m.group(2)}'
     elif m := re.match(r'(class_embed|bbox_embed)\.(\d+)\.(.+)$', key):
-        new, canonical = _head_name(m.group(1), int(m.group(2)), m.group(3), num_layers,
-                                    refine, two_stage)
+        # the same head layout as the official model's class_embed / bbox_embed
+        new, canonical = head_rule(num_layers, refine, two_stage)(
+            m.group(1), int(m.group(2)), m.group(3))
     return new, canonical
 
 

@@ -27,7 +27,7 @@ _ENCODER_LAYER_RENAMES = {
 _DECODER_LAYER_RENAMES = {
     'norm2': 'self_attn_norm', 'norm1': 'cross_attn_norm', 'linear1': 'ffn.linear1',
     'linear2': 'ffn.linear2', 'norm3': 'ffn_norm'}
-_QUERY_GENERATOR_NAMES = ('reference_points', 'enc_output', 'enc_output_norm', 'pos_trans',
+QUERY_GENERATOR_NAMES = ('reference_points', 'enc_output', 'enc_output_norm', 'pos_trans',
                           'pos_trans_norm')
 
 
@@ -49,7 +49,7 @@ def _layout(keys: List[str]) -> Tuple[int, bool, bool]:
     return max(decoder_layers) + 1, refine, two_stage
 
 
-def _head_rule(num_layers: int, refine: bool, two_stage: bool) -> Callable:
+def head_rule(num_layers: int, refine: bool, two_stage: bool) -> Callable:
     """Renaming of ``class_embed.i.*`` / ``bbox_embed.i.*`` (heads).
 
     Returns a function ``(kind, index, tail) -> (new name or None, canonical
@@ -83,7 +83,7 @@ def official_name_map(keys: List[str]) -> Tuple[Dict[str, str], Dict[str, str]]:
         KeyError: naming every key that has no mmdeform counterpart.
     """
     num_layers, refine, two_stage = _layout(keys)
-    head_rule = _head_rule(num_layers, refine, two_stage)
+    rename_head = head_rule(num_layers, refine, two_stage)
     renames, aliases, unknown = {}, {}, []
     for key in keys:
         new, canonical = None, None
@@ -105,10 +105,10 @@ def official_name_map(keys: List[str]) -> Tuple[Dict[str, str], Dict[str, str]]:
         elif m := re.match(r'transformer\.decoder\.(class_embed|bbox_embed)\.(\d+\..+)$', key):
             canonical = f'{m.group(1)}.{m.group(2)}'
         elif m := re.match(r'transformer\.(\w+)\.(weight|bias)$', key):
-            if m.group(1) in _QUERY_GENERATOR_NAMES:
+            if m.group(1) in QUERY_GENERATOR_NAMES:
                 new = f'query_generator.{m.group(1)}.{m.group(2)}'
         elif m := re.match(r'(class_embed|bbox_embed)\.(\d+)\.(.+)$', key):
-            new, canonical = head_rule(m.group(1), int(m.group(2)), m.group(3))
+            new, canonical = rename_head(m.group(1), int(m.group(2)), m.group(3))
         if canonical is not None:
             aliases[key] = canonical
         elif new is not None:
