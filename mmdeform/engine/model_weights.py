@@ -3,8 +3,9 @@ shape, with errors that name the file and the first offending tensors.
 
 Strict (the default everywhere in mmdeform): every tensor of the model must be
 in the checkpoint with the same shape, and the checkpoint must hold nothing
-else. Partial (an explicit opt-out, ``--partial-load``): the tensors whose name
-and shape match are loaded, the rest is listed in a warning. mmengine's own
+else (apart from keys a module drops on purpose, :func:`ignored_state_keys`).
+Partial (an explicit opt-out, ``--partial-load``): the tensors whose name and
+shape match are loaded, the rest is listed in a warning. mmengine's own
 loading is partial and only logs, so a checkpoint of another model gave
 metrics of a partly random model, or died later inside the optimizer.
 """
@@ -12,7 +13,7 @@ import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Set, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -85,6 +86,18 @@ def compare_state_dicts(model_state: Mapping[str, torch.Tensor],
     return diff
 
 
+def ignored_state_keys(model: nn.Module) -> Set[str]:
+    """Checkpoint keys that modules of ``model`` accept and drop when loading.
+
+    A module lists them in an ``ignored_state_keys`` attribute (e.g.
+    :class:`~mmdeform.models.backbones.FrozenBatchNorm2d` drops
+    ``num_batches_tracked`` of a ``BatchNorm2d`` checkpoint).
+    """
+    return {f'{name}.{key}' if name else key
+            for name, module in model.named_modules()
+            for key in getattr(module, 'ignored_state_keys', ())}
+
+
 def state_dict_of(checkpoint: Any, filename: str,
                   revise_keys: Sequence[Tuple[str, str]] = _DEFAULT_REVISE_KEYS) -> Dict:
     """The weights of a loaded checkpoint (``state_dict``, else the checkpoint
@@ -128,6 +141,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Any], fil
     """
     model_state = model.state_dict()
     diff = compare_state_dicts(model_state, state_dict)
+    accepted = ignored_state_keys(model)
+    diff.unexpected = [name for name in diff.unexpected if name not in accepted]
     if diff and strict:
         raise CheckpointMismatchError(
             f'checkpoint {filename} does not fit the model: {diff.describe()}{hint}')

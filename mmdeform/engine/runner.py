@@ -3,8 +3,12 @@ and loading them checked (used by ``tools/train.py`` and ``tools/test.py``)."""
 import os.path as osp
 from typing import Callable, Optional, Sequence, Tuple, Union
 
+import torch
 from mmengine.model import is_model_wrapper
 from mmengine.runner import CheckpointLoader, Runner
+from torch import nn
+
+from mmdeform.models.backbones.sync_batch_norm import convert_sync_batchnorm
 
 from .checkpoint import load_weights_only
 from .model_weights import load_state_dict_checked, state_dict_of
@@ -27,6 +31,11 @@ class SafeLoadingRunner(Runner):
       resuming always needs the same model (the first mismatching parameter
       is named, instead of a failure deep inside the optimizer); ``load_from``
       is strict unless :attr:`strict_load` is False (``--partial-load``).
+    - ``cfg.sync_bn='torch'`` in a distributed run without CUDA converts the
+      batch norm layers to mmdeform's
+      :class:`~mmdeform.models.backbones.SyncBatchNorm` (all-reduce over
+      gloo) instead of torch's, which refuses CPU tensors. With CUDA
+      mmengine converts them to torch's as usual.
 
     Attributes:
         strict_load (bool): Whether ``load_from`` must match the model
@@ -35,6 +44,24 @@ class SafeLoadingRunner(Runner):
 
     strict_load: bool = True
     _resuming: bool = False
+
+    def wrap_model(self, model_wrapper_cfg: Optional[dict], model: nn.Module) -> nn.Module:
+        """mmengine's ``wrap_model``; on a CPU-only distributed run with
+        ``cfg.sync_bn`` the batch norm layers become our CPU-capable SyncBN."""
+        sync_bn = self.cfg.get('sync_bn')
+        if sync_bn is None or not self.distributed or torch.cuda.is_available():
+            return super().wrap_model(model_wrapper_cfg, model)
+        if sync_bn != 'torch':
+            raise ValueError(f"cfg.sync_bn must be 'torch' on a machine without CUDA "
+                             f"(mmdeform's all-reduce SyncBN), got {sync_bn!r}")
+        model = convert_sync_batchnorm(model)
+        self.logger.info('sync_bn: batch norm layers converted to mmdeform SyncBatchNorm '
+                         '(all-reduce on CPU)')
+        self.cfg.sync_bn = None  # mmengine would convert to torch's CPU-less SyncBN
+        try:
+            return super().wrap_model(model_wrapper_cfg, model)
+        finally:
+            self.cfg.sync_bn = sync_bn
 
     def resume(self, filename: str, *args, **kwargs) -> None:
         self._resuming = True

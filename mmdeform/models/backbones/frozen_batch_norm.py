@@ -13,13 +13,21 @@ class FrozenBatchNorm2d(nn.Module):
         s = weight * rsqrt(running_var + eps)
         y = x * s + (bias - running_mean * s)
 
-    There is no ``num_batches_tracked`` buffer; such a key in a loaded
-    state_dict (torchvision checkpoints have one per BN) is dropped quietly.
+    A ``BatchNorm2d`` state_dict loads as is: ``weight``, ``bias``,
+    ``running_mean`` and ``running_var`` are taken over, and its
+    ``num_batches_tracked`` step counter (torchvision checkpoints, backbones
+    trained with ``norm_cfg=dict(type='BN')``) is the one key dropped
+    (:attr:`ignored_state_keys`). Build it with the trained layer's ``eps``
+    to get the outputs of that layer in eval mode.
 
     Args:
         num_features (int): Channels C.
         eps (float): Added to the variance before the reciprocal square root.
     """
+
+    #: State keys of BatchNorm2d that are accepted and dropped on loading
+    #: (read by :func:`mmdeform.engine.model_weights.load_state_dict_checked`).
+    ignored_state_keys = ('num_batches_tracked',)
 
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
@@ -44,7 +52,8 @@ class FrozenBatchNorm2d(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
         # torch's BatchNorm2d stores a step counter we have no use for
-        state_dict.pop(prefix + 'num_batches_tracked', None)
+        for key in self.ignored_state_keys:
+            state_dict.pop(prefix + key, None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 

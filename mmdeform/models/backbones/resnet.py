@@ -1,14 +1,18 @@
-"""``ResNet``: torchvision-layout ResNet-18/34/50/101 with frozen batch norm."""
+"""``ResNet``: torchvision-layout ResNet-18/34/50/101 with configurable normalization."""
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModule, initialize
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdeform.registry import MODELS
 
 from .frozen_batch_norm import FrozenBatchNorm2d
+from .norm import build_norm_layer, check_norm_cfg
 from .pretrained import load_pretrained
+
+_DEFAULT_NORM_CFG = dict(type='FrozenBN')
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1,
@@ -30,20 +34,22 @@ class BasicBlock(nn.Module):
         stride (int): Stride of the first conv.
         dilation (int): Must be 1 (as in torchvision).
         downsample (nn.Module, optional): Maps the input to the output's shape.
+        norm_cfg (dict): Normalization after each conv (see
+            :func:`~mmdeform.models.backbones.norm.build_norm_layer`).
     """
 
     expansion = 1
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: Optional[nn.Module] = None):
+                 downsample: Optional[nn.Module] = None, norm_cfg: dict = _DEFAULT_NORM_CFG):
         super().__init__()
         if dilation != 1:
             raise ValueError(f'BasicBlock: dilation must be 1, got {dilation}')
         self.conv1 = _conv3x3(in_channels, planes, stride)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = build_norm_layer(norm_cfg, planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = build_norm_layer(norm_cfg, planes)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,19 +73,21 @@ class Bottleneck(nn.Module):
         stride (int): Stride of the 3x3 conv.
         dilation (int): Dilation (and padding) of the 3x3 conv.
         downsample (nn.Module, optional): Maps the input to the output's shape.
+        norm_cfg (dict): Normalization after each conv (see
+            :func:`~mmdeform.models.backbones.norm.build_norm_layer`).
     """
 
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: Optional[nn.Module] = None):
+                 downsample: Optional[nn.Module] = None, norm_cfg: dict = _DEFAULT_NORM_CFG):
         super().__init__()
         self.conv1 = _conv1x1(in_channels, planes)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = build_norm_layer(norm_cfg, planes)
         self.conv2 = _conv3x3(planes, planes, stride, dilation)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = build_norm_layer(norm_cfg, planes)
         self.conv3 = _conv1x1(planes, planes * self.expansion)
-        self.bn3 = FrozenBatchNorm2d(planes * self.expansion)
+        self.bn3 = build_norm_layer(norm_cfg, planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -102,7 +110,7 @@ _ARCHS = {
 
 
 def _make_stage(block: type, in_channels: int, planes: int, num_blocks: int, stride: int,
-                dilation: int) -> nn.Sequential:
+                dilation: int, norm_cfg: dict) -> nn.Sequential:
     """One stage as torchvision builds it.
 
     Only the first block strides; with ``dilation > 1`` the stage does not
@@ -113,15 +121,16 @@ def _make_stage(block: type, in_channels: int, planes: int, num_blocks: int, str
     downsample = None
     if stride != 1 or in_channels != out_channels:
         downsample = nn.Sequential(_conv1x1(in_channels, out_channels, stride),
-                                   FrozenBatchNorm2d(out_channels))
-    blocks = [block(in_channels, planes, stride, 1, downsample)]
-    blocks += [block(out_channels, planes, 1, dilation) for _ in range(1, num_blocks)]
+                                   build_norm_layer(norm_cfg, out_channels))
+    blocks = [block(in_channels, planes, stride, 1, downsample, norm_cfg)]
+    blocks += [block(out_channels, planes, 1, dilation, norm_cfg=norm_cfg)
+               for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
 
 
 @MODELS.register_module()
 class ResNet(BaseModule):
-    """ResNet with torchvision's parameter names, frozen BN and no classifier.
+    """ResNet with torchvision's parameter names, configurable norm, no classifier.
 
     Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1`` ..
     ``layer4``, ``layerX.0.downsample.{0,1}``) without ``fc``, so
@@ -134,15 +143,24 @@ class ResNet(BaseModule):
         out_indices (Sequence[int]): Increasing stage indices 0..3 (layer1 ..
             layer4) whose outputs are returned. (1, 2, 3) gives C3, C4, C5.
         frozen_stages (int): The stem and the first ``frozen_stages`` stages
-            get ``requires_grad=False``; 0 freezes the stem only and -1 nothing
-            (BN is frozen regardless). The official model uses 1.
+            get ``requires_grad=False`` and their norm layers stay in eval
+            mode; 0 freezes the stem only and -1 nothing. The official model
+            uses 1.
         dilate_last_stage (bool): DC5: layer4 uses stride 1 and dilation 2
             (output stride 16). Bottleneck depths only, as in torchvision.
+        norm_cfg (dict): Normalization after every conv, as in MMDetection:
+            ``dict(type='FrozenBN'|'BN'|'SyncBN'|'GN', requires_grad=...)``
+            (GN also ``num_groups``); see
+            :mod:`mmdeform.models.backbones.norm`. Default FrozenBN, the
+            official model's. Layers keep torchvision's names (``bn1`` ..).
+        norm_eval (bool): Keep BN/SyncBN layers in eval mode (running
+            statistics used and not updated) while the model trains, as
+            MMDetection's ``norm_eval``. No effect on FrozenBN and GN.
         init_cfg (dict | list[dict], optional): mmengine init config.
             ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``
             loads a torchvision-format checkpoint strictly (see
             :meth:`init_weights`). Without it, convs are Kaiming-normal
-            (fan_out, relu) and BN is the identity.
+            (fan_out, relu) and every norm layer is the identity.
 
     Attributes:
         out_channels (list[int]): Channels of each returned map.
@@ -151,16 +169,22 @@ class ResNet(BaseModule):
 
     def __init__(self, depth: int = 50, out_indices: Sequence[int] = (1, 2, 3),
                  frozen_stages: int = 1, dilate_last_stage: bool = False,
+                 norm_cfg: Optional[dict] = None, norm_eval: bool = True,
                  init_cfg: Union[dict, List[dict], None] = None):
         super().__init__(init_cfg=init_cfg)
+        norm_cfg = dict(_DEFAULT_NORM_CFG) if norm_cfg is None else norm_cfg
         self._check_args(depth, out_indices, frozen_stages, dilate_last_stage)
+        check_norm_cfg(norm_cfg)
+        norm_cfg = dict(norm_cfg)
         block, stage_blocks = _ARCHS[depth]
         self.depth = depth
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
+        self.norm_cfg = norm_cfg
+        self.norm_eval = norm_eval
         self.num_stages = self.out_indices[-1] + 1
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64)
+        self.bn1 = build_norm_layer(norm_cfg, 64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         in_channels, stride_total = 64, 4
@@ -171,7 +195,8 @@ class ResNet(BaseModule):
             dilation = 1
             if i == 3 and dilate_last_stage:
                 stride, dilation = 1, 2
-            stage = _make_stage(block, in_channels, planes, stage_blocks[i], stride, dilation)
+            stage = _make_stage(block, in_channels, planes, stage_blocks[i], stride, dilation,
+                                norm_cfg)
             self.add_module(f'layer{i + 1}', stage)
             in_channels = planes * block.expansion
             stride_total *= stride
@@ -201,22 +226,43 @@ class ResNet(BaseModule):
                              f'got {out_indices}')
 
     def _init_default(self) -> None:
-        """torchvision's initialization: Kaiming-normal convs, identity BN."""
+        """torchvision's initialization: Kaiming-normal convs, identity norm layers
+        (weight 1, bias 0; BN statistics reset to mean 0, variance 1)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
             elif isinstance(m, FrozenBatchNorm2d):
                 m.reset_stats()
+            elif isinstance(m, (_BatchNorm, nn.GroupNorm)):
+                if isinstance(m, _BatchNorm):
+                    m.reset_running_stats()
+                if m.affine:
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        """The stem and the first ``frozen_stages`` stages (none for -1)."""
+        if self.frozen_stages < 0:
+            return []
+        return [self.conv1, self.bn1] + [getattr(self, f'layer{i + 1}')
+                                         for i in range(min(self.frozen_stages, self.num_stages))]
 
     def _freeze_stages(self) -> None:
-        """``requires_grad=False`` for the stem and the first ``frozen_stages`` stages."""
-        if self.frozen_stages < 0:
-            return
-        frozen = [self.conv1, self.bn1]
-        frozen += [getattr(self, f'layer{i + 1}')
-                   for i in range(min(self.frozen_stages, self.num_stages))]
-        for module in frozen:
+        """``requires_grad=False`` and eval mode for the frozen stages."""
+        for module in self._frozen_modules():
+            module.eval()
             module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'ResNet':
+        """Set training mode, keeping frozen stages and, with ``norm_eval``,
+        every BN layer in eval mode (MMDetection's ``ResNet.train``)."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
 
     def init_weights(self) -> None:
         """Initialize, then apply ``init_cfg``.
