@@ -5,6 +5,7 @@ from mmengine.config import Config
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmdeform import testing
 from mmdeform.apis import init_detector
 from mmdeform.models.backbones import FrozenBatchNorm2d, ResNet, SyncBatchNorm
 from mmdeform.models.backbones.norm import build_norm_layer
@@ -228,3 +229,21 @@ def test_build_norm_layer_passes_layer_arguments():
     assert (layer.eps, layer.momentum, layer.weight.requires_grad) == (1e-3, 0.3, False)
     assert build_norm_layer(dict(type='FrozenBN', eps=1e-3), 8).eps == 1e-3
     assert build_norm_layer(dict(type='GN', num_groups=4), 8).num_groups == 4
+
+
+@pytest.mark.parametrize('norm_cfg', [dict(type='BN', requires_grad=True),
+                                      dict(type='GN', num_groups=32, requires_grad=True)])
+def test_detector_trains_the_backbone_norm_with_the_ablation_override(tiny_config, norm_cfg):
+    cfg = Config.fromfile(tiny_config)
+    cfg.model.backbone.update(norm_cfg=norm_cfg, norm_eval=False)  # frozen_stages=-1, no init
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).train()
+    data = model.data_preprocessor(
+        testing.make_batch([(64, 64), (48, 56)], [2, 1], num_classes=4), training=True)
+    losses = model(**data, mode='loss')
+    sum(losses.values()).backward()
+    backbone = model.backbone
+    for name, layer in norm_layers(backbone).items():
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0, name
+        if isinstance(layer, nn.BatchNorm2d):
+            assert layer.training and int(layer.num_batches_tracked) == 1, name
