@@ -126,7 +126,7 @@ def verdict(diff: Difference, equivalence: bool = False) -> str:
         sign = "the paper's sign" if diff.mean > 0 else 'the opposite sign'
         return f'not established: 1 seed, no interval ({sign})'
     if equivalence:
-        if -EQUIVALENCE_MARGIN <= diff.low and diff.high <= EQUIVALENCE_MARGIN:
+        if abs(diff.low) <= EQUIVALENCE_MARGIN and abs(diff.high) <= EQUIVALENCE_MARGIN:
             return f'reproduced (within ±{EQUIVALENCE_MARGIN:.0f})'
         if diff.low > 0 or diff.high < 0:
             return 'not reproduced: a difference'

@@ -54,7 +54,8 @@ def test_nan_seeds_are_dropped_and_one_seed_has_no_interval():
     (-3.0, 1.0, False, 'not reproduced: reversed'),
     (0.5, 1.0, False, 'not established'),
     (0.2, 0.5, True, f'reproduced (within ±{EQUIVALENCE_MARGIN:.0f})'),
-    (0.8, 0.5, True, 'not established (wider than ±1)'),  # 1.3 leaves the margin, 0.3 > 0
+    (0.8, 0.5, True, 'not reproduced: a difference'),  # [0.3, 1.3]: excludes 0, leaves ±1
+    (0.5, 0.7, True, 'not established (wider than ±1)'),  # [-0.2, 1.2]
     (3.0, 0.5, True, 'not reproduced: a difference'),
     (0.0, 3.0, True, 'not established (wider than ±1)'),
     (0.0, None, True, 'not established: 1 seed, no interval'),
