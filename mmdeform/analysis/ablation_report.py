@@ -218,7 +218,7 @@ def write_report(runs: Sequence[dict], budget: dict, out_file: str) -> Tuple[str
         'Verdict: reproduced (interval excludes 0, the paper\'s sign), not reproduced '
         '(excludes 0, opposite sign), not established (contains 0). "Adds nothing" is '
         f'reproduced when the whole interval lies within ±{EQUIVALENCE_MARGIN:.0f} point.', '',
-        '| claim | rows | metric | paper | here [95 % interval] | interval | verdict |',
+        '| claim | rows | metric | paper | here [95 % interval] | interval from | verdict |',
         '|---|---|---|---|---|---|---|']
     for claim in CLAIMS:
         diff, method, judged = check_claim(claim, summary)
@@ -233,7 +233,8 @@ def write_report(runs: Sequence[dict], budget: dict, out_file: str) -> Tuple[str
 
 def plot_ablation_curves(runs: Sequence[dict], out_file: str,
                          metrics: Sequence[str] = ('AP', 'AP_S'),
-                         target: Optional[float] = None) -> Dict[str, int]:
+                         target: Optional[float] = None,
+                         title: Optional[str] = None) -> Dict[str, int]:
     """AP (and AP_S) against iteration: one line per row, mean over seeds, min-max band.
 
     Args:
@@ -242,6 +243,7 @@ def plot_ablation_curves(runs: Sequence[dict], out_file: str,
         metrics (Sequence[str]): One panel per metric.
         target (float, optional): A horizontal line at this AP (points) on
             the first panel (the convergence target).
+        title (str, optional): Figure title (default: the rows and seeds).
 
     Returns:
         dict[str, int]: number of evaluations drawn per row.
@@ -275,7 +277,7 @@ def plot_ablation_curves(runs: Sequence[dict], out_file: str,
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize='small')
     seeds = sorted({run['seed'] for run in runs})
-    fig.suptitle(f'ablation rows, mean over seeds {seeds} (band: min-max)')
+    fig.suptitle(title or f'ablation rows, mean over seeds {seeds} (band: min-max)')
     fig.tight_layout()
     mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
     fig.savefig(out_file, dpi=100)

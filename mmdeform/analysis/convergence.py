@@ -183,7 +183,8 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
     report, reached = write_convergence_report(runs, target_ap, budget['max_iters'],
                                                osp.join(work_dir, 'convergence.md'))
     curves = osp.join(work_dir, 'convergence.png')
-    plot_ablation_curves(runs, curves, metrics=('AP', ), target=target_ap)
+    plot_ablation_curves(runs, curves, metrics=('AP', ), target=target_ap,
+                         title=f'convergence: deformable vs dense attention, seed {seed}')
     with open(report) as f:
         print(f.read(), flush=True)
     return dict(runs=runs, reached=reached, report=report, curves=curves)
