@@ -101,8 +101,7 @@ class SameLevelDeformAttn(MSDeformAttn):
         weights = logits.softmax(-1).view(n, num_query, m, 1, p)
         return offsets_to_locations(reference_points, offsets, spatial_shape), weights
 
-    def check_tokens(self, num_query: int, spatial_shapes: torch.Tensor,
-                     shapes: Sequence[Tuple[int, int]]) -> None:
+    def check_tokens(self, num_query: int, shapes: Sequence[Tuple[int, int]]) -> None:
         """Raise unless there is one query per token of the L levels."""
         if len(shapes) != self.num_levels:
             raise ValueError(f'SameLevelDeformAttn: built for {self.num_levels} levels but '
@@ -132,7 +131,7 @@ class SameLevelDeformAttn(MSDeformAttn):
         """
         n, num_query, _ = query.shape
         shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-        self.check_tokens(num_query, spatial_shapes, shapes)
+        self.check_tokens(num_query, shapes)
         m, lv, p = self.num_heads, self.num_levels, self.num_points
         offsets = self.sampling_offsets(query).view(n, num_query, m, lv, p, 2)
         # softmax over the P points of each level separately
@@ -173,7 +172,7 @@ class SameLevelDeformAttn(MSDeformAttn):
         shapes = spatial_shapes_list
         if shapes is None:
             shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-        self.check_tokens(query.shape[1], spatial_shapes, shapes)
+        self.check_tokens(query.shape[1], shapes)
         value = self.value_proj(value)
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
