@@ -179,16 +179,17 @@ class SameLevelDeformAttn(MSDeformAttn):
         # (N, S, C) -> (N, S, M, D)
         value = value.view(n, num_value, self.num_heads, self.embed_dims // self.num_heads)
         start_index = level_start_index.new_zeros(1)
-        outs, start = [], 0
-        for level, (height, width) in enumerate(shapes):
-            rows = slice(start, start + height * width)
-            start += height * width
+        # one split per tensor (its backward is one concatenation, not L full-size sums)
+        counts = [height * width for height, width in shapes]
+        per_level = zip(query.split(counts, 1), reference_points.split(counts, 1),
+                        value.split(counts, 1))
+        outs = []
+        for level, (level_query, level_ref, level_value) in enumerate(per_level):
             spatial_shape = spatial_shapes[level:level + 1]
-            # (N, S, L, 2|4) -> (N, S_l, 1, 2|4)
+            # (N, S_l, L, 2|4) -> (N, S_l, 1, 2|4): the reference point on its own level
             locations, weights = self.level_sampling(
-                query[:, rows], reference_points[:, rows, level:level + 1], level,
-                spatial_shape)
-            outs.append(ms_deform_attn(value[:, rows], spatial_shape, start_index,
-                                       locations, weights))
+                level_query, level_ref[:, :, level:level + 1], level, spatial_shape)
+            outs.append(ms_deform_attn(level_value, spatial_shape, start_index, locations,
+                                       weights))
         # L x (N, S_l, M*D) -> (N, S, M*D)
         return self.output_proj(torch.cat(outs, dim=1))
