@@ -6,13 +6,19 @@ with ``row``, ``seed``, ``iters``, ``metrics``, ``curve``, ``train_seconds``,
 [0, 1] (-1 when the split has no object of that size) and are reported in
 points (x 100).
 """
-import math
 import os.path as osp
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mmengine.utils import mkdir_or_exist
+
+from mmdeform.analysis.seed_intervals import (
+    EQUIVALENCE_MARGIN,
+    difference,
+    t_half_width,
+    verdict,
+)
 
 TABLE_METRICS = ('AP', 'AP50', 'AP_S', 'AP_M', 'AP_L')
 DEFORMABLE_ROW = 'deformable-detr_ms-attn-k4'
@@ -91,32 +97,18 @@ def summarize(runs: Sequence[dict]) -> Dict[str, dict]:
     return summary
 
 
-def seed_noise(summary: Dict[str, dict], metric: str = 'AP') -> Optional[float]:
-    """Pooled seed-to-seed s.d. of one run's ``metric`` (points) over all rows.
-
-    None when no row ran with two seeds or more.
-    """
-    squares, dof = 0.0, 0
-    for row in summary.values():
-        values = row['values'][metric]
-        values = values[~np.isnan(values)]
-        if len(values) > 1:
-            squares += float(((values - values.mean())**2).sum())
-            dof += len(values) - 1
-    return math.sqrt(squares / dof) if dof else None
-
-
-def _mean_sd(values: np.ndarray) -> str:
+def _mean_interval(values: np.ndarray) -> str:
+    """``mean ± 95 % half-width`` over seeds (the value alone for one seed)."""
     values = values[~np.isnan(values)]
     if not len(values):
         return 'n/a'
     if len(values) == 1:
         return f'{values[0]:.1f}'
-    return f'{values.mean():.1f} ± {values.std(ddof=1):.1f}'
+    return f'{values.mean():.1f} ± {t_half_width(values):.1f}'
 
 
 def format_table(summary: Dict[str, dict]) -> str:
-    """Markdown table: one line per row, mean ± s.d. over seeds."""
+    """Markdown table: one line per row, mean ± 95 % t half-width over seeds."""
     head = ['row', 'levels', 'attention', 'K', 'neck', *TABLE_METRICS, 'train s', 'params',
             'seeds']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -124,51 +116,35 @@ def format_table(summary: Dict[str, dict]) -> str:
         desc = row['description']
         cells = [name, desc.get('levels', ''), desc.get('attention', ''), desc.get('K', ''),
                  desc.get('neck', '')]
-        cells += [_mean_sd(row['values'][m]) for m in TABLE_METRICS]
+        cells += [_mean_interval(row['values'][m]) for m in TABLE_METRICS]
         cells += [f'{np.mean(row["train_seconds"]):.0f}', f'{row["params"][0] / 1e6:.2f} M',
                   str(len(row['seeds']))]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
-def check_claim(claim: Claim, summary: Dict[str, dict],
-                noise: Optional[float]) -> Tuple[str, str]:
-    """The difference ``higher - lower`` here and the verdict.
+def check_claim(claim: Claim, summary: Dict[str, dict]) -> Tuple[str, str, str]:
+    """The difference ``higher - lower`` with its 95 % interval, and the verdict.
 
-    With a seed-to-seed s.d. ``noise`` of one run, the difference of two
-    rows' means over ``n`` seeds has the standard error ``noise * sqrt(2 / n)``;
-    a difference counts when it exceeds twice that. Without ``noise`` (one
-    seed) only the sign is judged.
+    The interval and verdict rules are those of
+    :mod:`mmdeform.analysis.seed_intervals` (paired by seed when the rows
+    share two seeds or more; ``no_gain`` claims are judged as equivalence
+    within ± ``EQUIVALENCE_MARGIN`` points).
 
     Returns:
-        tuple[str, str]: the difference (points, ``-`` if a row is
-        missing) and the verdict.
+        tuple[str, str, str]: the difference (points, ``mean [low, high]``;
+        ``-`` if a row is missing), how the interval was formed, and the
+        verdict.
     """
     if claim.higher not in summary or claim.lower not in summary:
         missing = [r for r in (claim.higher, claim.lower) if r not in summary]
-        return '-', f'not run ({", ".join(missing)} missing)'
+        return '-', '-', f'not run ({", ".join(missing)} missing)'
     higher, lower = summary[claim.higher], summary[claim.lower]
-    seeds = sorted(set(higher['seeds']) & set(lower['seeds']))
-    pick = [(higher['values'][claim.metric][higher['seeds'].index(s)],
-             lower['values'][claim.metric][lower['seeds'].index(s)]) for s in seeds]
-    pick = [(h, lo) for h, lo in pick if not (np.isnan(h) or np.isnan(lo))]
-    if not pick:
-        return '-', f'not measurable ({claim.metric} undefined)'
-    diff = float(np.mean([h for h, _ in pick]) - np.mean([lo for _, lo in pick]))
-    margin = 2 * noise * math.sqrt(2 / len(pick)) if noise is not None else 0.0
-    shown = f'{diff:+.1f}'
-    suffix = f' (> {margin:.1f})' if noise is not None else ' (sign only: 1 seed)'
-    if claim.no_gain:
-        if diff <= margin:
-            return shown, 'reproduced' + (f' (gain below {margin:.1f})' if noise else '')
-        return shown, 'not reproduced: a gain' + suffix
-    if diff > margin:
-        return shown, 'reproduced' + suffix
-    if diff > 0:
-        return shown, f'same sign, within noise ({margin:.1f})'
-    if diff < -margin:
-        return shown, 'reversed' + suffix
-    return shown, 'not reproduced' + (f' (within noise {margin:.1f})' if noise else '')
+    diff = difference(dict(zip(higher['seeds'], higher['values'][claim.metric])),
+                      dict(zip(lower['seeds'], lower['values'][claim.metric])))
+    if diff is None:
+        return '-', '-', f'not measurable ({claim.metric} undefined)'
+    return diff.text(), diff.method, verdict(diff, equivalence=claim.no_gain)
 
 
 # Below this final AP (points) the dense baseline has not started learning, and
@@ -226,28 +202,28 @@ def write_report(runs: Sequence[dict], budget: dict, out_file: str) -> Tuple[str
         tuple[str, str]: ``out_file`` and the main table.
     """
     summary = summarize(runs)
-    noise = seed_noise(summary)
     table = format_table(summary)
-    noise_text = (f'{noise:.1f} AP points (pooled over rows)' if noise is not None
-                  else 'not measured (one seed)')
     lines = [
         '# Deformable DETR ablations on synthetic shapes', '',
         f'Every run: {budget["max_iters"]} iterations x batch {budget["batch_size"]}, '
         f'seeds {budget["seeds"]}; data: `{budget["synthetic_data"]}`. COCO bbox AP in points '
-        '(x 100) on the validation split, mean ± s.d. over seeds; n/a: no object of that size. '
-        '"train s": seconds of training iterations (data loading included, evaluation '
-        'excluded), mean over seeds.', '',
+        '(x 100) on the validation split, mean ± half-width of the 95 % t-interval over seeds '
+        '(the value alone for one seed); n/a: no object of that size. "train s": seconds of '
+        'training iterations (data loading included, evaluation excluded), mean over seeds.', '',
         table, '',
         "## The paper's orderings", '',
-        f'Difference = first row minus second row, in points, mean over seeds. Seed-to-seed '
-        f's.d. of one run: {noise_text}. A difference counts when it exceeds twice its '
-        'standard error (s.d. x sqrt(2 / seeds)); "no gain" holds when the gain stays below '
-        'that margin.', '',
-        '| claim | rows | metric | paper | here | verdict |', '|---|---|---|---|---|---|']
+        'Difference = first row minus second row, in points, with its 95 % t-interval over '
+        'seeds: paired by seed when the rows share two seeds or more (same data order and '
+        'shared initialization per seed), Welch otherwise; no interval with one seed. '
+        'Verdict: reproduced (interval excludes 0, the paper\'s sign), not reproduced '
+        '(excludes 0, opposite sign), not established (contains 0). "Adds nothing" is '
+        f'reproduced when the whole interval lies within ±{EQUIVALENCE_MARGIN:.0f} point.', '',
+        '| claim | rows | metric | paper | here [95 % interval] | interval from | verdict |',
+        '|---|---|---|---|---|---|---|']
     for claim in CLAIMS:
-        diff, verdict = check_claim(claim, summary, noise)
+        diff, method, judged = check_claim(claim, summary)
         lines.append(f'| {claim.text} | {claim.higher} vs {claim.lower} | {claim.metric} | '
-                     f'{claim.paper} | {diff} | {verdict} |')
+                     f'{claim.paper} | {diff} | {method} | {judged} |')
     lines += ['', convergence_line(summary), '', '## Every run', '', _runs_table(summary), '']
     mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
     with open(out_file, 'w') as f:
@@ -256,8 +232,18 @@ def write_report(runs: Sequence[dict], budget: dict, out_file: str) -> Tuple[str
 
 
 def plot_ablation_curves(runs: Sequence[dict], out_file: str,
-                         metrics: Sequence[str] = ('AP', 'AP_S')) -> Dict[str, int]:
+                         metrics: Sequence[str] = ('AP', 'AP_S'),
+                         target: Optional[float] = None,
+                         title: Optional[str] = None) -> Dict[str, int]:
     """AP (and AP_S) against iteration: one line per row, mean over seeds, min-max band.
+
+    Args:
+        runs (Sequence[dict]): Run records (module docstring).
+        out_file (str): PNG to write.
+        metrics (Sequence[str]): One panel per metric.
+        target (float, optional): A horizontal line at this AP (points) on
+            the first panel (the convergence target).
+        title (str, optional): Figure title (default: the rows and seeds).
 
     Returns:
         dict[str, int]: number of evaluations drawn per row.
@@ -283,13 +269,15 @@ def plot_ablation_curves(runs: Sequence[dict], out_file: str,
             if len(values) > 1:
                 ax.fill_between(iters, np.nanmin(values, 0), np.nanmax(values, 0),
                                 color=style['color'], alpha=0.15)
+    if target is not None:
+        axes[0][0].axhline(target, color='grey', linestyle=':', label=f'target {target:g}')
     for ax, metric in zip(axes[0], metrics):
         ax.set(xlabel='iteration', ylabel=f'{metric} (points)', title=f'validation {metric}')
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize='small')
     seeds = sorted({run['seed'] for run in runs})
-    fig.suptitle(f'ablation rows, mean over seeds {seeds} (band: min-max)')
+    fig.suptitle(title or f'ablation rows, mean over seeds {seeds} (band: min-max)')
     fig.tight_layout()
     mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
     fig.savefig(out_file, dpi=100)

@@ -7,8 +7,9 @@ iterations with the same seeds, each run in its own process, on data
 generated once; then it writes under ``work_dir``:
 
 - ``results.md``: the table (AP, AP50, AP_S, AP_M, AP_L in COCO points,
-  training seconds, parameters; mean +- sample s.d. over seeds), the paper's
-  orderings checked against these numbers, and every run's values;
+  training seconds, parameters; mean +- 95 % t half-width over seeds), the
+  paper's orderings judged with 95 % intervals over seeds
+  (:mod:`mmdeform.analysis.seed_intervals`), and every run's values;
 - ``results.json``: the same numbers, one record per run;
 - ``curves.png``: AP and AP_S against iteration, one line per row (mean over
   seeds, min-max band);

@@ -12,6 +12,32 @@ from mmdeform.registry import MODELS
 from .ms_deform_attn import ms_deform_attn
 
 
+def offsets_to_locations(reference_points: torch.Tensor, offsets: torch.Tensor,
+                         spatial_shapes: torch.Tensor) -> torch.Tensor:
+    """Sampling locations from reference points and predicted offsets.
+
+    Args:
+        reference_points (Tensor): (N, Lq, L, 2) normalized (x, y) points, or
+            (N, Lq, L, 4) normalized (cx, cy, w, h) boxes.
+        offsets (Tensor): (N, Lq, M, L, P, 2) offsets: pixels of each level
+            for points, units of half the box size / P for boxes.
+        spatial_shapes (Tensor): (L, 2) int64 rows (H_l, W_l) of the same L
+            levels (used for points only).
+
+    Returns:
+        Tensor: (N, Lq, M, L, P, 2) normalized (x, y) locations.
+    """
+    if reference_points.shape[-1] == 2:
+        # offsets are in pixels of each level: divide by (W_l, H_l)
+        normalizer = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1)
+        return (reference_points[:, :, None, :, None, :]
+                + offsets / normalizer[None, None, None, :, None, :])
+    # offsets are in units of half the box size per point
+    num_points = offsets.shape[-2]
+    return (reference_points[:, :, None, :, None, :2]
+            + offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5)
+
+
 @MODELS.register_module()
 class MSDeformAttn(BaseModule):
     """Multi-scale deformable attention (Zhu et al., 2020, Eq. 2).
@@ -125,16 +151,7 @@ class MSDeformAttn(BaseModule):
             offsets, weights = offsets.to(dtype), weights.to(dtype)
             reference_points = reference_points.to(dtype)
         weights = weights.softmax(-1).view(n, num_query, m, lv, p)
-        if reference_points.shape[-1] == 2:
-            # offsets are in pixels of each level: divide by (W_l, H_l)
-            normalizer = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1)
-            locations = (reference_points[:, :, None, :, None, :]
-                         + offsets / normalizer[None, None, None, :, None, :])
-        else:
-            # offsets are in units of half the box size per point
-            locations = (reference_points[:, :, None, :, None, :2]
-                         + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)
-        return locations, weights
+        return offsets_to_locations(reference_points, offsets, spatial_shapes), weights
 
     def forward(self, query: torch.Tensor, reference_points: torch.Tensor,
                 value: torch.Tensor, spatial_shapes: torch.Tensor,

@@ -196,3 +196,75 @@ def test_encoder_with_same_level_attention_keeps_levels_apart():
     changed = encoder(feats[:1] + [feats[1] + 1.0], masks, pos).memory
     torch.testing.assert_close(changed[:, :35], memory[:, :35], rtol=0, atol=1e-12)
     assert not torch.allclose(changed[:, 35:], memory[:, 35:])
+
+
+def all_level_same_level_attn(attn, query, ref, value, mask=None):
+    """The former SameLevelDeformAttn: one multi-level op call, the other
+    levels' weights zeroed (the all-level ``sampling`` view)."""
+    n, num_value, _ = value.shape
+    v = attn.value_proj(value)
+    if mask is not None:
+        v = v.masked_fill(mask[..., None], 0.0)
+    locations, weights = attn.sampling(query, ref, SHAPES)
+    out = ms_deform_attn_reference(v.view(n, num_value, M, C // M), SHAPES, STARTS,
+                                   locations, weights)
+    return attn.output_proj(out)
+
+
+@pytest.mark.parametrize('ref_dims,with_mask', [(2, False), (4, False), (2, True)])
+def test_same_level_equals_all_level_op_with_other_levels_zeroed(ref_dims, with_mask):
+    attn = make_attn('SameLevelDeformAttn')
+    with torch.no_grad():  # non-zero biases: each level's rows of the projections differ
+        attn.sampling_offsets.bias.normal_(0, 1.0)
+        attn.attention_weights.bias.normal_(0, 1.0)
+    query, ref, value = make_inputs()
+    if ref_dims == 4:
+        ref = torch.cat([ref, torch.rand_like(ref) * 0.3 + 0.05], -1)
+    mask = None
+    if with_mask:
+        mask = torch.zeros(2, S, dtype=torch.bool)
+        mask[0, 30:35] = mask[1, 44:] = True
+    inputs = [query.requires_grad_(True), value.requires_grad_(True)]
+    tensors = inputs + list(attn.parameters())
+    out = attn(query, ref, value, SHAPES, STARTS, mask)
+    grads = torch.autograd.grad(out.pow(2).sum(), tensors)
+    expected = all_level_same_level_attn(attn, query, ref, value, mask)
+    expected_grads = torch.autograd.grad(expected.pow(2).sum(), tensors)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-11)
+    assert all(grad.abs().sum() > 0 for grad in grads)
+
+
+def test_same_level_samples_each_level_once(monkeypatch):
+    """One op call per level, on that level's tokens only: S*M*P samples per
+    image instead of the S*M*L*P of a multi-level call."""
+    from mmdeform.models.layers import same_level_deform_attn as module
+    calls = []
+    real_op = module.ms_deform_attn
+
+    def counting_op(value, shapes, starts, locations, weights):
+        calls.append((tuple(value.shape), shapes.tolist(), starts.tolist(),
+                      tuple(locations.shape)))
+        return real_op(value, shapes, starts, locations, weights)
+
+    monkeypatch.setattr(module, 'ms_deform_attn', counting_op)
+    attn = make_attn('SameLevelDeformAttn')
+    query, ref, value = make_inputs()
+    attn(query, ref, value, SHAPES, STARTS)
+    assert calls == [((2, 35, M, C // M), [[5, 7]], [0], (2, 35, M, 1, P, 2)),
+                     ((2, 12, M, C // M), [[3, 4]], [0], (2, 12, M, 1, P, 2))]
+    samples = sum(loc[1] * loc[2] * loc[3] * loc[4] for *_, loc in calls)
+    assert samples == S * M * P  # L = 2 times fewer than S * M * 2 * P
+    # a Python list of sizes gives the same result without reading the tensor
+    calls.clear()
+    out = attn(query, ref, value, SHAPES, STARTS, spatial_shapes_list=[(5, 7), (3, 4)])
+    torch.testing.assert_close(out, attn(query, ref, value, SHAPES, STARTS))
+    assert len(calls) == 4  # two calls per forward
+
+
+def test_same_level_rejects_a_wrong_level_count():
+    attn = make_attn('SameLevelDeformAttn', num_levels=3)
+    query, ref, value = make_inputs()
+    with pytest.raises(ValueError, match='built for 3 levels but spatial_shapes has 2 rows'):
+        attn(query, ref, value, SHAPES, STARTS)

@@ -1,0 +1,190 @@
+"""Convergence against DETR: iterations each model needs to reach a fixed AP.
+
+The paper's "10x fewer training epochs" compares how long Deformable DETR
+and DETR train to reach a given accuracy. :func:`run_convergence` trains a
+deformable and a dense-attention config (by default the single-scale rows
+``deformable-detr_ss-k4`` and ``dense-detr_ss`` of the ablation folder, so the
+input is the same) with the run machinery of
+:mod:`mmdeform.analysis.ablations`, evaluates every ``val_interval``
+iterations and writes under ``work_dir``:
+
+- ``convergence.md``: per model the iterations to reach ``target_ap``, the
+  final AP and the training time, and the ratio dense / deformable;
+- ``convergence.png``: AP against iteration of both models, target line;
+- ``convergence.json`` and each run's logs (``<row>/seed<k>/``).
+
+Iterations to target: the first crossing of the AP curve, linearly
+interpolated between the evaluation below the target and the first one at
+or above it (:func:`iterations_to_target`).
+"""
+import json
+import os.path as osp
+from typing import Dict, Optional, Sequence, Tuple
+
+from mmengine.utils import mkdir_or_exist
+
+from mmdeform.analysis.ablation_report import format_table, plot_ablation_curves, summarize
+from mmdeform.analysis.ablations import (
+    _reusable,
+    check_same_budget,
+    describe_config,
+    run_in_process,
+)
+from mmdeform.datasets.synthetic import prepare_synthetic_data
+
+DEFAULT_ROWS = ('deformable-detr_ss-k4', 'dense-detr_ss')
+
+
+def iterations_to_target(iters: Sequence[float], aps: Sequence[float],
+                         target: float) -> Optional[float]:
+    """Iteration at which an AP curve first reaches ``target``.
+
+    The first evaluation with ``AP >= target`` counts (a later drop below
+    the target does not undo it). If the evaluation before it is below the
+    target, the crossing is linearly interpolated between the two; reached
+    at the first evaluation, the answer is that evaluation's iteration
+    (nothing is assumed before it).
+
+    Args:
+        iters (Sequence[float]): Iterations of the evaluations, increasing.
+        aps (Sequence[float]): AP at each evaluation (same units as
+            ``target``).
+        target (float): The AP to reach.
+
+    Returns:
+        float | None: The iteration, or None when no evaluation reaches it.
+
+    Raises:
+        ValueError: lengths differ or iterations do not increase.
+    """
+    if len(iters) != len(aps):
+        raise ValueError(f'iterations_to_target: {len(iters)} iterations but {len(aps)} APs')
+    if any(b <= a for a, b in zip(iters, iters[1:])):
+        raise ValueError(f'iterations_to_target: iterations must increase, got {list(iters)}')
+    for index, (it, ap) in enumerate(zip(iters, aps)):
+        if ap >= target:
+            if index == 0:
+                return float(it)
+            prev_it, prev_ap = iters[index - 1], aps[index - 1]
+            return float(prev_it + (target - prev_ap) / (ap - prev_ap) * (it - prev_it))
+    return None
+
+
+def convergence_ratio(deformable: Optional[float], dense: Optional[float],
+                      max_iters: int) -> str:
+    """``dense / deformable`` iterations in words (a bound when dense never gets there)."""
+    if deformable is None:
+        return 'not measurable: the deformable model does not reach the target'
+    if dense is None:
+        return (f'more than {max_iters / deformable:.1f}x (dense does not reach the target '
+                f'within {max_iters} iterations)')
+    return f'{dense / deformable:.1f}x'
+
+
+def _reached_text(iteration: Optional[float], max_iters: int) -> str:
+    return f'{iteration:.0f}' if iteration is not None else f'not reached within {max_iters}'
+
+
+def write_convergence_report(runs: Sequence[dict], target_ap: float, max_iters: int,
+                             out_file: str) -> Tuple[str, Dict[str, Optional[float]]]:
+    """Write the markdown report of a deformable run and a dense run.
+
+    Args:
+        runs (Sequence[dict]): Two run records (``train_row`` results with
+            ``description``), the deformable model first.
+        target_ap (float): Target AP in points.
+        max_iters (int): Iterations of each run.
+        out_file (str): Markdown file to write.
+
+    Returns:
+        tuple: ``out_file`` and row -> iterations to the target (None: not
+        reached).
+    """
+    reached = {}
+    for run in runs:
+        curve = run['curve']
+        reached[run['row']] = iterations_to_target(
+            [p['iter'] for p in curve], [100 * p['AP'] for p in curve], target_ap)
+    deformable, dense = (reached[run['row']] for run in runs)
+    lines = [
+        '# Convergence against DETR on synthetic shapes', '',
+        f'Both models: {max_iters} iterations, seed {runs[0]["seed"]}, evaluation every '
+        f'{runs[0]["curve"][0]["iter"] if runs[0]["curve"] else "-"} iterations. Iterations '
+        f'to reach {target_ap:g} AP: first crossing, linearly interpolated between '
+        'evaluations.', '',
+        '| model | config | iterations to target | final AP | train s |', '|---|---|---|---|---|']
+    for run in runs:
+        lines.append(f'| {run["row"]} | `{osp.basename(run["config"])}` | '
+                     f'{_reached_text(reached[run["row"]], max_iters)} | '
+                     f'{100 * run["metrics"]["AP"]:.1f} | {run["train_seconds"]:.0f} |')
+    lines += ['', f'Ratio (dense / deformable iterations): '
+                  f'{convergence_ratio(deformable, dense, max_iters)} (the paper: about 10x '
+                  'fewer epochs than DETR).', '', format_table(summarize(runs)), '']
+    mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
+    with open(out_file, 'w') as f:
+        f.write('\n'.join(lines))
+    return out_file, reached
+
+
+def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int = 0,
+                    work_dir: str = 'work_dirs/convergence',
+                    data_root: str = 'data/synthetic_ablations',
+                    max_iters: Optional[int] = None, val_interval: Optional[int] = None,
+                    synthetic_overrides: Optional[dict] = None,
+                    num_threads: Optional[int] = None, resume: bool = False,
+                    progress: bool = True) -> dict:
+    """Train the two models and write the convergence report (module docstring).
+
+    Args:
+        configs (dict[str, str]): row name -> config, the deformable model
+            first and the dense baseline second.
+        target_ap (float): AP (points) whose first crossing is reported.
+        seed (int): Training seed of both runs.
+        work_dir (str): Output folder.
+        data_root (str): Dataset folder (generated when missing).
+        max_iters (int, optional): Iterations (default: the configs').
+        val_interval (int, optional): Evaluation interval; default
+            ``max_iters // 20`` (at least 1).
+        synthetic_overrides (dict, optional): Updates ``synthetic_data``.
+        num_threads (int, optional): Torch threads of each run.
+        resume (bool): Reuse finished runs (same config, seed, iterations).
+        progress (bool): Progress bars of the data generation.
+
+    Returns:
+        dict: ``runs``, ``reached`` (row -> iterations or None),
+        ``report`` and ``curves`` paths.
+    """
+    if len(configs) != 2:
+        raise ValueError(f'run_convergence: give two configs (deformable, dense), got '
+                         f'{list(configs)}')
+    budget = check_same_budget(configs, max_iters)
+    budget['synthetic_data'].update(synthetic_overrides or {})
+    if val_interval is None:
+        val_interval = max(1, budget['max_iters'] // 20)
+    prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)
+    runs = []
+    for name, config in configs.items():
+        run_dir = osp.join(work_dir, name, f'seed{seed}')
+        result_file = osp.join(run_dir, 'result.json')
+        result = _reusable(result_file, config, seed, budget['max_iters']) if resume else None
+        if result is None:
+            mkdir_or_exist(run_dir)
+            result = run_in_process(
+                dict(config=config, work_dir=run_dir, data_root=data_root, seed=seed,
+                     max_iters=budget['max_iters'], val_interval=val_interval,
+                     synthetic_overrides=synthetic_overrides, num_threads=num_threads),
+                result_file)
+        result['description'] = describe_config(config)
+        runs.append(result)
+        print(f'convergence: {name}: final AP {100 * result["metrics"]["AP"]:.1f}, '
+              f'train {result["train_seconds"]:.0f} s', flush=True)
+    with open(osp.join(work_dir, 'convergence.json'), 'w') as f:
+        json.dump(dict(budget=budget, target_ap=target_ap, runs=runs), f, indent=1)
+    report, reached = write_convergence_report(runs, target_ap, budget['max_iters'],
+                                               osp.join(work_dir, 'convergence.md'))
+    curves = osp.join(work_dir, 'convergence.png')
+    plot_ablation_curves(runs, curves, metrics=('AP', ), target=target_ap,
+                         title=f'convergence: deformable vs dense attention, seed {seed}')
+    with open(report) as f:
+        print(f.read(), flush=True)
+    return dict(runs=runs, reached=reached, report=report, curves=curves)

@@ -1,0 +1,82 @@
+"""Iterations to a target AP (mmdeform.analysis.convergence) and tools/run_convergence.py."""
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from mmdeform.analysis import convergence
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize('aps,expected', [
+    ([2.0, 10.0, 20.0], 200.0),  # reached exactly at an evaluation
+    ([2.0, 6.0, 14.0], 250.0),  # between evaluations 200 (6) and 300 (14): halfway
+    ([12.0, 15.0, 20.0], 100.0),  # at the first evaluation: nothing assumed before it
+    ([2.0, 4.0, 9.9], None),  # never
+    ([2.0, 12.0, 8.0], 180.0),  # reached, then dropped: the first crossing counts
+])
+def test_iterations_to_target(aps, expected):
+    assert convergence.iterations_to_target([100, 200, 300], aps, 10.0) == expected
+
+
+def test_iterations_to_target_rejects_bad_curves():
+    with pytest.raises(ValueError, match='3 iterations but 2 APs'):
+        convergence.iterations_to_target([1, 2, 3], [0.0, 1.0], 1.0)
+    with pytest.raises(ValueError, match='must increase'):
+        convergence.iterations_to_target([2, 1], [0.0, 1.0], 1.0)
+
+
+def test_ratio_text():
+    assert convergence.convergence_ratio(100.0, 1000.0, 2000) == '10.0x'
+    assert convergence.convergence_ratio(100.0, None, 2000).startswith('more than 20.0x')
+    assert convergence.convergence_ratio(None, 50.0, 2000).startswith('not measurable')
+
+
+def fake_run(row, aps):
+    curve = [dict(iter=100 * (i + 1), AP=ap / 100) for i, ap in enumerate(aps)]
+    return dict(row=row, config=f'/x/{row}_r18_synthetic.py', seed=0, iters=100 * len(aps),
+                metrics=dict(AP=aps[-1] / 100), curve=curve, train_seconds=5.0,
+                total_seconds=6.0, params=10, description=dict(levels='1'))
+
+
+def test_report(tmp_path):
+    runs = [fake_run('deformable-detr_ss-k4', [4.0, 12.0, 20.0]),
+            fake_run('dense-detr_ss', [0.0, 1.0, 3.0, 6.0, 8.0, 11.0])]
+    out, reached = convergence.write_convergence_report(runs, 10.0, 600,
+                                                        str(tmp_path / 'c.md'))
+    assert reached == {'deformable-detr_ss-k4': 175.0, 'dense-detr_ss': pytest.approx(566.67,
+                                                                                      abs=0.01)}
+    text = Path(out).read_text()
+    assert '| deformable-detr_ss-k4 | `deformable-detr_ss-k4_r18_synthetic.py` | 175 | 20.0 |' \
+        in text
+    assert 'Ratio (dense / deformable iterations): 3.2x' in text
+    runs[1] = fake_run('dense-detr_ss', [0.0, 1.0, 3.0])
+    _, reached = convergence.write_convergence_report(runs, 10.0, 300, str(tmp_path / 'c.md'))
+    assert reached['dense-detr_ss'] is None
+    text = (tmp_path / 'c.md').read_text()
+    assert '| not reached within 300 |' in text and 'more than 1.7x' in text
+
+
+def test_tool_end_to_end(tmp_path):
+    spec = importlib.util.spec_from_file_location('run_convergence',
+                                                  ROOT / 'tools' / 'run_convergence.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    work_dir = tmp_path / 'work'
+    result = tool.main(['--max-iters', '2', '--val-interval', '1', '--num-train', '8',
+                        '--num-val', '4', '--threads', '1', '--target-ap', '0.0',
+                        '--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'),
+                        '--no-progress'])
+    assert [run['row'] for run in result['runs']] == list(convergence.DEFAULT_ROWS)
+    for run in result['runs']:
+        assert [p['iter'] for p in run['curve']] == [1, 2]
+    # target 0 AP is reached at the first evaluation by both
+    assert result['reached'] == dict.fromkeys(convergence.DEFAULT_ROWS, 1.0)
+    text = (work_dir / 'convergence.md').read_text()
+    assert 'Ratio (dense / deformable iterations): 1.0x' in text
+    assert json.loads((work_dir / 'convergence.json').read_text())['target_ap'] == 0.0
+    image = cv2.imread(str(work_dir / 'convergence.png'))
+    assert image is not None and min(image.shape[:2]) > 200
