@@ -17,7 +17,8 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 from mmdeform.analysis.ablations import find_rows, row_name  # noqa: E402
 from mmdeform.analysis.convergence import DEFAULT_ROWS, run_convergence  # noqa: E402
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / 'configs' / 'synthetic' / 'ablations')
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / 'configs' / 'synthetic'
+                 / 'convergence')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -31,7 +32,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--max-iters', type=int, default=None,
                         help="iterations of both runs (default: the configs')")
     parser.add_argument('--val-interval', type=int, default=None,
-                        help='evaluation interval (default: max iterations // 20)')
+                        help="evaluation interval (default: the configs')")
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--work-dir', default='work_dirs/convergence')
     parser.add_argument('--data-root', default='data/synthetic_ablations',

@@ -143,8 +143,8 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
         work_dir (str): Output folder.
         data_root (str): Dataset folder (generated when missing).
         max_iters (int, optional): Iterations (default: the configs').
-        val_interval (int, optional): Evaluation interval; default
-            ``max_iters // 20`` (at least 1).
+        val_interval (int, optional): Evaluation interval (default: the
+            configs').
         synthetic_overrides (dict, optional): Updates ``synthetic_data``.
         num_threads (int, optional): Torch threads of each run.
         resume (bool): Reuse finished runs (same config, seed, iterations).
@@ -159,8 +159,6 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
                          f'{list(configs)}')
     budget = check_same_budget(configs, max_iters)
     budget['synthetic_data'].update(synthetic_overrides or {})
-    if val_interval is None:
-        val_interval = max(1, budget['max_iters'] // 20)
     prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)
     runs = []
     for name, config in configs.items():
