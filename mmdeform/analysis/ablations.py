@@ -46,7 +46,7 @@ METRICS = {'AP': 'coco/bbox_mAP', 'AP50': 'coco/bbox_mAP_50', 'AP_S': 'coco/bbox
 # table order of the known rows (paper Table 2 from top, then the extras); others follow
 ROW_ORDER = ('deformable-detr_ss-k1', 'deformable-detr_ss-k4', 'deformable-detr_ms-inputs-k1',
              'deformable-detr_ms-inputs-k4', 'deformable-detr_ms-attn-k1',
-             'deformable-detr_ms-attn-k4', 'deformable-detr_ms-attn-k4-fpn', 'dense-detr_ss')
+             'deformable-detr_ms-attn-k4', 'deformable-detr_ms-attn-k4-fpn')
 _RESULT_FILE = 'result.json'
 
 
