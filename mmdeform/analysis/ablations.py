@@ -163,7 +163,7 @@ def check_same_budget(rows: Dict[str, str], max_iters: Optional[int] = None) -> 
 def train_row(config: str, work_dir: str, data_root: str, seed: int,
               max_iters: Optional[int] = None, val_interval: Optional[int] = None,
               synthetic_overrides: Optional[dict] = None,
-              num_threads: Optional[int] = None) -> dict:
+              num_threads: Optional[int] = None, stop_at_ap: Optional[float] = None) -> dict:
     """Train one row with one seed and evaluate it (data must already be there).
 
     Args:
@@ -177,6 +177,9 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
         synthetic_overrides (dict, optional): Updates ``synthetic_data`` (only
             recorded in the dumped config; the data is not regenerated).
         num_threads (int, optional): ``torch.set_num_threads``.
+        stop_at_ap (float, optional): Stop training at the first evaluation
+            whose AP (in [0, 1]) reaches this value (mmengine's
+            ``EarlyStoppingHook`` threshold; never stops for lack of progress).
 
     Returns:
         dict: ``row``, ``config``, ``seed``, ``iters``, ``metrics`` (short
@@ -191,6 +194,11 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
     cfg = build_synthetic_config(config, work_dir, data_root, seed, max_iters, val_interval,
                                  synthetic_overrides)
     cfg.default_hooks.checkpoint = None  # a few hundred MB per run, never reused
+    if stop_at_ap is not None:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(
+            type='EarlyStoppingHook', monitor=METRICS['AP'], rule='greater',
+            # the hook compares strictly; an AP equal to the target counts as reached
+            stopping_threshold=stop_at_ap - 1e-12, patience=cfg.train_cfg.max_iters + 1)]
     cfg.experiment_name = f'{row_name(config)}_seed{seed}_{uuid.uuid4().hex[:8]}'
     cfg.visualizer.name = cfg.experiment_name
     start = time.perf_counter()
@@ -234,14 +242,23 @@ def run_in_process(kwargs: dict, result_file: str) -> dict:
         return json.load(f)
 
 
-def _reusable(result_file: str, config: str, seed: int, max_iters: int) -> Optional[dict]:
-    """A finished run's result when it matches the config, seed and iterations."""
+def _reusable(result_file: str, config: str, seed: int, max_iters: int,
+              stopped_at_ap: Optional[float] = None) -> Optional[dict]:
+    """A finished run's result when it matches the config, seed and iterations.
+
+    With ``stopped_at_ap``, a run that ended earlier because its last AP
+    reached that value (``train_row(stop_at_ap=...)``) is finished too.
+    """
     if not osp.isfile(result_file):
         return None
     with open(result_file) as f:
         result = json.load(f)
+    iters = result.get('iters')
+    finished = iters == max_iters or (
+        stopped_at_ap is not None and isinstance(iters, int) and iters < max_iters
+        and result.get('metrics', {}).get('AP', -1) >= stopped_at_ap)
     same = (result.get('config') == osp.abspath(config) and result.get('seed') == seed
-            and result.get('iters') == max_iters)
+            and finished)
     return result if same else None
 
 

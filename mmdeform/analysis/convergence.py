@@ -9,10 +9,14 @@ input is the same) with the run machinery of
 iterations and writes under ``work_dir``:
 
 - ``convergence.md``: per model the iterations to reach ``target_ap``, the
-  final AP and the training time, and the ratio dense / deformable;
+  iterations trained, the last AP and the training time, and the ratio
+  dense / deformable;
 - ``convergence.png``: AP against iteration of both models, target line;
 - ``convergence.json`` and each run's logs (``<row>/seed<k>/``).
 
+Each run stops at its first evaluation at or above the target (nothing after
+it changes the count); the convergence configs keep the learning rate constant
+after the warm-up, so a stopped run followed the same path as a longer one.
 Iterations to target: the first crossing of the AP curve, linearly
 interpolated between the evaluation below the target and the first one at
 or above it (:func:`iterations_to_target`).
@@ -108,14 +112,16 @@ def write_convergence_report(runs: Sequence[dict], target_ap: float, max_iters: 
     deformable, dense = (reached[run['row']] for run in runs)
     lines = [
         '# Convergence against DETR on synthetic shapes', '',
-        f'Both models: {max_iters} iterations, seed {runs[0]["seed"]}, evaluation every '
+        f'Both models: at most {max_iters} iterations, stopped at the first evaluation that '
+        f'reaches the target; seed {runs[0]["seed"]}, evaluation every '
         f'{runs[0]["curve"][0]["iter"] if runs[0]["curve"] else "-"} iterations. Iterations '
         f'to reach {target_ap:g} AP: first crossing, linearly interpolated between '
         'evaluations.', '',
-        '| model | config | iterations to target | final AP | train s |', '|---|---|---|---|---|']
+        '| model | config | iterations to target | iterations trained | last AP | train s |',
+        '|---|---|---|---|---|---|']
     for run in runs:
         lines.append(f'| {run["row"]} | `{osp.basename(run["config"])}` | '
-                     f'{_reached_text(reached[run["row"]], max_iters)} | '
+                     f'{_reached_text(reached[run["row"]], max_iters)} | {run["iters"]} | '
                      f'{100 * run["metrics"]["AP"]:.1f} | {run["train_seconds"]:.0f} |')
     lines += ['', f'Ratio (dense / deformable iterations): '
                   f'{convergence_ratio(deformable, dense, max_iters)} (the paper: about 10x '
@@ -164,17 +170,20 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
     for name, config in configs.items():
         run_dir = osp.join(work_dir, name, f'seed{seed}')
         result_file = osp.join(run_dir, 'result.json')
-        result = _reusable(result_file, config, seed, budget['max_iters']) if resume else None
+        result = _reusable(result_file, config, seed, budget['max_iters'],
+                           stopped_at_ap=target_ap / 100) if resume else None
         if result is None:
             mkdir_or_exist(run_dir)
             result = run_in_process(
                 dict(config=config, work_dir=run_dir, data_root=data_root, seed=seed,
                      max_iters=budget['max_iters'], val_interval=val_interval,
-                     synthetic_overrides=synthetic_overrides, num_threads=num_threads),
+                     synthetic_overrides=synthetic_overrides, num_threads=num_threads,
+                     stop_at_ap=target_ap / 100),
                 result_file)
         result['description'] = describe_config(config)
         runs.append(result)
-        print(f'convergence: {name}: final AP {100 * result["metrics"]["AP"]:.1f}, '
+        print(f'convergence: {name}: {result["iters"]} iterations, '
+              f'last AP {100 * result["metrics"]["AP"]:.1f}, '
               f'train {result["train_seconds"]:.0f} s', flush=True)
     with open(osp.join(work_dir, 'convergence.json'), 'w') as f:
         json.dump(dict(budget=budget, target_ap=target_ap, runs=runs), f, indent=1)

@@ -50,8 +50,8 @@ def test_report(tmp_path):
     assert reached == {'deformable-detr_ss-k4': 175.0, 'dense-detr_ss': pytest.approx(566.67,
                                                                                       abs=0.01)}
     text = Path(out).read_text()
-    assert '| deformable-detr_ss-k4 | `deformable-detr_ss-k4_r18_synthetic.py` | 175 | 20.0 |' \
-        in text
+    line = '| deformable-detr_ss-k4 | `deformable-detr_ss-k4_r18_synthetic.py` | 175 | 300 | 20.0 |'
+    assert line in text
     assert 'Ratio (dense / deformable iterations): 3.2x' in text
     runs[1] = fake_run('dense-detr_ss', [0.0, 1.0, 3.0])
     _, reached = convergence.write_convergence_report(runs, 10.0, 300, str(tmp_path / 'c.md'))
@@ -60,19 +60,19 @@ def test_report(tmp_path):
     assert '| not reached within 300 |' in text and 'more than 1.7x' in text
 
 
-def test_tool_end_to_end(tmp_path):
+def test_tool_end_to_end(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location('run_convergence',
                                                   ROOT / 'tools' / 'run_convergence.py')
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     work_dir = tmp_path / 'work'
-    result = tool.main(['--max-iters', '2', '--val-interval', '1', '--num-train', '8',
-                        '--num-val', '4', '--threads', '1', '--target-ap', '0.0',
-                        '--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'),
-                        '--no-progress'])
+    args = ['--max-iters', '3', '--val-interval', '1', '--num-train', '8', '--num-val', '4',
+            '--threads', '1', '--target-ap', '0.0', '--work-dir', str(work_dir),
+            '--data-root', str(tmp_path / 'data'), '--no-progress']
+    result = tool.main(args)
     assert [run['row'] for run in result['runs']] == list(convergence.DEFAULT_ROWS)
-    for run in result['runs']:
-        assert [p['iter'] for p in run['curve']] == [1, 2]
+    for run in result['runs']:  # a run stops at its first evaluation at the target
+        assert run['iters'] == 1 and [p['iter'] for p in run['curve']] == [1]
     # target 0 AP is reached at the first evaluation by both
     assert result['reached'] == dict.fromkeys(convergence.DEFAULT_ROWS, 1.0)
     text = (work_dir / 'convergence.md').read_text()
@@ -80,3 +80,11 @@ def test_tool_end_to_end(tmp_path):
     assert json.loads((work_dir / 'convergence.json').read_text())['target_ap'] == 0.0
     image = cv2.imread(str(work_dir / 'convergence.png'))
     assert image is not None and min(image.shape[:2]) > 200
+    # --resume: runs stopped at the target count as finished, nothing is trained again
+    monkeypatch.setattr(convergence, 'run_in_process',
+                        lambda *a: pytest.fail('resume retrained a stopped run'))
+    again = tool.main(args + ['--resume'])
+    assert [r['metrics'] for r in again['runs']] == [r['metrics'] for r in result['runs']]
+    # ... but not for a higher target, which the stopped runs did not reach
+    with pytest.raises(pytest.fail.Exception, match='retrained'):
+        tool.main(args + ['--resume', '--target-ap', '90'])
