@@ -13,7 +13,12 @@ from typing import List, Optional
 # Must be set before torch loads; the runs' processes inherit it.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-from mmdeform.analysis.ablations import find_rows, run_ablations  # noqa: E402
+from mmdeform.analysis.ablations import (  # noqa: E402
+    add_run_arguments,
+    find_rows,
+    run_ablations,
+    synthetic_overrides,
+)
 
 DEFAULT_CONFIG_DIR = str(Path(__file__).resolve().parents[1] / 'configs' / 'synthetic'
                          / 'ablations')
@@ -28,30 +33,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--rows', nargs='+', default=None,
                         help='only these rows (name or variant, e.g. ss-k1 ms-attn-k4)')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0])
-    parser.add_argument('--max-iters', type=int, default=None,
-                        help="iterations of every run (default: the configs')")
-    parser.add_argument('--val-interval', type=int, default=None)
-    parser.add_argument('--work-dir', default='work_dirs/ablations')
-    parser.add_argument('--data-root', default='data/synthetic_ablations',
-                        help='dataset folder (generated when missing)')
-    parser.add_argument('--num-train', type=int, default=None,
-                        help="synthetic training images (default: the configs')")
-    parser.add_argument('--num-val', type=int, default=None,
-                        help="synthetic validation images (default: the configs')")
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads per run')
-    parser.add_argument('--resume', action='store_true',
-                        help='reuse finished runs (same config, seed and iterations)')
-    parser.add_argument('--no-progress', action='store_true')
+    add_run_arguments(parser, 'work_dirs/ablations',
+                      "evaluation interval (default: the configs', or a quarter of "
+                      '--max-iters when it is given)')
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
-    overrides = {key: value for key, value in
-                 (('num_train', args.num_train), ('num_val', args.num_val)) if value is not None}
     return run_ablations(find_rows(args.config_dir, args.rows), args.seeds, args.work_dir,
-                         args.data_root, args.max_iters, args.val_interval, overrides or None,
-                         args.threads, args.resume, not args.no_progress)
+                         args.data_root, args.max_iters, args.val_interval,
+                         synthetic_overrides(args), args.threads, args.resume, not args.no_progress)
 
 
 if __name__ == '__main__':

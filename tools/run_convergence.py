@@ -14,7 +14,12 @@ from typing import List, Optional
 # Must be set before torch loads; the runs' processes inherit it.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-from mmdeform.analysis.ablations import find_rows, row_name  # noqa: E402
+from mmdeform.analysis.ablations import (  # noqa: E402
+    add_run_arguments,
+    find_rows,
+    row_name,
+    synthetic_overrides,
+)
 from mmdeform.analysis.convergence import DEFAULT_ROWS, run_convergence  # noqa: E402
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / 'configs' / 'synthetic'
@@ -29,33 +34,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--deformable-config', default=rows[DEFAULT_ROWS[0]])
     parser.add_argument('--dense-config', default=rows[DEFAULT_ROWS[1]])
     parser.add_argument('--target-ap', type=float, default=10.0, help='AP in points (x 100)')
-    parser.add_argument('--max-iters', type=int, default=None,
-                        help="iterations of both runs (default: the configs')")
-    parser.add_argument('--val-interval', type=int, default=None,
-                        help="evaluation interval (default: the configs')")
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--work-dir', default='work_dirs/convergence')
-    parser.add_argument('--data-root', default='data/synthetic_ablations',
-                        help='dataset folder (generated when missing)')
-    parser.add_argument('--num-train', type=int, default=None,
-                        help="synthetic training images (default: the configs')")
-    parser.add_argument('--num-val', type=int, default=None,
-                        help="synthetic validation images (default: the configs')")
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads per run')
-    parser.add_argument('--resume', action='store_true',
-                        help='reuse finished runs (same config, seed and iterations)')
-    parser.add_argument('--no-progress', action='store_true')
+    add_run_arguments(parser, 'work_dirs/convergence')
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
-    overrides = {key: value for key, value in
-                 (('num_train', args.num_train), ('num_val', args.num_val)) if value is not None}
     configs = {row_name(path): path for path in (args.deformable_config, args.dense_config)}
     return run_convergence(configs, args.target_ap, args.seed, args.work_dir, args.data_root,
-                           args.max_iters, args.val_interval, overrides or None, args.threads,
-                           args.resume, not args.no_progress)
+                           args.max_iters, args.val_interval, synthetic_overrides(args),
+                           args.threads, args.resume, not args.no_progress)
 
 
 if __name__ == '__main__':

@@ -327,3 +327,36 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
     plot_ablation_curves(runs, curves)
     print(table, flush=True)
     return dict(runs=runs, budget=budget, report=report, curves=curves, table=table)
+
+
+def add_run_arguments(parser, work_dir: str,
+                      val_interval_help: str = "evaluation interval (default: the configs')"
+                      ) -> None:
+    """The command-line options shared by the ablation and convergence tools.
+
+    Adds ``--max-iters``, ``--val-interval``, ``--work-dir`` (default
+    ``work_dir``), ``--data-root``, ``--num-train``, ``--num-val``,
+    ``--threads``, ``--resume`` and ``--no-progress`` to an
+    ``argparse.ArgumentParser``; :func:`synthetic_overrides` reads two of them.
+    """
+    parser.add_argument('--max-iters', type=int, default=None,
+                        help="iterations of every run (default: the configs')")
+    parser.add_argument('--val-interval', type=int, default=None, help=val_interval_help)
+    parser.add_argument('--work-dir', default=work_dir)
+    parser.add_argument('--data-root', default='data/synthetic_ablations',
+                        help='dataset folder (generated when missing)')
+    parser.add_argument('--num-train', type=int, default=None,
+                        help="synthetic training images (default: the configs')")
+    parser.add_argument('--num-val', type=int, default=None,
+                        help="synthetic validation images (default: the configs')")
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads per run')
+    parser.add_argument('--resume', action='store_true',
+                        help='reuse finished runs (same config, seed and iterations)')
+    parser.add_argument('--no-progress', action='store_true')
+
+
+def synthetic_overrides(args) -> Optional[dict]:
+    """``synthetic_data`` updates from ``--num-train`` / ``--num-val`` (None if neither)."""
+    overrides = {key: value for key, value in
+                 (('num_train', args.num_train), ('num_val', args.num_val)) if value is not None}
+    return overrides or None
