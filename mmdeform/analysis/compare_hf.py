@@ -10,7 +10,9 @@ two models flips every round, so drift in the machine's speed hits both):
   ``backward`` (gradients reset before each step; no optimizer update).
 
 One untimed pass per case and model comes first. Medians over the rounds
-are reported, with ``ours / transformers`` ratios.
+are reported, with ``ours / transformers`` ratios. Both models must train
+the same weights (:func:`match_trainable`), else a training step compares
+unequal work.
 """
 import statistics
 import time
@@ -59,6 +61,43 @@ def _hf_step(model, images: torch.Tensor, train: bool) -> Callable[[], None]:
             with torch.no_grad():
                 model(pixel_values=images, pixel_mask=mask)
     return step
+
+
+def trainable_count(model: torch.nn.Module) -> int:
+    """Number of weights with ``requires_grad`` (what a training step computes gradients for)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def match_trainable(ours: torch.nn.Module, hf: torch.nn.Module) -> int:
+    """Train ResNet stages 1-3 in transformers' backbone, as ours does; check the counts agree.
+
+    transformers (checked with 4.57) means to train stages 1-3 of a ResNet
+    backbone (``layer2``-``layer4``, like the official model, our
+    ``frozen_stages=1`` and its own timm path), but with its own ResNet it
+    looks for ``'stage.1'`` in names spelt ``'encoder.stages.1...'`` and so
+    freezes the whole backbone. A training step timed that way skips the
+    backbone's weight gradients that ours computes.
+
+    Args:
+        ours (nn.Module): our ``DeformableDETR`` (``frozen_stages=1``).
+        hf (nn.Module): transformers' ``DeformableDetrForObjectDetection``
+            with transformers' ResNet backbone.
+
+    Returns:
+        int: the number of trainable weights, equal in both.
+
+    Raises:
+        RuntimeError: the counts still differ (names both).
+    """
+    backbone = hf.model.backbone.conv_encoder.model
+    for name, parameter in backbone.named_parameters():
+        if any(f'stages.{stage}.' in name for stage in (1, 2, 3)):
+            parameter.requires_grad_(True)
+    counts = trainable_count(ours), trainable_count(hf)
+    if counts[0] != counts[1]:
+        raise RuntimeError(f'compare_hf: ours trains {counts[0]} weights, transformers '
+                           f'{counts[1]}: a training step would compare unequal work')
+    return counts[0]
 
 
 def compare_speed(ours: torch.nn.Module, hf: torch.nn.Module,

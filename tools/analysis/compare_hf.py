@@ -7,7 +7,8 @@ Builds transformers' ``DeformableDetrForObjectDetection`` with random weights
 (transformers' own ResNet-50, nothing downloaded), converts them with
 ``mmdeform.models.hf``, and times both models in alternating rounds:
 inference at 512x512 and 800x1067 and one training step (loss + backward) at
-512x512 (see mmdeform.analysis.compare_hf; with --dtype bf16, where both models
+512x512 with the same trainable weights (transformers' backbone stages 1-3
+unfrozen: see mmdeform.analysis.compare_hf; with --dtype bf16, where both models
 and inputs are cast to bfloat16, inference only). Prints medians and ratios.
 ``--tiny`` uses a small model and small images (a smoke run). Exits with a
 message if transformers is not installed.
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from mmdeform.analysis.compare_hf import compare_speed, format_comparison
+from mmdeform.analysis.compare_hf import compare_speed, format_comparison, match_trainable
 from mmdeform.models.hf import convert_hf_state_dict, hf_base_config_name, hf_model_overrides
 from mmdeform.registry import MODELS
 
@@ -67,6 +68,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     ours, hf = build_pair(transformers, args.variant, args.tiny)
+    trainable = match_trainable(ours, hf)
     ours.to(args.device)
     hf.to(args.device)
     cases = [('infer', 96, 128), ('train', 96, 128)] if args.tiny else \
@@ -77,7 +79,8 @@ def main(argv=None) -> None:
     results = compare_speed(ours, hf, cases, args.rounds, dtype)
     header = (f'{args.variant}, {args.dtype}, {args.device} ({torch.get_num_threads()} '
               f'threads), transformers {transformers.__version__}, torch {torch.__version__}, '
-              f'medians of {args.rounds} alternating rounds')
+              f'medians of {args.rounds} alternating rounds, {trainable / 1e6:.2f} M trainable '
+              'weights in both')
     print(format_comparison(results, header))
 
 
