@@ -122,7 +122,7 @@ def compare_speed(ours: torch.nn.Module, hf: torch.nn.Module,
         train = kind == 'train'
         for model in (ours, hf):
             model.to(dtype).train(train)
-            if train:  # dropout off so both run the same arithmetic
+            if train:  # dropout modules off (functional dropout: build with rate 0)
                 for module in model.modules():
                     if isinstance(module, torch.nn.Dropout):
                         module.eval()

@@ -29,7 +29,11 @@ VARIANTS = {'base': (False, False), 'refine': (True, False), 'refine-twostage': 
 
 
 def build_pair(transformers, variant: str, tiny: bool):
-    """(ours, transformers' model) holding the same random weights."""
+    """(ours, transformers' model) holding the same random weights, dropout 0 in both.
+
+    Both apply dropout functionally (not only through ``nn.Dropout`` modules),
+    so a training step draws different random masks unless the rate is 0.
+    """
     refine, two_stage = VARIANTS[variant]
     sizes = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=128,
                  decoder_ffn_dim=128, num_queries=50, two_stage_num_proposals=50) if tiny else {}
@@ -40,7 +44,7 @@ def build_pair(transformers, variant: str, tiny: bool):
     config = transformers.DeformableDetrConfig(
         use_timm_backbone=False, backbone=None, backbone_config=backbone,
         use_pretrained_backbone=False, with_box_refine=refine, two_stage=two_stage,
-        num_labels=91, **sizes)
+        num_labels=91, dropout=0.0, **sizes)  # both run the same arithmetic in training
     torch.manual_seed(0)
     hf = transformers.DeformableDetrForObjectDetection(config)
     cfg = Config.fromfile(CONFIG_DIR / f'{hf_base_config_name(config.to_dict())}'
