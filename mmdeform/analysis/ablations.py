@@ -242,7 +242,7 @@ def run_in_process(kwargs: dict, result_file: str) -> dict:
         return json.load(f)
 
 
-def _reusable(result_file: str, config: str, seed: int, max_iters: int,
+def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
               stopped_at_ap: Optional[float] = None) -> Optional[dict]:
     """A finished run's result when it matches the config, seed and iterations.
 
@@ -308,7 +308,7 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
             ((s, r) for s in seeds for r in rows.items()), 1):
         run_dir = osp.join(work_dir, name, f'seed{seed}')
         result_file = osp.join(run_dir, _RESULT_FILE)
-        result = _reusable(result_file, config, seed, budget['max_iters']) if resume else None
+        result = reusable_result(result_file, config, seed, budget['max_iters']) if resume else None
         if result is None:
             mkdir_or_exist(run_dir)
             result = run_in_process(

@@ -29,9 +29,9 @@ from mmengine.utils import mkdir_or_exist
 
 from mmdeform.analysis.ablation_report import format_table, plot_ablation_curves, summarize
 from mmdeform.analysis.ablations import (
-    _reusable,
     check_same_budget,
     describe_config,
+    reusable_result,
     run_in_process,
 )
 from mmdeform.datasets.synthetic import prepare_synthetic_data
@@ -170,7 +170,7 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
     for name, config in configs.items():
         run_dir = osp.join(work_dir, name, f'seed{seed}')
         result_file = osp.join(run_dir, 'result.json')
-        result = _reusable(result_file, config, seed, budget['max_iters'],
+        result = reusable_result(result_file, config, seed, budget['max_iters'],
                            stopped_at_ap=target_ap / 100) if resume else None
         if result is None:
             mkdir_or_exist(run_dir)

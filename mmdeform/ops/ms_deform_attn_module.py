@@ -12,6 +12,18 @@ from mmdeform.registry import MODELS
 from .ms_deform_attn import ms_deform_attn
 
 
+def geometry_precision(*tensors: torch.Tensor) -> tuple:
+    """Under autocast, cast predicted geometry (offsets, weights, references) to float32.
+
+    The projections' 16-bit outputs become float32 (float64 stays float64);
+    outside autocast the tensors are returned as they are.
+    """
+    if not torch.is_autocast_enabled(tensors[0].device.type):
+        return tensors
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def offsets_to_locations(reference_points: torch.Tensor, offsets: torch.Tensor,
                          spatial_shapes: torch.Tensor) -> torch.Tensor:
     """Sampling locations from reference points and predicted offsets.
@@ -119,6 +131,23 @@ class MSDeformAttn(BaseModule):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
+    def project_value(self, value: torch.Tensor,
+                      value_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Project the value tokens, zero the padded ones and split the heads.
+
+        Args:
+            value (Tensor): (N, S, C) flattened features of all levels.
+            value_padding_mask (Tensor, optional): (N, S) bool, True = padding.
+
+        Returns:
+            Tensor: (N, S, M, C / M).
+        """
+        n, num_value, _ = value.shape
+        value = self.value_proj(value)
+        if value_padding_mask is not None:
+            value = value.masked_fill(value_padding_mask[..., None], 0.0)
+        return value.view(n, num_value, self.num_heads, self.embed_dims // self.num_heads)
+
     def sampling(self, query: torch.Tensor, reference_points: torch.Tensor,
                  spatial_shapes: torch.Tensor) -> tuple:
         """Sampling locations and attention weights predicted by the queries.
@@ -145,11 +174,8 @@ class MSDeformAttn(BaseModule):
                 f'({n}, {num_query}, {lv}, 2|4), got {tuple(reference_points.shape)}')
         offsets = self.sampling_offsets(query).view(n, num_query, m, lv, p, 2)
         weights = self.attention_weights(query).view(n, num_query, m, lv * p)
-        if torch.is_autocast_enabled(query.device.type):
-            # 16-bit linear outputs -> float32 geometry (float64 stays float64)
-            dtype = torch.promote_types(offsets.dtype, torch.float32)
-            offsets, weights = offsets.to(dtype), weights.to(dtype)
-            reference_points = reference_points.to(dtype)
+        offsets, weights, reference_points = geometry_precision(offsets, weights,
+                                                                reference_points)
         weights = weights.softmax(-1).view(n, num_query, m, lv, p)
         return offsets_to_locations(reference_points, offsets, spatial_shapes), weights
 
@@ -172,12 +198,7 @@ class MSDeformAttn(BaseModule):
         Returns:
             Tensor: (N, Lq, C).
         """
-        n, num_value, _ = value.shape
-        value = self.value_proj(value)
-        if value_padding_mask is not None:
-            value = value.masked_fill(value_padding_mask[..., None], 0.0)
-        # (N, S, C) -> (N, S, M, D)
-        value = value.view(n, num_value, self.num_heads, self.embed_dims // self.num_heads)
+        value = self.project_value(value, value_padding_mask)
         locations, weights = self.sampling(query, reference_points, spatial_shapes)
         out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)

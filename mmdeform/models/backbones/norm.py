@@ -20,7 +20,7 @@ torch's class, which refuses CPU tensors, knows no FrozenBN, names layers
 by type (``gn1``; checkpoints here keep torchvision's ``bn1``) and reports a
 missing ``num_groups`` with a bare assert.
 """
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 from torch import nn
 
@@ -28,10 +28,8 @@ from .frozen_batch_norm import FrozenBatchNorm2d
 from .sync_batch_norm import SyncBatchNorm
 
 
-def _group_norm(num_features: int, num_groups: Optional[int] = None, **kwargs) -> nn.GroupNorm:
-    if num_groups is None:
-        raise KeyError("norm_cfg: type='GN' needs num_groups, e.g. "
-                       "dict(type='GN', num_groups=32, requires_grad=True)")
+def _group_norm(num_features: int, num_groups: int, **kwargs) -> nn.GroupNorm:
+    # num_groups present: checked by check_norm_cfg
     if num_groups <= 0 or num_features % num_groups:
         raise ValueError(f"norm_cfg: type='GN' with num_groups={num_groups} needs channel "
                          f'counts divisible by it; a layer has {num_features} channels')
@@ -62,7 +60,7 @@ def check_norm_cfg(cfg: dict) -> None:
     if cfg['type'] == 'FrozenBN' and cfg.get('requires_grad', False):
         raise ValueError("norm_cfg: type='FrozenBN' has no parameters, requires_grad=True "
                          "cannot apply; use type='BN' to train the normalization")
-    if cfg['type'] == 'GN' and 'num_groups' not in cfg:
+    if cfg['type'] == 'GN' and cfg.get('num_groups') is None:
         raise KeyError("norm_cfg: type='GN' needs num_groups, e.g. "
                        "dict(type='GN', num_groups=32, requires_grad=True)")
 

@@ -5,7 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from mmdeform.ops import ms_deform_attn
-from mmdeform.ops.ms_deform_attn_module import MSDeformAttn, offsets_to_locations
+from mmdeform.ops.ms_deform_attn_module import (
+    MSDeformAttn,
+    geometry_precision,
+    offsets_to_locations,
+)
 from mmdeform.registry import MODELS
 
 
@@ -93,11 +97,8 @@ class SameLevelDeformAttn(MSDeformAttn):
         offsets = self.level_linear(self.sampling_offsets, query, level, 2)
         offsets = offsets.view(n, num_query, m, 1, p, 2)
         logits = self.level_linear(self.attention_weights, query, level, 1)
-        if torch.is_autocast_enabled(query.device.type):
-            # 16-bit linear outputs -> float32 geometry, as in MSDeformAttn
-            dtype = torch.promote_types(offsets.dtype, torch.float32)
-            offsets, logits = offsets.to(dtype), logits.to(dtype)
-            reference_points = reference_points.to(dtype)
+        # under autocast: float32 geometry, as in MSDeformAttn
+        offsets, logits, reference_points = geometry_precision(offsets, logits, reference_points)
         weights = logits.softmax(-1).view(n, num_query, m, 1, p)
         return offsets_to_locations(reference_points, offsets, spatial_shape), weights
 
@@ -168,16 +169,11 @@ class SameLevelDeformAttn(MSDeformAttn):
         Returns:
             Tensor: (N, S, C).
         """
-        n, num_value, _ = value.shape
         shapes = spatial_shapes_list
         if shapes is None:
             shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
         self.check_tokens(query.shape[1], shapes)
-        value = self.value_proj(value)
-        if value_padding_mask is not None:
-            value = value.masked_fill(value_padding_mask[..., None], 0.0)
-        # (N, S, C) -> (N, S, M, D)
-        value = value.view(n, num_value, self.num_heads, self.embed_dims // self.num_heads)
+        value = self.project_value(value, value_padding_mask)  # (N, S, M, D)
         start_index = level_start_index.new_zeros(1)
         # one split per tensor (its backward is one concatenation, not L full-size sums)
         counts = [height * width for height, width in shapes]
