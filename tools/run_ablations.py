@@ -43,7 +43,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     return run_ablations(find_rows(args.config_dir, args.rows), args.seeds, args.work_dir,
                          args.data_root, args.max_iters, args.val_interval,
-                         synthetic_overrides(args), args.threads, args.resume, not args.no_progress)
+                         synthetic_overrides(args), args.threads, args.resume, not args.no_progress,
+                         args.jobs)
 
 
 if __name__ == '__main__':

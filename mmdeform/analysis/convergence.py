@@ -22,9 +22,13 @@ interpolated between the evaluation below the target and the first one at
 or above it (:func:`iterations_to_target`).
 """
 import json
+import os
 import os.path as osp
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional, Sequence, Tuple
 
+import torch
+from mmengine.config import Config
 from mmengine.utils import mkdir_or_exist
 
 from mmdeform.analysis.ablation_report import format_table, plot_ablation_curves, summarize
@@ -34,6 +38,7 @@ from mmdeform.analysis.ablations import (
     reusable_result,
     run_in_process,
 )
+from mmdeform.analysis.backbone_pretraining import pretrain_backbone, pretraining_settings
 from mmdeform.datasets.synthetic import prepare_synthetic_data
 
 DEFAULT_ROWS = ('deformable-detr_ss-k4', 'dense-detr_ss')
@@ -90,8 +95,13 @@ def _reached_text(iteration: Optional[float], max_iters: int) -> str:
 
 
 def write_convergence_report(runs: Sequence[dict], target_ap: float, max_iters: int,
-                             out_file: str) -> Tuple[str, Dict[str, Optional[float]]]:
+                             out_file: str, milestones: Sequence[float] = (1.0, 2.0, 5.0)
+                             ) -> Tuple[str, Dict[str, Optional[float]]]:
     """Write the markdown report of a deformable run and a dense run.
+
+    Besides the target, the report gives the iterations to each of the
+    ``milestones`` below it: where the dense model starts learning but does
+    not reach the target, the ratio at a lower AP is still a measurement.
 
     Args:
         runs (Sequence[dict]): Two run records (``train_row`` results with
@@ -99,6 +109,8 @@ def write_convergence_report(runs: Sequence[dict], target_ap: float, max_iters: 
         target_ap (float): Target AP in points.
         max_iters (int): Iterations of each run.
         out_file (str): Markdown file to write.
+        milestones (Sequence[float]): Lower APs (points) also reported;
+            those at or above ``target_ap`` are left out.
 
     Returns:
         tuple: ``out_file`` and row -> iterations to the target (None: not
@@ -125,11 +137,92 @@ def write_convergence_report(runs: Sequence[dict], target_ap: float, max_iters: 
                      f'{100 * run["metrics"]["AP"]:.1f} | {run["train_seconds"]:.0f} |')
     lines += ['', f'Ratio (dense / deformable iterations): '
                   f'{convergence_ratio(deformable, dense, max_iters)} (the paper: about 10x '
-                  'fewer epochs than DETR).', '', format_table(summarize(runs)), '']
+                  'fewer epochs than DETR).', '']
+    lower = sorted(m for m in milestones if m < target_ap)
+    if lower:
+        lines += ['Iterations to lower APs (same runs):', '',
+                  '| AP | ' + ' | '.join(run['row'] for run in runs) + ' | dense / deformable |',
+                  '|---|---|---|---|']
+        for milestone in lower:
+            its = [iterations_to_target([p['iter'] for p in run['curve']],
+                                        [100 * p['AP'] for p in run['curve']], milestone)
+                   for run in runs]
+            lines.append(f'| {milestone:g} | ' + ' | '.join(_reached_text(i, max_iters)
+                                                          for i in its)
+                         + f' | {convergence_ratio(its[0], its[1], max_iters)} |')
+        lines.append('')
+    lines += [format_table(summarize(runs)), '']
     mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
     with open(out_file, 'w') as f:
         f.write('\n'.join(lines))
     return out_file, reached
+
+
+def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str, work_dir: str,
+                                 pretrain_iters: Optional[int] = None,
+                                 num_threads: Optional[int] = None) -> Dict[str, dict]:
+    """Train the backbone checkpoints the configs start from, unless already there.
+
+    A config with ``backbone_pretraining`` (see
+    :func:`mmdeform.analysis.backbone_pretraining.pretraining_settings`) starts
+    from a backbone pretrained by shape counting on ``data_root``. The file
+    is kept under ``work_dir`` with the config's file name (the configs name
+    ``work_dirs/convergence/<file>``, the default ``work_dir``, so that
+    ``tools/train.py`` finds it there) and reused while its recorded settings
+    and data folder match; otherwise it is trained again. Configs naming the
+    same file must give the same settings.
+
+    Args:
+        configs (dict[str, str]): row name -> config.
+        data_root (str): Dataset folder.
+        work_dir (str): Where the checkpoints are kept.
+        pretrain_iters (int, optional): Overrides the settings' ``iters``.
+        num_threads (int, optional): Torch threads of the pretraining.
+
+    Returns:
+        dict: row name -> settings with ``checkpoint`` set to the file under
+        ``work_dir`` (rows without pretraining are absent).
+
+    Raises:
+        ValueError: two configs name one file with different settings.
+    """
+    by_row, by_file = {}, {}
+    for name, config in configs.items():
+        cfg = Config.fromfile(config)
+        settings = pretraining_settings(cfg)
+        if settings is None:
+            continue
+        if pretrain_iters is not None:
+            settings['iters'] = pretrain_iters
+        settings['checkpoint'] = osp.join(work_dir, osp.basename(settings['checkpoint']))
+        known = by_file.setdefault(settings['checkpoint'], (settings, cfg))[0]
+        if known != settings:
+            raise ValueError(f'run_convergence: {config} pretrains {settings["checkpoint"]} with '
+                             f'{settings}, another config with {known}')
+        by_row[name] = settings
+    for path, (settings, cfg) in by_file.items():
+        if _pretrained_matches(path, settings, data_root):
+            print(f'convergence: reusing the pretrained backbone {path}', flush=True)
+            continue
+        print(f'convergence: pretraining the backbone into {path} ({settings["iters"]} '
+              'iterations of shape counting)', flush=True)
+        pretrain_backbone(cfg, data_root, num_threads=num_threads, **settings)
+    return by_row
+
+
+def _pretrained_matches(path: str, settings: dict, data_root: str) -> bool:
+    """Whether ``path`` holds a backbone pretrained with ``settings`` on ``data_root``."""
+    if not osp.isfile(path):
+        return False
+    try:
+        meta = torch.load(path, map_location='cpu', weights_only=True).get('meta', {})
+    except Exception as error:  # a truncated or foreign file: train it again
+        print(f'convergence: cannot read {path} ({type(error).__name__}: {error}); '
+              'pretraining again', flush=True)
+        return False
+    wanted = {k: v for k, v in settings.items() if k != 'checkpoint'}
+    return (all(meta.get(k) == v for k, v in wanted.items())
+            and osp.abspath(meta.get('data_root', '')) == osp.abspath(data_root))
 
 
 def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int = 0,
@@ -138,7 +231,8 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
                     max_iters: Optional[int] = None, val_interval: Optional[int] = None,
                     synthetic_overrides: Optional[dict] = None,
                     num_threads: Optional[int] = None, resume: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, jobs: int = 1,
+                    pretrain_iters: Optional[int] = None) -> dict:
     """Train the two models and write the convergence report (module docstring).
 
     Args:
@@ -155,6 +249,8 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
         num_threads (int, optional): Torch threads of each run.
         resume (bool): Reuse finished runs (same config, seed, iterations).
         progress (bool): Progress bars of the data generation.
+        jobs (int): 2 trains both models side by side (each in its own
+            process), 1 one after the other.
 
     Returns:
         dict: ``runs``, ``reached`` (row -> iterations or None),
@@ -166,27 +262,40 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
     budget = check_same_budget(configs, max_iters)
     budget['synthetic_data'].update(synthetic_overrides or {})
     prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)
-    runs = []
-    for name, config in configs.items():
+    pretrained = prepare_pretrained_backbones(configs, data_root, work_dir, pretrain_iters,
+                                              num_threads)
+    if jobs < 1:
+        raise ValueError(f'run_convergence: jobs must be >= 1, got {jobs}')
+    if num_threads is None and jobs > 1:  # share the cores instead of oversubscribing them
+        num_threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def run_one(name: str, config: str) -> dict:
+        cfg_options = None
+        if name in pretrained:
+            cfg_options = {'model.backbone.init_cfg.checkpoint': pretrained[name]['checkpoint']}
         run_dir = osp.join(work_dir, name, f'seed{seed}')
         result_file = osp.join(run_dir, 'result.json')
         result = reusable_result(result_file, config, seed, budget['max_iters'],
-                           stopped_at_ap=target_ap / 100) if resume else None
+                                 stopped_at_ap=target_ap / 100) if resume else None
         if result is None:
             mkdir_or_exist(run_dir)
             result = run_in_process(
                 dict(config=config, work_dir=run_dir, data_root=data_root, seed=seed,
                      max_iters=budget['max_iters'], val_interval=val_interval,
                      synthetic_overrides=synthetic_overrides, num_threads=num_threads,
-                     stop_at_ap=target_ap / 100),
+                     stop_at_ap=target_ap / 100, cfg_options=cfg_options),
                 result_file)
         result['description'] = describe_config(config)
-        runs.append(result)
         print(f'convergence: {name}: {result["iters"]} iterations, '
               f'last AP {100 * result["metrics"]["AP"]:.1f}, '
               f'train {result["train_seconds"]:.0f} s', flush=True)
+        return result
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = list(pool.map(lambda item: run_one(*item), configs.items()))
     with open(osp.join(work_dir, 'convergence.json'), 'w') as f:
-        json.dump(dict(budget=budget, target_ap=target_ap, runs=runs), f, indent=1)
+        json.dump(dict(budget=budget, target_ap=target_ap, pretrained_backbones=pretrained,
+                       runs=runs), f, indent=1)
     report, reached = write_convergence_report(runs, target_ap, budget['max_iters'],
                                                osp.join(work_dir, 'convergence.md'))
     curves = osp.join(work_dir, 'convergence.png')

@@ -31,7 +31,7 @@ def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
     result = ablations.run_ablations(rows, seeds=[0], work_dir=str(work_dir),
                                      data_root=str(tmp_path / 'data'), max_iters=2,
                                      synthetic_overrides=TINY_DATA, num_threads=1,
-                                     progress=False)
+                                     progress=False, jobs=2)  # side by side, order kept
     out = capsys.readouterr().out
     assert [r['row'] for r in result['runs']] == list(rows)
     for run in result['runs']:
@@ -61,6 +61,14 @@ def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
                                     data_root=str(tmp_path / 'data'), max_iters=2,
                                     synthetic_overrides=TINY_DATA, resume=True, progress=False)
     assert [r['metrics'] for r in again['runs']] == [r['metrics'] for r in result['runs']]
+
+
+def test_jobs_must_be_positive(tmp_path):
+    rows = ablations.find_rows(ROW_DIR, patterns=['ss-k1'])
+    with pytest.raises(ValueError, match='jobs must be >= 1, got 0'):
+        ablations.run_ablations(rows, work_dir=str(tmp_path / 'w'),
+                                data_root=str(tmp_path / 'd'), max_iters=2,
+                                synthetic_overrides=TINY_DATA, progress=False, jobs=0)
 
 
 def test_row_names_and_selection():
@@ -97,7 +105,7 @@ def test_rows_must_share_the_budget(tmp_path):
     other = tmp_path / 'deformable-detr_other_r18_synthetic.py'
     other.write_text(f'_base_ = {base!r}\ntrain_cfg = dict(max_iters=7)\n')
     rows = {'a': base, 'b': str(other)}
-    with pytest.raises(ValueError, match='max_iters is 300 in .* and 7 in'):
+    with pytest.raises(ValueError, match='max_iters is 500 in .* and 7 in'):
         ablations.check_same_budget(rows)
     assert ablations.check_same_budget(rows, max_iters=5)['max_iters'] == 5
     other.write_text(f'_base_ = {base!r}\nsynthetic_data = dict(num_val=3)\n')

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 
 from mmdeform.analysis import convergence
 
@@ -53,6 +54,10 @@ def test_report(tmp_path):
     line = '| deformable-detr_ss-k4 | `deformable-detr_ss-k4_r18_synthetic.py` | 175 | 300 | 20.0 |'
     assert line in text
     assert 'Ratio (dense / deformable iterations): 3.2x' in text
+    # lower milestones: deformable at its first evaluation (4 >= 2 at 100), dense between
+    # 200 (1 AP) and 300 (3 AP); 5 AP: deformable 112.5, dense 366.67
+    assert '| 2 | 100 | 250 | 2.5x |' in text and '| 5 | 112 | 367 | 3.3x |' in text
+    assert '| 10 | ' not in text  # the target itself is not repeated as a milestone
     runs[1] = fake_run('dense-detr_ss', [0.0, 1.0, 3.0])
     _, reached = convergence.write_convergence_report(runs, 10.0, 300, str(tmp_path / 'c.md'))
     assert reached['dense-detr_ss'] is None
@@ -67,8 +72,8 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     spec.loader.exec_module(tool)
     work_dir = tmp_path / 'work'
     args = ['--max-iters', '3', '--val-interval', '1', '--num-train', '8', '--num-val', '4',
-            '--threads', '1', '--target-ap', '0.0', '--work-dir', str(work_dir),
-            '--data-root', str(tmp_path / 'data'), '--no-progress']
+            '--threads', '1', '--jobs', '2', '--target-ap', '0.0', '--pretrain-iters', '2',
+            '--work-dir', str(work_dir), '--data-root', str(tmp_path / 'data'), '--no-progress']
     result = tool.main(args)
     assert [run['row'] for run in result['runs']] == list(convergence.DEFAULT_ROWS)
     for run in result['runs']:  # a run stops at its first evaluation at the target
@@ -77,14 +82,41 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     assert result['reached'] == dict.fromkeys(convergence.DEFAULT_ROWS, 1.0)
     text = (work_dir / 'convergence.md').read_text()
     assert 'Ratio (dense / deformable iterations): 1.0x' in text
-    assert json.loads((work_dir / 'convergence.json').read_text())['target_ap'] == 0.0
+    saved = json.loads((work_dir / 'convergence.json').read_text())
+    assert saved['target_ap'] == 0.0
+    # both models started from one backbone pretrained under the work dir, 2 iterations
+    backbone = str(work_dir / 'backbone_r18-c3_counting.pth')
+    assert {s['checkpoint'] for s in saved['pretrained_backbones'].values()} == {backbone}
+    assert set(saved['pretrained_backbones']) == set(convergence.DEFAULT_ROWS)
+    assert torch.load(backbone, weights_only=True)['meta']['iters'] == 2
+    for run in result['runs']:
+        log = next(Path(run['log_dir']).glob('*.log')).read_text()
+        assert f'ResNet: loaded 50 tensors from {backbone}' in log
     image = cv2.imread(str(work_dir / 'convergence.png'))
     assert image is not None and min(image.shape[:2]) > 200
     # --resume: runs stopped at the target count as finished, nothing is trained again
     monkeypatch.setattr(convergence, 'run_in_process',
                         lambda *a: pytest.fail('resume retrained a stopped run'))
+    monkeypatch.setattr(convergence, 'pretrain_backbone',
+                        lambda *a, **k: pytest.fail('the pretrained backbone was not reused'))
     again = tool.main(args + ['--resume'])
     assert [r['metrics'] for r in again['runs']] == [r['metrics'] for r in result['runs']]
     # ... but not for a higher target, which the stopped runs did not reach
     with pytest.raises(pytest.fail.Exception, match='retrained'):
         tool.main(args + ['--resume', '--target-ap', '90'])
+
+
+def test_pretrained_backbone_is_reused_only_with_the_same_settings(tmp_path):
+    settings = dict(checkpoint=str(tmp_path / 'b.pth'), iters=3, batch_size=4, lr=1e-3,
+                    weight_decay=1e-4, seed=0)
+    assert not convergence._pretrained_matches(settings['checkpoint'], settings, 'data/x')
+    meta = dict(settings, data_root='data/x', val_mse=0.5)
+    del meta['checkpoint']
+    torch.save(dict(state_dict={}, meta=meta), settings['checkpoint'])
+    assert convergence._pretrained_matches(settings['checkpoint'], settings, 'data/x/')
+    assert not convergence._pretrained_matches(settings['checkpoint'], settings, 'data/y')
+    assert not convergence._pretrained_matches(settings['checkpoint'], dict(settings, lr=2e-3),
+                                               'data/x')
+    with open(settings['checkpoint'], 'r+b') as f:  # truncated by a kill: trained again
+        f.truncate(20)
+    assert not convergence._pretrained_matches(settings['checkpoint'], settings, 'data/x')

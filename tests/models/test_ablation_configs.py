@@ -23,7 +23,7 @@ from mmdeform.registry import MODELS
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 FAMILIES = {
     'coco': (CONFIG_ROOT / 'ablations', 'r50_16xb2-50e_coco'),
-    'synthetic': (CONFIG_ROOT / 'synthetic' / 'ablations', 'r18_1xb8-300i_synthetic'),
+    'synthetic': (CONFIG_ROOT / 'synthetic' / 'ablations', 'r18_1xb8-500i_synthetic'),
 }
 BASE_ROW = 'deformable-detr_ms-attn-k4'
 SINGLE_SCALE_KEYS = {'model.backbone.out_indices', 'model.neck.num_extra_levels'}

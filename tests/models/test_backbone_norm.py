@@ -185,6 +185,34 @@ def test_bn_checkpoint_loads_into_frozen_bn(eps):
     assert not torch.allclose(wrong_eps(x)[0], bn_model(x)[0], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize('norm', ['BN', 'GN'])
+def test_pretrained_init_cfg_loads_into_a_trainable_norm_backbone(norm, tmp_path):
+    # checkpoints never carry BN's step counters (load_pretrained drops them); a BN
+    # backbone keeps its own instead of refusing the checkpoint as incomplete
+    gen = torch.Generator().manual_seed(0)
+    norm_cfg = dict(type='BN') if norm == 'BN' else dict(type='GN', num_groups=8)
+    source = small_resnet(norm_cfg)
+    trained_bn_state(source, gen)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn(p.shape, generator=gen))
+    path = str(tmp_path / 'backbone.pth')
+    torch.save(dict(state_dict=source.state_dict()), path)
+    target = small_resnet(dict(norm_cfg, requires_grad=True))
+    target.init_cfg = dict(type='Pretrained', checkpoint=path)
+    target.init_weights()
+    for key, value in source.state_dict().items():
+        if key.endswith('num_batches_tracked'):
+            assert target.state_dict()[key] == 0  # its own counter, not the source's 123
+        else:
+            torch.testing.assert_close(target.state_dict()[key], value, rtol=0, atol=0)
+    incomplete = {k: v for k, v in source.state_dict().items()
+                  if not k.startswith('layer1.0.bn1.w')}
+    torch.save(incomplete, path)
+    with pytest.raises(KeyError, match='lacks 1 of the .*layer1.0.bn1.weight'):
+        target.init_weights()
+
+
 def test_frozen_bn_drops_only_the_step_counter():
     bn_state = small_resnet(dict(type='BN')).state_dict()
     bn_state['bn1.momentum'] = torch.tensor(0.1)

@@ -50,10 +50,19 @@ def _select_keys(state_dict: Mapping, prefix: Optional[str], source: str) -> dic
     return {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
 
 
+def _loadable_state(module: nn.Module) -> dict:
+    """``module.state_dict()`` without BatchNorm's ``num_batches_tracked`` counters.
+
+    :func:`_select_keys` drops them from checkpoints; a BN layer keeps its own.
+    """
+    return {k: v for k, v in module.state_dict().items()
+            if not k.endswith('num_batches_tracked')}
+
+
 def _check_complete(module: nn.Module, state_dict: dict, source: str) -> None:
     """Raise if a tensor of ``module`` is missing from ``state_dict`` or has another shape."""
     name = type(module).__name__
-    expected = module.state_dict()
+    expected = _loadable_state(module)
     missing = [k for k in expected if k not in state_dict]
     if missing:
         raise KeyError(
@@ -108,7 +117,7 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
         loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
     state_dict = _select_keys(_unwrap(loaded, checkpoint), prefix, checkpoint)
     _check_complete(module, state_dict, checkpoint)
-    expected = module.state_dict()
+    expected = _loadable_state(module)
     unused = [k for k in state_dict if k not in expected]
     ignored = [k for k in unused if k.startswith(tuple(ignore_prefixes))]
     surprising = [k for k in unused if k not in ignored]
@@ -118,6 +127,7 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
     if surprising:
         print_log(f'{type(module).__name__}: {len(surprising)} keys of {checkpoint} are not '
                   f'used: {_preview(surprising)}', logger='current', level=logging.WARNING)
-    module.load_state_dict({k: state_dict[k] for k in expected}, strict=True)
+    counters = {k: v for k, v in module.state_dict().items() if k not in expected}
+    module.load_state_dict({**counters, **{k: state_dict[k] for k in expected}}, strict=True)
     print_log(f'{type(module).__name__}: loaded {len(expected)} tensors from {checkpoint}',
               logger='current', level=logging.INFO)

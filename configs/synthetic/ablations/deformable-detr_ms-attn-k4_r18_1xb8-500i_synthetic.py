@@ -1,7 +1,7 @@
 # Ablation base on synthetic shapes (tools/run_ablations.py): the paper's plain Deformable DETR of
 # Table 2 (learned queries, no two-stage, no box refinement; multi-scale inputs, multi-scale
 # deformable attention, K=4, no FPN) with a ResNet-18 whose batch norm trains from scratch. Every
-# other file here changes one or two model keys of this one; all rows train 300 iterations of 8
+# other file here changes one or two model keys of this one; all rows train 500 iterations of 8
 # images on the same data. Calibration: configs/synthetic/README.md, "Ablations".
 # The list form takes the demo's data, pipelines and optimizer and replaces its model variant.
 _base_ = ['../deformable-detr-refine-twostage_r18_1xb8-800i_synthetic.py']
@@ -26,10 +26,10 @@ model = dict(
     query_generator=dict(type='LearnedQueries'),
     decoder=dict(type='DeformableDecoder'))
 
-# ---- schedule: 300 iterations, 20-iteration warm-up then cosine; 3 evaluations ---------------
-train_cfg = dict(max_iters=300, val_interval=100)
+# ---- schedule: 500 iterations, 20-iteration warm-up then cosine; 5 evaluations ---------------
+train_cfg = dict(max_iters=500, val_interval=100)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=20, end=300, eta_min=1e-5),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=20, end=500, eta_min=1e-5),
 ]
-default_hooks = dict(checkpoint=dict(interval=300))
+default_hooks = dict(checkpoint=dict(interval=500))
