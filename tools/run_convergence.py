@@ -35,6 +35,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--dense-config', default=rows[DEFAULT_ROWS[1]])
     parser.add_argument('--target-ap', type=float, default=10.0, help='AP in points (x 100)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--milestones', type=float, nargs='*', default=[1.0, 2.0, 5.0],
+                        help='lower APs (points) whose iterations are reported too')
     parser.add_argument('--pretrain-iters', type=int, default=None,
                         help="iterations of the backbone pretraining (default: the configs')")
     add_run_arguments(parser, 'work_dirs/convergence')
@@ -47,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     return run_convergence(configs, args.target_ap, args.seed, args.work_dir, args.data_root,
                            args.max_iters, args.val_interval, synthetic_overrides(args),
                            args.threads, args.resume, not args.no_progress, args.jobs,
-                           args.pretrain_iters)
+                           args.pretrain_iters, args.milestones)
 
 
 if __name__ == '__main__':

@@ -232,7 +232,8 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
                     synthetic_overrides: Optional[dict] = None,
                     num_threads: Optional[int] = None, resume: bool = False,
                     progress: bool = True, jobs: int = 1,
-                    pretrain_iters: Optional[int] = None) -> dict:
+                    pretrain_iters: Optional[int] = None,
+                    milestones: Sequence[float] = (1.0, 2.0, 5.0)) -> dict:
     """Train the two models and write the convergence report (module docstring).
 
     Args:
@@ -297,7 +298,7 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
         json.dump(dict(budget=budget, target_ap=target_ap, pretrained_backbones=pretrained,
                        runs=runs), f, indent=1)
     report, reached = write_convergence_report(runs, target_ap, budget['max_iters'],
-                                               osp.join(work_dir, 'convergence.md'))
+                                               osp.join(work_dir, 'convergence.md'), milestones)
     curves = osp.join(work_dir, 'convergence.png')
     plot_ablation_curves(runs, curves, metrics=('AP', ), target=target_ap,
                          title=f'convergence: deformable vs dense attention, seed {seed}')

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mmdeform.ops import MSDeformAttn, ms_deform_attn_reference
+from mmdeform.ops.ms_deform_attn_module import marks_padding
 from mmdeform.registry import MODELS
 
 SHAPES = torch.tensor([[6, 8], [3, 4]])
@@ -51,6 +52,23 @@ def test_padding_mask_zeroes_masked_values():
     assert not torch.allclose(layer(query, ref, value, SHAPES, STARTS), out)
 
 
+def test_an_all_false_padding_mask_is_skipped_with_the_same_result(monkeypatch):
+    layer = make_layer()
+    query, ref, value = inputs()
+    value.requires_grad_(True)
+    no_padding = torch.zeros(2, NUM_VALUE, dtype=torch.bool)
+    assert not marks_padding(None) and not marks_padding(no_padding)
+    assert marks_padding(torch.tensor([[False, True]]))
+    out = layer(query, ref, value, SHAPES, STARTS, no_padding)
+    grad = torch.autograd.grad(out.sum(), value)[0]
+    assert torch.equal(out, layer(query, ref, value, SHAPES, STARTS))
+    assert torch.equal(grad, torch.autograd.grad(
+        layer(query, ref, value, SHAPES, STARTS).sum(), value)[0])
+    # while compiling or tracing the graph must mask whatever its input
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert marks_padding(no_padding)
+
+
 def test_2d_and_4d_reference_points_follow_the_formulas():
     layer = make_layer()
     query, ref2, _ = inputs()
@@ -58,12 +76,12 @@ def test_2d_and_4d_reference_points_follow_the_formulas():
     loc2, w2 = layer.sampling(query, ref2, SHAPES)
     wh = torch.tensor([[8.0, 6.0], [4.0, 3.0]], dtype=torch.float64)  # (W, H) per level
     expected2 = ref2[:, :, None, :, None, :] + offsets / wh[None, None, None, :, None, :]
-    torch.testing.assert_close(loc2, expected2)
+    assert torch.equal(loc2, expected2)  # same arithmetic in the same order: same bits
     _, ref4, _ = inputs(ref_dim=4)
     loc4, w4 = layer.sampling(query, ref4, SHAPES)
     expected4 = (ref4[:, :, None, :, None, :2]
                  + offsets / 3 * ref4[:, :, None, :, None, 2:] * 0.5)
-    torch.testing.assert_close(loc4, expected4)
+    assert torch.equal(loc4, expected4)
     # Weights: softmax over the L*P samples of each head.
     torch.testing.assert_close(w2.sum((-1, -2)), torch.ones(2, 5, 4, dtype=torch.float64))
     torch.testing.assert_close(w2, w4)
