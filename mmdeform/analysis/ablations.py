@@ -295,9 +295,7 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
         progress (bool): Progress bars of the data generation.
         jobs (int): Runs trained at the same time, each in its own process
             (with ``cpu_count // jobs`` threads unless ``num_threads`` is given).
-            On a small CPU, two one-thread runs side by side finish a table
-            sooner than one two-thread run after another (small layers use
-            a second thread poorly); results do not depend on it.
+            Results do not depend on it (each run is seeded on its own).
 
     Returns:
         dict: ``runs`` (list of :func:`train_row` results), ``budget``,
@@ -370,8 +368,8 @@ def add_run_arguments(parser, work_dir: str,
                         help="synthetic validation images (default: the configs')")
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads per run')
     parser.add_argument('--jobs', type=int, default=1,
-                        help='runs trained side by side, each in its own process '
-                             '(2 with --threads 1 on a 2-core machine)')
+                        help='runs trained side by side, each in its own process with '
+                             'cpu_count // jobs threads unless --threads is given')
     parser.add_argument('--resume', action='store_true',
                         help='reuse finished runs (same config, seed and iterations)')
     parser.add_argument('--no-progress', action='store_true')
