@@ -295,7 +295,8 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
         progress (bool): Progress bars of the data generation.
         jobs (int): Runs trained at the same time, each in its own process
             (with ``cpu_count // jobs`` threads unless ``num_threads`` is given).
-            Results do not depend on it (each run is seeded on its own).
+            Each run is seeded on its own; only its thread count (the order of
+            floating-point sums) can change a result.
 
     Returns:
         dict: ``runs`` (list of :func:`train_row` results), ``budget``,
