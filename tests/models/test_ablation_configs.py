@@ -105,12 +105,18 @@ def test_convergence_pair_differs_in_attention_only():
     deformable = flatten(Config.fromfile(deformable_path).to_dict())
     dense = flatten(Config.fromfile(dense_path).to_dict())
     assert dense.keys() == deformable.keys()
+    # the attention, and DETR's own learning rate (the paper's 1e-4)
     assert {key for key in dense if dense[key] != deformable[key]} == {
-        'model.encoder.type', 'model.decoder.type'}
-    # the deformable model is the single-scale ablation row, trained longer
+        'model.encoder.type', 'model.decoder.type', 'optim_wrapper.optimizer.lr'}
+    assert dense['optim_wrapper.optimizer.lr'] == 1e-4
+    # the deformable model is the single-scale ablation row, trained longer from the
+    # pretrained backbone both share
     row = flatten(Config.fromfile(config_path('synthetic', 'deformable-detr_ss-k4')).to_dict())
-    assert {key for key in row if key.startswith('model.') and row[key] != deformable[key]} \
-        == set()
+    changed = {key for key in deformable
+               if key.startswith('model.') and row.get(key) != deformable[key]}
+    assert changed == {'model.backbone.init_cfg.type', 'model.backbone.init_cfg.checkpoint'}
+    assert deformable['model.backbone.init_cfg.checkpoint'] == \
+        deformable['backbone_pretraining.checkpoint']
     assert deformable['train_cfg.max_iters'] > row['train_cfg.max_iters']
 
 

@@ -38,7 +38,8 @@ def tiny(**changes) -> dict:
 
 def flat_model_keys(path: Path) -> dict:
     def flatten(value, prefix):
-        if not isinstance(value, dict):
+        # an init_cfg is one setting (e.g. which checkpoint to start from), not a sub-model
+        if not isinstance(value, dict) or prefix.endswith('.init_cfg'):
             return {prefix: value}
         out = {}
         for key, item in value.items():
