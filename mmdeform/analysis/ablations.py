@@ -297,8 +297,8 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
             (with ``cpu_count // jobs`` threads unless ``num_threads`` is given).
             On 2 cores, two one-thread runs side by side had 1.3x the
             throughput of two-thread runs one after another (idle, measured
-            for the synthetic rows). Each run is seeded on its own; only its thread count (the order of
-            floating-point sums) can change a result.
+            for the synthetic rows). Each run is seeded on its own; only its
+            thread count (the order of floating-point sums) can change a result.
 
     Returns:
         dict: ``runs`` (list of :func:`train_row` results), ``budget``,
