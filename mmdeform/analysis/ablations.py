@@ -269,6 +269,47 @@ def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
     return result if same else None
 
 
+def train_or_reuse(kwargs: dict, resume: bool, max_iters: int,
+                   stopped_at_ap: Optional[float] = None) -> dict:
+    """One run of :func:`train_row` (``kwargs``) in its own process, or its finished result.
+
+    With ``resume``, the ``result.json`` under ``kwargs['work_dir']`` is reused
+    when :func:`reusable_result` accepts it. The returned record carries the
+    config's ``description``.
+    """
+    result_file = osp.join(kwargs['work_dir'], _RESULT_FILE)
+    result = reusable_result(result_file, kwargs['config'], kwargs['seed'], max_iters,
+                             stopped_at_ap) if resume else None
+    if result is None:
+        mkdir_or_exist(kwargs['work_dir'])
+        result = run_in_process(kwargs, result_file)
+    result['description'] = describe_config(kwargs['config'])
+    return result
+
+
+def threads_per_job(num_threads: Optional[int], jobs: int, owner: str) -> Optional[int]:
+    """Torch threads of each of ``jobs`` runs side by side: ``num_threads`` when given,
+    else the cores shared out (``None``, torch's default, for one job).
+
+    Raises:
+        ValueError: ``jobs < 1`` (named with ``owner``).
+    """
+    if jobs < 1:
+        raise ValueError(f'{owner}: jobs must be >= 1, got {jobs}')
+    if num_threads is None and jobs > 1:  # share the cores instead of oversubscribing them
+        num_threads = max(1, (os.cpu_count() or 1) // jobs)
+    return num_threads
+
+
+def map_side_by_side(function, items: Sequence[tuple], jobs: int) -> list:
+    """``[function(*item) for item in items]`` with ``jobs`` calls at a time, in order.
+
+    Each call only waits on the training process it spawns, so threads suffice.
+    """
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda item: function(*item), items))
+
+
 def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
                   work_dir: str = 'work_dirs/ablations',
                   data_root: str = 'data/synthetic_ablations',
@@ -315,31 +356,21 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
         val_interval = max(1, max_iters // 4)
     budget['seeds'] = list(seeds)
     prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)
-    if jobs < 1:
-        raise ValueError(f'run_ablations: jobs must be >= 1, got {jobs}')
-    if num_threads is None and jobs > 1:  # share the cores instead of oversubscribing them
-        num_threads = max(1, (os.cpu_count() or 1) // jobs)
+    num_threads = threads_per_job(num_threads, jobs, 'run_ablations')
     plan = [(seed, name, config) for seed in seeds for name, config in rows.items()]
 
     def run_one(seed: int, name: str, config: str) -> dict:
-        run_dir = osp.join(work_dir, name, f'seed{seed}')
-        result_file = osp.join(run_dir, _RESULT_FILE)
-        result = reusable_result(result_file, config, seed, budget['max_iters']) if resume else None
-        if result is None:
-            mkdir_or_exist(run_dir)
-            result = run_in_process(
-                dict(config=config, work_dir=run_dir, data_root=data_root, seed=seed,
-                     max_iters=max_iters, val_interval=val_interval,
-                     synthetic_overrides=synthetic_overrides, num_threads=num_threads),
-                result_file)
-        result['description'] = describe_config(config)
+        result = train_or_reuse(
+            dict(config=config, work_dir=osp.join(work_dir, name, f'seed{seed}'),
+                 data_root=data_root, seed=seed, max_iters=max_iters,
+                 val_interval=val_interval, synthetic_overrides=synthetic_overrides,
+                 num_threads=num_threads),
+            resume, budget['max_iters'])
         print(f'ablations {name} seed {seed}: AP {result["metrics"]["AP"]:.3f}'
               f', train {result["train_seconds"]:.0f} s', flush=True)
         return result
 
-    # each worker thread only waits on its spawned training process; results keep plan order
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = list(pool.map(lambda item: run_one(*item), plan))
+    runs = map_side_by_side(run_one, plan, jobs)
     with open(osp.join(work_dir, 'results.json'), 'w') as f:
         json.dump(dict(budget=budget, runs=runs), f, indent=1)
     report, table = write_report(runs, budget, osp.join(work_dir, 'results.md'))

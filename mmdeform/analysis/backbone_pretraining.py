@@ -86,14 +86,9 @@ class CountingClassifier(nn.Module):
         return self.fc(self.backbone(images)[-1].mean((2, 3)))
 
 
-def _normalize(images: np.ndarray, preprocessor: dict) -> torch.Tensor:
-    """uint8 BGR (N, H, W, 3) -> float (N, 3, H, W) as the detector's data preprocessor."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    if preprocessor.get('bgr_to_rgb', False):
-        x = x.flip(1)
-    mean = torch.tensor(preprocessor.get('mean', (0., 0., 0.))).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessor.get('std', (1., 1., 1.))).view(1, 3, 1, 1)
-    return (x - mean) / std
+def _normalize(images: np.ndarray, preprocessor: nn.Module) -> torch.Tensor:
+    """uint8 BGR (N, H, W, 3) -> float (N, 3, H, W) by the detector's own data preprocessor."""
+    return preprocessor(dict(inputs=torch.from_numpy(images).permute(0, 3, 1, 2)))['inputs']
 
 
 def pretraining_settings(cfg: Config) -> Optional[dict]:
@@ -133,8 +128,8 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
     Args:
         cfg (Config): Detector config: ``model.backbone`` (its ``init_cfg``
             is ignored: training starts from scratch), ``model.bbox_head.
-            num_classes`` and ``model.data_preprocessor`` (mean, std,
-            bgr_to_rgb) are used.
+            num_classes`` and ``model.data_preprocessor`` (which
+            normalizes the images as for the detector) are used.
         data_root (str): Synthetic dataset folder (``train.json``,
             ``val.json``, ``train/``, ``val/``).
         checkpoint (str, optional): Output file; None trains without saving.
@@ -157,7 +152,7 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
         torch.set_num_threads(num_threads)
     start = time.perf_counter()
     num_classes = cfg.model.bbox_head.num_classes
-    preprocessor = dict(cfg.model.get('data_preprocessor', {}))
+    preprocessor = MODELS.build(cfg.model.data_preprocessor)
     train_images, train_counts = load_count_targets(data_root, 'train', num_classes)
     val_images, val_counts = load_count_targets(data_root, 'val', num_classes)
     torch.manual_seed(seed)

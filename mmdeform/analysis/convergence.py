@@ -22,9 +22,7 @@ interpolated between the evaluation below the target and the first one at
 or above it (:func:`iterations_to_target`).
 """
 import json
-import os
 import os.path as osp
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -34,9 +32,9 @@ from mmengine.utils import mkdir_or_exist
 from mmdeform.analysis.ablation_report import format_table, plot_ablation_curves, summarize
 from mmdeform.analysis.ablations import (
     check_same_budget,
-    describe_config,
-    reusable_result,
-    run_in_process,
+    map_side_by_side,
+    threads_per_job,
+    train_or_reuse,
 )
 from mmdeform.analysis.backbone_pretraining import pretrain_backbone, pretraining_settings
 from mmdeform.datasets.synthetic import prepare_synthetic_data
@@ -284,35 +282,24 @@ def run_convergence(configs: Dict[str, str], target_ap: float = 10.0, seed: int 
     prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)
     pretrained = prepare_pretrained_backbones(configs, data_root, work_dir, pretrain_iters,
                                               num_threads)
-    if jobs < 1:
-        raise ValueError(f'run_convergence: jobs must be >= 1, got {jobs}')
-    if num_threads is None and jobs > 1:  # share the cores instead of oversubscribing them
-        num_threads = max(1, (os.cpu_count() or 1) // jobs)
+    num_threads = threads_per_job(num_threads, jobs, 'run_convergence')
 
     def run_one(name: str, config: str) -> dict:
         cfg_options = None
         if name in pretrained:
             cfg_options = {'model.backbone.init_cfg.checkpoint': pretrained[name]['checkpoint']}
-        run_dir = osp.join(work_dir, name, f'seed{seed}')
-        result_file = osp.join(run_dir, 'result.json')
-        result = reusable_result(result_file, config, seed, budget['max_iters'],
-                                 stopped_at_ap=target_ap / 100) if resume else None
-        if result is None:
-            mkdir_or_exist(run_dir)
-            result = run_in_process(
-                dict(config=config, work_dir=run_dir, data_root=data_root, seed=seed,
-                     max_iters=budget['max_iters'], val_interval=val_interval,
-                     synthetic_overrides=synthetic_overrides, num_threads=num_threads,
-                     stop_at_ap=target_ap / 100, cfg_options=cfg_options),
-                result_file)
-        result['description'] = describe_config(config)
+        result = train_or_reuse(
+            dict(config=config, work_dir=osp.join(work_dir, name, f'seed{seed}'),
+                 data_root=data_root, seed=seed, max_iters=budget['max_iters'],
+                 val_interval=val_interval, synthetic_overrides=synthetic_overrides,
+                 num_threads=num_threads, stop_at_ap=target_ap / 100, cfg_options=cfg_options),
+            resume, budget['max_iters'], stopped_at_ap=target_ap / 100)
         print(f'convergence: {name}: {result["iters"]} iterations, '
               f'last AP {100 * result["metrics"]["AP"]:.1f}, '
               f'train {result["train_seconds"]:.0f} s', flush=True)
         return result
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = list(pool.map(lambda item: run_one(*item), configs.items()))
+    runs = map_side_by_side(run_one, list(configs.items()), jobs)
     with open(osp.join(work_dir, 'convergence.json'), 'w') as f:
         json.dump(dict(budget=budget, target_ap=target_ap, pretrained_backbones=pretrained,
                        runs=runs), f, indent=1)

@@ -7,7 +7,7 @@ import cv2
 import pytest
 import torch
 
-from mmdeform.analysis import convergence
+from mmdeform.analysis import ablations, convergence
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     image = cv2.imread(str(work_dir / 'convergence.png'))
     assert image is not None and min(image.shape[:2]) > 200
     # --resume: runs stopped at the target count as finished, nothing is trained again
-    monkeypatch.setattr(convergence, 'run_in_process',
+    monkeypatch.setattr(ablations, 'run_in_process',  # the runs' one entry point
                         lambda *a: pytest.fail('resume retrained a stopped run'))
     monkeypatch.setattr(convergence, 'pretrain_backbone',
                         lambda *a, **k: pytest.fail('the pretrained backbone was not reused'))
