@@ -75,151 +75,18 @@
 
 #include "ms_deform_attn.h"
 #include "ms_deform_attn_cuda.cuh"
+#include "ms_deform_attn_cuda_deterministic.cuh"
+#include "ms_deform_attn_cuda_plan.h"
 
 namespace mmdeform {
-namespace ms_deform_attn_cuda {
-
-// ----------------------------------------------------- deterministic path --
-
-// For every (sample, corner) entry e = 4 * sample + corner: the row of value
-// (viewed as (N * S * M, D)) it reads, or `num_rows` when the corner is
-// outside its level, and its weight (attention weight * bilinear weight).
-template <typename scalar_t, typename coord_t>
-__global__ void corner_keys_kernel(const coord_t* __restrict__ locs,
-                                   const coord_t* __restrict__ attn,
-                                   const int64_t* __restrict__ shapes,
-                                   const int64_t* __restrict__ starts, int* __restrict__ keys,
-                                   at::opmath_type<scalar_t>* __restrict__ weights,
-                                   int64_t num_rows, Geometry g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t num_samples = g.num_items * g.samples;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       s < num_samples; s += stride) {
-    const int64_t item = s / g.samples;
-    const int lp = static_cast<int>(s % g.samples);
-    const int64_t n = item / (g.num_query * g.heads), m = item % g.heads;
-    const auto f = read_sample<coord_t, acc_t>(locs, shapes, starts, s, lp, g);
-    const acc_t a = static_cast<acc_t>(attn[s]);
-    acc_t bw[4], dw[4], dh[4];
-    corner_weights(f.lh, f.lw, bw, dw, dh);
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const bool inside = f.tok[c] >= 0;
-      keys[4 * s + c] =
-          static_cast<int>(inside ? (n * g.num_value + f.tok[c]) * g.heads + m : num_rows);
-      weights[4 * s + c] = inside ? a * bw[c] : acc_t(0);
-    }
-  }
-}
-
-// One lane group per value row: sums weight * grad_output over the entries
-// that read the row, in the order of the stable sort (ascending entry index),
-// so the result is bitwise reproducible. Every row is written (zero when no
-// sample reads it).
-template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(256)
-    gather_grad_value_kernel(const int64_t* __restrict__ order,
-                             const int64_t* __restrict__ row_start,
-                             const at::opmath_type<scalar_t>* __restrict__ weights,
-                             const scalar_t* __restrict__ grad_out,
-                             scalar_t* __restrict__ grad_value, int64_t num_rows, Geometry g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int local = threadIdx.x >> g.log_group, lane = threadIdx.x & (g.group - 1);
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> g.log_group) + local;
-  if (r >= num_rows) return;  // no block- or warp-wide synchronization below
-  const int64_t begin = row_start[r], end = row_start[r + 1];
-  for (int chunk = lane; chunk < g.chunks; chunk += g.group) {
-    acc_t acc[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) acc[k] = acc_t(0);
-#pragma unroll 4
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t e = order[i];
-      const acc_t w = weights[e];
-      acc_t go[VEC];
-      load_vec<VEC>(grad_out + (e / 4 / g.samples) * g.channels + chunk * VEC, go);
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) acc[k] += w * go[k];
-    }
-    store_vec<VEC>(grad_value + r * g.channels + chunk * VEC, acc);
-  }
-}
-
-}  // namespace ms_deform_attn_cuda
-
 namespace {
 
 namespace k = ms_deform_attn_cuda;
-
-constexpr int kMaxThreads = 256;
-constexpr int64_t kTileBytes = 24 * 1024;
-
-struct Launch {
-  int threads;
-  unsigned blocks;
-  size_t smem;
-};
-
-template <typename scalar_t>
-constexpr int max_vec() {
-  return 16 / static_cast<int>(sizeof(scalar_t));
-}
-
-bool aligned(const void* ptr, int64_t bytes) {
-  return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) == 0;
-}
 
 int multiprocessors(const at::Tensor& t) {
   int count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device()));
   return std::max(count, 1);
-}
-
-// Sizes of the problem and the lane group of `vec` channels per lane.
-k::Geometry make_geometry(const at::Tensor& value, const at::Tensor& locs, int vec) {
-  k::Geometry g{};
-  g.num_value = value.size(1);
-  g.heads = static_cast<int>(value.size(2));
-  g.channels = static_cast<int>(value.size(3));
-  g.num_query = locs.size(1);
-  g.points = static_cast<int>(locs.size(4));
-  g.samples = static_cast<int>(locs.size(3) * locs.size(4));
-  g.num_items = value.size(0) * g.num_query * g.heads;
-  g.chunks = g.channels / vec;
-  g.group = 1;
-  g.log_group = 0;
-  while (g.group < g.chunks && g.group < 32) {
-    g.group *= 2;
-    ++g.log_group;
-  }
-  g.rounds = (g.chunks + g.group - 1) / g.group;
-  return g;
-}
-
-// Block size (halved down to 64 threads while the grid would not give every
-// SM two blocks), shared tile size and grid for `items` lane groups.
-Launch plan(k::Geometry& g, int64_t items, int64_t bytes_per_sample, int sms) {
-  Launch launch{kMaxThreads, 0, 0};
-  auto blocks_for = [&](int threads) {
-    const int64_t per_block = threads >> g.log_group;
-    return (items + per_block - 1) / per_block;
-  };
-  while (launch.threads > 64 && blocks_for(launch.threads) < 2 * sms) launch.threads /= 2;
-  const int64_t blocks = blocks_for(launch.threads);
-  TORCH_CHECK(blocks <= std::numeric_limits<int>::max(),
-              "ms_deform_attn_cuda: problem too large for one launch (", items, " items)");
-  launch.blocks = static_cast<unsigned>(blocks);
-  const int64_t per_block = launch.threads >> g.log_group;
-  // Items are tile_stride = tile | 1 cells apart (odd), so the lane groups of a
-  // warp read different shared-memory banks; that can exceed kTileBytes by at
-  // most half (tile = 2), which stays below the 48 KB default limit.
-  const int64_t fit =
-      bytes_per_sample > 0 ? std::max<int64_t>(1, kTileBytes / (per_block * bytes_per_sample)) : 1;
-  g.tile = static_cast<int>(std::min<int64_t>(g.samples, fit));
-  g.tile_stride = g.tile | 1;
-  launch.smem = static_cast<size_t>(per_block * g.tile_stride * bytes_per_sample);
-  return launch;
 }
 
 // The host-side level check of the CPU path on copies of the device tensors,
@@ -235,20 +102,14 @@ void check_level_values(const at::Tensor& value, const at::Tensor& spatial_shape
 void check_sizes(const at::Tensor& value, const at::Tensor& locs) {
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn_cuda: value must be a CUDA tensor, got ",
               value.device());
-  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
-  TORCH_CHECK(value.size(1) < kMaxInt && value.size(2) * value.size(3) < kMaxInt &&
-                  locs.size(3) * locs.size(4) < kMaxInt,
-              "ms_deform_attn_cuda: S, M * D and L * P must each be below 2^31, got value ",
-              value.sizes(), " and sampling_locations ", locs.sizes());
+  k::check_launch_sizes(value.sizes(), locs.sizes());
 }
 
 template <typename scalar_t, typename coord_t, int VEC>
 void launch_forward(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
                     const at::Tensor& locs, const at::Tensor& attn, at::Tensor& out) {
-  using acc_t = at::opmath_type<scalar_t>;
-  k::Geometry g = make_geometry(value, locs, VEC);
-  const Launch launch = plan(g, g.num_items, sizeof(k::Vec<int, 4>) + sizeof(k::Vec<acc_t, 4>),
-                             multiprocessors(value));
+  k::Geometry g = k::make_geometry(value.sizes(), locs.sizes(), VEC);
+  const k::Launch launch = k::plan_forward<scalar_t>(g, multiprocessors(value));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   k::forward_kernel<scalar_t, coord_t, VEC>
       <<<launch.blocks, launch.threads, launch.smem, stream>>>(
@@ -263,9 +124,8 @@ void launch_backward(const at::Tensor& value, const at::Tensor& shapes, const at
                      const at::Tensor& locs, const at::Tensor& attn, const at::Tensor& grad_out,
                      at::Tensor& grad_value_acc, at::Tensor& grad_locs, at::Tensor& grad_attn) {
   using acc_t = at::opmath_type<scalar_t>;
-  k::Geometry g = make_geometry(value, locs, VEC);
-  const Launch launch = plan(g, g.num_items, sizeof(k::Vec<int, 4>) + 2 * sizeof(k::Vec<acc_t, 4>),
-                             multiprocessors(value));
+  k::Geometry g = k::make_geometry(value.sizes(), locs.sizes(), VEC);
+  const k::Launch launch = k::plan_backward<scalar_t>(g, multiprocessors(value));
   acc_t* acc_ptr = grad_value_acc.defined() ? grad_value_acc.data_ptr<acc_t>() : nullptr;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   k::backward_kernel<scalar_t, coord_t, VEC>
@@ -277,39 +137,24 @@ void launch_backward(const at::Tensor& value, const at::Tensor& shapes, const at
 }
 
 // Sorted entry order of the deterministic path: (order, row_start, weights).
-// Keys are int32 (radix sort passes scale with the key width), hence the
-// limit on the number of value rows N * S * M; at::sort takes at most 2^31 - 1
-// entries (the Python autograd formula gives the same limit a fuller message
-// before calling the backward).
 template <typename scalar_t, typename coord_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sort_corner_entries(
     const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
     const at::Tensor& locs, const at::Tensor& attn, int64_t num_rows) {
   using acc_t = at::opmath_type<scalar_t>;
-  TORCH_CHECK(num_rows < std::numeric_limits<int>::max(),
-              "ms_deform_attn_cuda: the deterministic backward needs N * S * M < 2^31, got "
-              "value of shape ", value.sizes());
-  const k::Geometry g = make_geometry(value, locs, 1);
-  const int64_t entries = 4 * g.num_items * g.samples;
-  TORCH_CHECK(entries <= std::numeric_limits<int>::max(),
-              "ms_deform_attn_cuda: the deterministic backward sorts 4 * N * Lq * M * L * P = ",
-              entries, " entries, more than the 2^31 - 1 that at::sort takes; use the default "
-              "(atomic) backward or a smaller batch");
-  const auto key_options = value.options().dtype(at::kInt);
-  const at::Tensor keys = at::empty({entries}, key_options);
+  const k::Geometry g = k::make_geometry(value.sizes(), locs.sizes(), 1);
+  const int64_t entries = k::deterministic_entries(value.sizes(), g);
+  const at::Tensor keys = at::empty({entries}, value.options().dtype(at::kInt));
   const at::Tensor weights =
       at::empty({entries}, value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  const int threads = 256;
-  const int64_t blocks =
-      std::min<int64_t>((entries / 4 + threads - 1) / threads, 64LL * multiprocessors(value));
+  const k::Launch launch = k::plan_corner_keys(entries / 4, multiprocessors(value));
   k::corner_keys_kernel<scalar_t, coord_t>
-      <<<static_cast<unsigned>(blocks), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      <<<launch.blocks, launch.threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           locs.data_ptr<coord_t>(), attn.data_ptr<coord_t>(), shapes.data_ptr<int64_t>(),
           starts.data_ptr<int64_t>(), keys.data_ptr<int>(), weights.data_ptr<acc_t>(), num_rows,
           g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  auto [sorted_keys, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  auto row_start = at::searchsorted(sorted_keys, at::arange(num_rows + 1, key_options));
+  auto [order, row_start] = k::sort_corner_keys(keys, num_rows);
   return {order, row_start, weights};
 }
 
@@ -318,28 +163,14 @@ void launch_gather(const at::Tensor& value, const at::Tensor& locs, const at::Te
                    const at::Tensor& row_start, const at::Tensor& weights,
                    const at::Tensor& grad_out, at::Tensor& grad_value) {
   using acc_t = at::opmath_type<scalar_t>;
-  k::Geometry g = make_geometry(value, locs, VEC);
+  k::Geometry g = k::make_geometry(value.sizes(), locs.sizes(), VEC);
   const int64_t num_rows = value.size(0) * value.size(1) * value.size(2);
-  const Launch launch = plan(g, num_rows, 0, multiprocessors(value));
+  const k::Launch launch = k::plan_gather(g, num_rows, multiprocessors(value));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   k::gather_grad_value_kernel<scalar_t, VEC><<<launch.blocks, launch.threads, 0, stream>>>(
       order.data_ptr<int64_t>(), row_start.data_ptr<int64_t>(), weights.data_ptr<acc_t>(),
       grad_out.data_ptr<scalar_t>(), grad_value.data_ptr<scalar_t>(), num_rows, g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// Calls body.template operator()<VEC>() with the widest vector width that
-// divides D and keeps every pointer in `ptrs` aligned.
-template <typename scalar_t, typename Body>
-void with_vec(int64_t channels, std::initializer_list<const void*> ptrs, Body&& body) {
-  constexpr int kVec = max_vec<scalar_t>();
-  bool wide = channels % kVec == 0;
-  for (const void* p : ptrs) wide = wide && aligned(p, kVec * sizeof(scalar_t));
-  if (wide) {
-    body.template operator()<kVec>();
-  } else {
-    body.template operator()<1>();
-  }
 }
 
 }  // namespace
@@ -367,7 +198,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value_in, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
         with_coord_type<scalar_t>(locs.scalar_type(), [&]<typename coord_t>() {
-          with_vec<scalar_t>(value.size(3), {value.data_ptr(), out.data_ptr()}, [&]<int VEC>() {
+          k::with_vec<scalar_t>(value.size(3), {value.data_ptr(), out.data_ptr()}, [&]<int VEC>() {
             launch_forward<scalar_t, coord_t, VEC>(value, shapes, starts, locs, attn, out);
           });
         });
@@ -386,7 +217,7 @@ at::Tensor backward_atomic(const at::Tensor& value, const at::Tensor& shapes,
   using acc_t = at::opmath_type<scalar_t>;
   at::Tensor acc =
       at::zeros(value.sizes(), value.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  with_vec<scalar_t>(
+  k::with_vec<scalar_t>(
       value.size(3), {value.data_ptr(), grad_out.data_ptr(), acc.data_ptr()}, [&]<int VEC>() {
         launch_backward<scalar_t, coord_t, VEC>(value, shapes, starts, locs, attn, grad_out, acc,
                                                 grad_locs, grad_attn);
@@ -402,14 +233,14 @@ at::Tensor backward_deterministic(const at::Tensor& value, const at::Tensor& sha
                                   at::Tensor& grad_locs, at::Tensor& grad_attn) {
   at::Tensor no_atomics;
   auto grad_value = at::empty_like(value);
-  with_vec<scalar_t>(value.size(3), {value.data_ptr(), grad_out.data_ptr()}, [&]<int VEC>() {
+  k::with_vec<scalar_t>(value.size(3), {value.data_ptr(), grad_out.data_ptr()}, [&]<int VEC>() {
     launch_backward<scalar_t, coord_t, VEC>(value, shapes, starts, locs, attn, grad_out,
                                             no_atomics, grad_locs, grad_attn);
   });
   const int64_t num_rows = value.size(0) * value.size(1) * value.size(2);
   auto [order, row_start, weights] =
       sort_corner_entries<scalar_t, coord_t>(value, shapes, starts, locs, attn, num_rows);
-  with_vec<scalar_t>(value.size(3), {grad_out.data_ptr(), grad_value.data_ptr()},
+  k::with_vec<scalar_t>(value.size(3), {grad_out.data_ptr(), grad_value.data_ptr()},
                      [&]<int VEC>() {
                        launch_gather<scalar_t, VEC>(value, locs, order, row_start, weights,
                                                     grad_out, grad_value);

@@ -1,7 +1,9 @@
 // Device code of the CUDA multi-scale deformable attention kernels: shared
 // helpers, the forward kernel and the sample-parallel backward kernel. The
-// design is described at the top of ms_deform_attn_cuda.cu, which is the only
-// file that includes this one (it also holds the deterministic-path kernels).
+// design is described at the top of ms_deform_attn_cuda.cu, which launches
+// them with the geometry of ms_deform_attn_cuda_plan.h; the deterministic-path
+// kernels are in ms_deform_attn_cuda_deterministic.cuh. The CPU emulation in
+// tests/ops/cuda_cpu compiles this file unmodified with g++.
 #pragma once
 
 #include <ATen/OpMathType.h>
