@@ -40,6 +40,12 @@ test: build lint
 cuda-check: env
 	$(PY) tools/check_cuda_compile.py
 
+# The CUDA kernels emulated on the CPU under ThreadSanitizer and AddressSanitizer + UBSan
+# (README, "The CUDA kernels on a CPU"); about 2 minutes, not part of `make test`.
+.PHONY: cuda-emu-sanitize
+cuda-emu-sanitize: build
+	$(PY) -m pytest tests/ops/cuda_cpu -m cuda_emu_sanitize -v $(PYTEST_ARGS)
+
 # Synthetic data -> training -> evaluation on the CPU; ends with a one-line summary.
 demo: build
 	$(PY) tools/demo.py $(DEMO_ARGS)

@@ -2,6 +2,23 @@
 import emu_build
 import pytest
 
+SANITIZE = 'cuda_emu_sanitize'
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', f'{SANITIZE}: the CUDA emulation under sanitizers '
+                            '(make cuda-emu-sanitize)')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Sanitizer tests run only when selected with ``-m cuda_emu_sanitize``."""
+    if SANITIZE in (config.getoption('markexpr') or ''):
+        return
+    skip = pytest.mark.skip(reason=f'sanitizer builds: make cuda-emu-sanitize (-m {SANITIZE})')
+    for item in items:
+        if SANITIZE in item.keywords:
+            item.add_marker(skip)
+
 
 def _ops(variant):
     try:
