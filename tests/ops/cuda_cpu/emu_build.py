@@ -16,7 +16,9 @@ only load in a process started with the sanitizer runtime preloaded
 """
 import hashlib
 import os
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -43,11 +45,12 @@ VARIANTS = {'sm90': 900, 'sm80': 800, 'tsan': 900, 'asan': 900}
 RUNTIME_LIBRARY = {'tsan': 'libtsan.so', 'asan': 'libasan.so'}
 
 
-def _digest(flags: List[str]) -> str:
+def _digest(flags: List[str], library: Path) -> str:
     h = hashlib.sha256()
     for path in SOURCES:
         h.update(path.read_bytes())
     h.update(' '.join(flags).encode())
+    h.update(str(library).encode())
     h.update(torch.__version__.encode())
     return h.hexdigest()[:12]
 
@@ -77,11 +80,13 @@ def build(variant: str, verbose: bool = False) -> Dict[str, object]:
         raise ValueError(f'unknown emulation variant {variant!r}, expected one of {list(VARIANTS)}')
     from torch.utils.cpp_extension import load
     start = time.perf_counter()
+    if shutil.which('ninja') is None:  # pip's ninja, next to a virtualenv's python
+        os.environ['PATH'] = f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'
     library = _mmdeform_library()
     flags = [*COMMON_FLAGS, *SANITIZE_FLAGS.get(variant, []),
              f'-DMMDEFORM_EMU_ARCH={VARIANTS[variant]}', f'-DMMDEFORM_EMU_NS={namespace(variant)}']
     name = namespace(variant)
-    build_dir = ROOT / '.cache' / 'cuda_emu' / f'{variant}-{_digest(flags)}'
+    build_dir = ROOT / '.cache' / 'cuda_emu' / f'{variant}-{_digest(flags, library)}'
     build_dir.mkdir(parents=True, exist_ok=True)
     path = load(name=name, sources=[str(HERE / 'emulation.cpp')], extra_cflags=flags,
                 extra_include_paths=[str(HERE / 'include'), str(OPS)],
