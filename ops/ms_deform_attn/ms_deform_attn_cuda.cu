@@ -1,6 +1,9 @@
 // CUDA kernels of multi-scale deformable attention (see ms_deform_attn.h for
 // shapes and ms_deform_attn_cpu.cpp for the reference semantics, which these
-// kernels follow formula for formula).
+// kernels follow formula for formula): the host code. The device code is in
+// ms_deform_attn_cuda.cuh and ms_deform_attn_cuda_deterministic.cuh, the launch
+// planning in ms_deform_attn_cuda_plan.h; the CPU emulation of the kernels in
+// tests/ops/cuda_cpu includes the same three headers.
 //
 // Thread mapping. An item is one (batch, query, head) triple. A power-of-two
 // group of `group` <= 32 lanes of one warp handles an item; each lane owns a
