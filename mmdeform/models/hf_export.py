@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .hf import hf_name_map
+from .hf_checks import check_tensor_values
 
 # our ResNet depth -> transformers' ResNetConfig
 _RESNET_CONFIGS = {
@@ -133,16 +134,33 @@ def to_hf_state_dict(state_dict: Mapping[str, torch.Tensor], hf_keys: Sequence[s
     return converted
 
 
-def export_hf(model: nn.Module, out_dir: str,
-              class_names: Optional[Sequence[str]] = None) -> None:
+def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str]] = None,
+              overwrite: bool = False) -> None:
     """Write ``out_dir`` for ``DeformableDetrForObjectDetection.from_pretrained``.
 
     The weights go to ``model.safetensors`` except with box refinement, where
     transformers 4.x refuses safetensors for its shared heads and writes
     ``pytorch_model.bin``. ``preprocessor_config.json`` carries our
-    normalization (mean / std of the data preprocessor, RGB).
+    normalization (mean / std of the data preprocessor, RGB). The files are
+    written into a temporary folder that then replaces ``out_dir`` whole, so
+    no file of an earlier export remains beside them.
+
+    Args:
+        model (nn.Module): our ``DeformableDETR``.
+        out_dir (str): output folder (absent or empty unless ``overwrite``).
+        class_names (Sequence[str], optional): see :func:`hf_config_kwargs`.
+        overwrite (bool): replace a non-empty ``out_dir`` (its files are
+            deleted).
+
+    Raises:
+        ValueError: a model transformers cannot express, or weights holding
+            NaN / inf.
+        FileExistsError: ``out_dir`` is not empty and not ``overwrite``.
     """
     import transformers
+
+    from mmdeform.engine.atomic_save import check_output_folder, staged_folder
+    check_output_folder(out_dir, overwrite)
     kwargs = hf_config_kwargs(model, class_names)
     kwargs['backbone_config'] = transformers.ResNetConfig(
         **{k: v for k, v in kwargs['backbone_config'].items() if k != 'model_type'})
@@ -150,9 +168,11 @@ def export_hf(model: nn.Module, out_dir: str,
     hf_model = transformers.DeformableDetrForObjectDetection(config)
     hf_state = hf_model.state_dict()
     converted = to_hf_state_dict(model.state_dict(), list(hf_state), config.to_dict())
+    check_tensor_values(converted, 'export_hf: the model to export')
     hf_model.load_state_dict(converted, strict=True)
-    hf_model.save_pretrained(out_dir, safe_serialization=not config.with_box_refine)
     preprocessor = model.data_preprocessor
-    transformers.DeformableDetrImageProcessor(
-        image_mean=[value / 255 for value in preprocessor.mean],
-        image_std=[value / 255 for value in preprocessor.std]).save_pretrained(out_dir)
+    with staged_folder(out_dir, overwrite) as tmp:
+        hf_model.save_pretrained(tmp, safe_serialization=not config.with_box_refine)
+        transformers.DeformableDetrImageProcessor(
+            image_mean=[value / 255 for value in preprocessor.mean],
+            image_std=[value / 255 for value in preprocessor.std]).save_pretrained(tmp)
