@@ -256,7 +256,7 @@ def read_hf_weights(folder: Path) -> Tuple[Path, Dict[str, torch.Tensor]]:
         raise HFCheckError(f'{filename} holds a {type(state_dict).__name__}, not a state_dict')
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise HFCheckError(f'{filename}: {key!r} is a {type(value).__name__}, not a tensor')
+            raise HFCheckError(f'{filename}: {key!r} is not a tensor ({type(value).__name__})')
     check_tensor_values(state_dict, filename)
     check_qkv_shapes(state_dict, filename)
     return filename, state_dict
