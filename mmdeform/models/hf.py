@@ -106,7 +106,8 @@ def hf_model_overrides(config: Mapping) -> Dict:
         _refuse(f'num_feature_levels={levels}')
     refine, two_stage = config.get('with_box_refine', False), config.get('two_stage', False)
     num_queries = config['two_stage_num_proposals'] if two_stage else config['num_queries']
-    dilation = bool(config.get('dilation', False))
+    # transformers dilates only a timm backbone; its own ResNet ignores `dilation`
+    dilation = bool(config.get('dilation', False)) and config.get('use_timm_backbone', True)
 
     def layer(prefix: str) -> dict:
         return dict(num_heads=config[f'{prefix}_attention_heads'],

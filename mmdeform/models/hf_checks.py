@@ -91,6 +91,8 @@ def read_hf_config(config_file: Path) -> Dict:
 
 
 def _check_int(config: Mapping, key: str, filename, bound: int) -> None:
+    if key not in config:
+        raise HFCheckError(f'{filename}: key {key!r} is missing')
     value = config[key]
     if type(value) is not int or not 1 <= value <= bound:
         raise _bad(filename, key, value, f'must be an integer from 1 to {bound}')
@@ -153,11 +155,18 @@ def _check_backbone_keys(config: Mapping, filename) -> None:
         kwargs = config.get('backbone_kwargs') or {}
         if not isinstance(kwargs, dict):
             raise _bad(filename, 'backbone_kwargs', kwargs, 'must be an object')
-        expected = [2, 3, 4] if config.get('num_feature_levels', 4) > 1 else [4]
-        if list(kwargs.get('out_indices', expected)) != expected:
-            raise _bad(filename, 'backbone_kwargs.out_indices', kwargs['out_indices'],
-                       f'must be {expected} with num_feature_levels='
-                       f"{config.get('num_feature_levels', 4)}")
+        levels = config.get('num_feature_levels', 4)
+        # what transformers gives timm by default: our backbone is exactly that
+        expected = dict(out_indices=[2, 3, 4] if levels > 1 else [4], in_chans=3,
+                        output_stride=16 if config.get('dilation') else 32)
+        for key, value in kwargs.items():
+            if key not in expected:
+                raise _bad(filename, f'backbone_kwargs.{key}', value,
+                           'mmdeform reads only out_indices, in_chans and output_stride')
+            if value != expected[key]:
+                raise _bad(filename, f'backbone_kwargs.{key}', value,
+                           f'must be {expected[key]} with num_feature_levels={levels} and '
+                           f"dilation={config.get('dilation', False)}")
         return
     backbone = config.get('backbone_config')
     if not isinstance(backbone, dict):

@@ -79,6 +79,10 @@ def hf_config_kwargs(model: nn.Module, class_names: Optional[Sequence[str]] = No
     if tuple(backbone.out_indices) != expected or levels == 2:
         _refuse(f'backbone.out_indices={backbone.out_indices} with {levels} levels (transformers '
                 'uses C3-C5 plus extra levels, or C5 alone)')
+    if any(conv.dilation != (1, 1) for conv in backbone.layer4.modules()
+           if isinstance(conv, nn.Conv2d)):
+        _refuse('a dilated last stage (DC5): transformers dilates only timm backbones, and its '
+                'own ResNet, which the export uses, ignores `dilation`')
     encoder_layer, decoder_layer = model.encoder.layers[0], model.decoder.layers[0]
     if decoder_layer.self_attn.num_heads != decoder_layer.cross_attn.num_heads:
         _refuse('different head counts in the decoder self- and cross-attention')
@@ -93,7 +97,7 @@ def hf_config_kwargs(model: nn.Module, class_names: Optional[Sequence[str]] = No
         backbone_config=dict(model_type='resnet', embedding_size=64,
                              out_features=['stage2', 'stage3', 'stage4'] if levels > 1
                              else ['stage4'], **_RESNET_CONFIGS[backbone.depth]),
-        dilation=backbone.layer4[0].conv2.dilation == (2, 2),
+        dilation=False,
         d_model=model.neck.out_channels, num_feature_levels=levels,
         encoder_layers=len(model.encoder.layers), decoder_layers=len(model.decoder.layers),
         encoder_attention_heads=encoder_layer.self_attn.num_heads,

@@ -26,6 +26,7 @@ from safetensors.torch import save_file  # noqa: E402  (comes with transformers)
 REPO = Path(__file__).resolve().parents[2]
 BASE_CONFIG = REPO / 'configs' / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py'
 DELETE = object()
+TIMM = dict(use_timm_backbone=True, backbone='resnet18', backbone_config=None)
 VALUE_PROJ = 'model.encoder.layers.0.self_attn.value_proj.weight'
 
 
@@ -165,6 +166,14 @@ CONFIG_CASES = {
                        'backbone_config.depths='),
     'activation': ({'activation_function': 'gelu'}, "activation_function='gelu'"),
     'resnet-depths': ({'backbone_config.depths': [1, 1, 1, 1]}, 'not a torchvision ResNet'),
+    'timm-out_indices': (dict(TIMM, backbone_kwargs={'out_indices': [1, 2, 3]}),
+                         'backbone_kwargs.out_indices=[1, 2, 3]: must be [2, 3, 4]'),
+    'timm-output_stride': (dict(TIMM, backbone_kwargs={'output_stride': 16}),
+                           'backbone_kwargs.output_stride=16: must be 32'),
+    'timm-other-kwarg': (dict(TIMM, backbone_kwargs={'drop_rate': 0.5}),
+                         'backbone_kwargs.drop_rate=0.5: mmdeform reads only'),
+    'two_stage-no-proposals': ({'two_stage': True, 'two_stage_num_proposals': DELETE},
+                               "key 'two_stage_num_proposals' is missing"),
 }
 
 
@@ -247,6 +256,28 @@ def test_no_weights_file(valid, tmp_path, capsys):
     code = run_tool('convert_hf_ckpt.py', src, tmp_path / 'dst')
     assert_refused(capsys, code, tmp_path / 'dst', None,
                    f'{src} has neither model.safetensors nor pytorch_model.bin')
+
+
+def test_dilation_of_transformers_resnet_is_ignored_as_transformers_does(valid, tmp_path):
+    """transformers dilates only timm backbones: its own ResNet with
+    ``dilation: true`` is not dilated, so neither is the converted model."""
+    config = patched(json.loads((valid / 'config.json').read_text()), {'dilation': True})
+    src = copy_folder(valid, tmp_path / 'src', config=config)
+    assert run_tool('convert_hf_ckpt.py', src, tmp_path / 'dst') == 0
+    from mmengine.config import Config
+    assert Config.fromfile(tmp_path / 'dst' / 'config.py').model.backbone.dilate_last_stage is False
+
+
+def test_export_refuses_a_dilated_backbone():
+    from mmengine.config import Config
+
+    from mmdeform.models.hf_export import hf_config_kwargs
+    from mmdeform.registry import MODELS
+    cfg = Config.fromfile(BASE_CONFIG.parent /
+                          'deformable-detr-single-scale-dc5_r50_16xb2-50e_coco.py')
+    cfg.model.backbone.init_cfg = None
+    with pytest.raises(ValueError, match='dilated last stage'):
+        hf_config_kwargs(MODELS.build(cfg.model))
 
 
 def test_debug_raises_with_traceback(valid, tmp_path):
