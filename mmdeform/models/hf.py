@@ -351,7 +351,9 @@ def convert_hf_folder(src: str, dst_dir: str, base_config: str,
         converted = convert_hf_state_dict(state_dict, config)
     cfg = Config.fromfile(base_config)
     cfg.merge_from_dict(dict(model=overrides))
-    check_fills_model(converted, meta_state_dict(cfg.model), weights_file, config_file,
+    with naming(config_file):
+        expected = meta_state_dict(cfg.model)
+    check_fills_model(converted, expected, weights_file, config_file,
                       hf_sources(list(state_dict), config))
     meta = dict(dataset_meta=dict(classes=hf_class_names(config)), source=str(src))
     with staged_folder(dst_dir, overwrite, inputs=(src, base_config)) as tmp:

@@ -152,6 +152,9 @@ def _check_backbone_keys(config: Mapping, filename) -> None:
         if not isinstance(config.get('backbone'), str):
             raise _bad(filename, 'backbone', config.get('backbone'),
                        'must name a timm model (use_timm_backbone is true)')
+        if config.get('dilation') and config['backbone'] in ('resnet18', 'resnet34'):
+            raise _bad(filename, 'dilation', True, "mmdeform's dilated C5 (DC5) needs "
+                       f"resnet50 or resnet101, not backbone={config['backbone']!r}")
         kwargs = config.get('backbone_kwargs') or {}
         if not isinstance(kwargs, dict):
             raise _bad(filename, 'backbone_kwargs', kwargs, 'must be an object')
@@ -180,9 +183,13 @@ def _check_backbone_keys(config: Mapping, filename) -> None:
     if type(backbone.get('embedding_size', 64)) is not int:
         raise _bad(filename, 'backbone_config.embedding_size', backbone['embedding_size'],
                    'must be an integer')
-    if type(backbone.get('downsample_in_bottleneck', False)) is not bool:
-        raise _bad(filename, 'backbone_config.downsample_in_bottleneck',
-                   backbone['downsample_in_bottleneck'], 'must be true or false')
+    # keys of transformers' ResNetConfig that would build another network than torchvision's
+    for key, wanted in (('hidden_act', 'relu'), ('num_channels', 3),
+                        ('downsample_in_first_stage', False), ('downsample_in_bottleneck', False)):
+        if key in backbone and (backbone[key] != wanted or type(backbone[key]) is not
+                                type(wanted)):
+            raise _bad(filename, f'backbone_config.{key}', backbone[key],
+                       f'must be {json.dumps(wanted)} (torchvision ResNet)')
 
 
 def check_id2label(config: Mapping, filename) -> None:

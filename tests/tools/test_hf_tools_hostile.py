@@ -172,6 +172,9 @@ CONFIG_CASES = {
                            'backbone_kwargs.output_stride=16: must be 32'),
     'timm-other-kwarg': (dict(TIMM, backbone_kwargs={'drop_rate': 0.5}),
                          'backbone_kwargs.drop_rate=0.5: mmdeform reads only'),
+    'resnet-act': ({'backbone_config.hidden_act': 'gelu'},
+                   "backbone_config.hidden_act='gelu': must be \"relu\""),
+    'timm-dc5-resnet18': (dict(TIMM, dilation=True), "dilation=True: mmdeform's dilated C5"),
     'two_stage-no-proposals': ({'two_stage': True, 'two_stage_num_proposals': DELETE},
                                "key 'two_stage_num_proposals' is missing"),
 }
