@@ -146,30 +146,35 @@ def _check_list(config: Mapping, key: str, filename, kind: type, prefix: str = '
         raise _bad(filename, prefix + key, value, f'must be a list of {kind.__name__}')
 
 
+def _check_timm_keys(config: Mapping, filename) -> None:
+    """``backbone`` and ``backbone_kwargs`` of a timm backbone."""
+    if not isinstance(config.get('backbone'), str):
+        raise _bad(filename, 'backbone', config.get('backbone'),
+                   'must name a timm model (use_timm_backbone is true)')
+    if config.get('dilation') and config['backbone'] in ('resnet18', 'resnet34'):
+        raise _bad(filename, 'dilation', True, "mmdeform's dilated C5 (DC5) needs "
+                   f"resnet50 or resnet101, not backbone={config['backbone']!r}")
+    kwargs = config.get('backbone_kwargs') or {}
+    if not isinstance(kwargs, dict):
+        raise _bad(filename, 'backbone_kwargs', kwargs, 'must be an object')
+    levels = config.get('num_feature_levels', 4)
+    # what transformers gives timm by default: our backbone is exactly that
+    expected = dict(out_indices=[2, 3, 4] if levels > 1 else [4], in_chans=3,
+                    output_stride=16 if config.get('dilation') else 32)
+    for key, value in kwargs.items():
+        if key not in expected:
+            raise _bad(filename, f'backbone_kwargs.{key}', value,
+                       'mmdeform reads only out_indices, in_chans and output_stride')
+        if value != expected[key]:
+            raise _bad(filename, f'backbone_kwargs.{key}', value,
+                       f'must be {expected[key]} with num_feature_levels={levels} and '
+                       f"dilation={config.get('dilation', False)}")
+
+
 def _check_backbone_keys(config: Mapping, filename) -> None:
     """Types of ``backbone`` / ``backbone_kwargs`` (timm) or ``backbone_config``."""
     if config.get('use_timm_backbone', True):
-        if not isinstance(config.get('backbone'), str):
-            raise _bad(filename, 'backbone', config.get('backbone'),
-                       'must name a timm model (use_timm_backbone is true)')
-        if config.get('dilation') and config['backbone'] in ('resnet18', 'resnet34'):
-            raise _bad(filename, 'dilation', True, "mmdeform's dilated C5 (DC5) needs "
-                       f"resnet50 or resnet101, not backbone={config['backbone']!r}")
-        kwargs = config.get('backbone_kwargs') or {}
-        if not isinstance(kwargs, dict):
-            raise _bad(filename, 'backbone_kwargs', kwargs, 'must be an object')
-        levels = config.get('num_feature_levels', 4)
-        # what transformers gives timm by default: our backbone is exactly that
-        expected = dict(out_indices=[2, 3, 4] if levels > 1 else [4], in_chans=3,
-                        output_stride=16 if config.get('dilation') else 32)
-        for key, value in kwargs.items():
-            if key not in expected:
-                raise _bad(filename, f'backbone_kwargs.{key}', value,
-                           'mmdeform reads only out_indices, in_chans and output_stride')
-            if value != expected[key]:
-                raise _bad(filename, f'backbone_kwargs.{key}', value,
-                           f'must be {expected[key]} with num_feature_levels={levels} and '
-                           f"dilation={config.get('dilation', False)}")
+        _check_timm_keys(config, filename)
         return
     backbone = config.get('backbone_config')
     if not isinstance(backbone, dict):
