@@ -172,7 +172,7 @@ def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str
     hf_model = transformers.DeformableDetrForObjectDetection(config)
     hf_state = hf_model.state_dict()
     converted = to_hf_state_dict(model.state_dict(), list(hf_state), config.to_dict())
-    check_tensor_values(converted, 'export_hf: the model to export')
+    check_tensor_values(converted, 'export_hf: the weights of the model')
     hf_model.load_state_dict(converted, strict=True)
     preprocessor = model.data_preprocessor
     with staged_folder(out_dir, overwrite) as tmp:
