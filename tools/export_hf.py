@@ -1,18 +1,27 @@
 """Export an mmdeform Deformable DETR to a HuggingFace transformers folder.
 
-Usage: python tools/export_hf.py CONFIG CHECKPOINT OUT_DIR
+Usage: python tools/export_hf.py CONFIG CHECKPOINT OUT_DIR [--overwrite] [--debug]
 
 OUT_DIR receives what ``DeformableDetrForObjectDetection.from_pretrained`` and
 ``DeformableDetrImageProcessor.from_pretrained`` read (config.json, weights,
-preprocessor_config.json). Class names come from the checkpoint's meta or the
-config's test dataset. Models transformers cannot express (FPN neck, dense or
-per-level attention, two-stage without refinement, ...) are refused with the
-reason. Needs ``transformers``.
+preprocessor_config.json), written whole (a temporary folder renamed into
+place). A non-empty OUT_DIR is refused unless ``--overwrite``, which replaces
+it (its files are deleted, so no earlier export's weights remain). The
+checkpoint must fit CONFIG exactly. Class names come from the checkpoint's
+meta or the config's test dataset. Models transformers cannot express (FPN
+neck, dense or per-level attention, two-stage without refinement, ...) are
+refused with the reason. Errors are one line and exit status 1 (``--debug``:
+with the traceback). Needs ``transformers``.
 """
 import argparse
 
 from mmdeform.apis import init_detector
+from mmdeform.engine.atomic_save import check_output_folder
+from mmdeform.models.hf_checks import exit_on_error
 from mmdeform.models.hf_export import export_hf
+
+MISMATCH_HINT = ('. export_hf.py exports only a checkpoint that fits CONFIG exactly: give the '
+                 'config it was trained with (e.g. the refine config for a refine checkpoint)')
 
 
 def main() -> None:
@@ -20,12 +29,18 @@ def main() -> None:
     parser.add_argument('config', help='mmdeform config file')
     parser.add_argument('checkpoint', help='mmdeform checkpoint')
     parser.add_argument('out_dir', help='output folder')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace a non-empty OUT_DIR whole (every file in it is deleted)')
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
     args = parser.parse_args()
-    model = init_detector(args.config, args.checkpoint, device='cpu')
-    classes = (model.dataset_meta or {}).get('classes')
-    if classes is not None and len(classes) != model.bbox_head.num_classes:
-        classes = None  # e.g. a dataset's names for a model with another class count
-    export_hf(model, args.out_dir, classes)
+    with exit_on_error('export_hf', args.debug):
+        check_output_folder(args.out_dir, args.overwrite, inputs=(args.config, args.checkpoint))
+        model = init_detector(args.config, args.checkpoint, device='cpu',
+                              mismatch_hint=MISMATCH_HINT)
+        classes = (model.dataset_meta or {}).get('classes')
+        if classes is not None and len(classes) != model.bbox_head.num_classes:
+            classes = None  # e.g. a dataset's names for a model with another class count
+        export_hf(model, args.out_dir, classes, overwrite=args.overwrite)
     print(f'exported {args.checkpoint} -> {args.out_dir}')
 
 

@@ -99,7 +99,7 @@ def dataset_meta_from_config(cfg: Config) -> Optional[dict]:
 
 
 def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str,
-                            strict: bool = True) -> dict:
+                            strict: bool = True, hint: Optional[str] = None) -> dict:
     """Load ``checkpoint`` (``torch.load(weights_only=True)``) into ``model``;
     returns the checkpoint's ``meta`` (empty if none).
 
@@ -108,6 +108,8 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str,
         checkpoint (str): Local checkpoint file.
         strict (bool): Refuse any missing, unexpected or differently shaped
             tensor (False: load the matching ones and warn).
+        hint (str, optional): Appended to a mismatch error (default: how to
+            load partially, ``--partial-load``).
 
     Raises:
         CheckpointFormatError: an empty, damaged or non-checkpoint file.
@@ -115,8 +117,9 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str,
         CheckpointMismatchError: ``strict`` and the weights do not match the
             model (names the first mismatching parameter and the keys).
     """
-    hint = ('. Pass --partial-load (strict=False) to load only the matching tensors'
-            if strict else '')
+    if hint is None:
+        hint = ('. Pass --partial-load (strict=False) to load only the matching tensors'
+                if strict else '')
     ckpt = load_model_weights(model, checkpoint, strict=strict, map_location='cpu', hint=hint)
     meta = ckpt.get('meta')
     return meta if isinstance(meta, dict) else {}
@@ -125,7 +128,7 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str,
 def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = None,
                   device: Union[str, torch.device] = 'cpu',
                   cfg_options: Optional[dict] = None,
-                  strict: bool = True) -> torch.nn.Module:
+                  strict: bool = True, mismatch_hint: Optional[str] = None) -> torch.nn.Module:
     """Build the detector of ``config`` and load its weights.
 
     Args:
@@ -138,6 +141,8 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
             (existing keys only, see :func:`mmdeform.engine.apply_cfg_options`).
         strict (bool): The checkpoint must match the model exactly (False:
             ``--partial-load``, load the matching tensors and warn).
+        mismatch_hint (str, optional): Appended to a mismatch error instead
+            of the ``--partial-load`` hint (for tools without that option).
 
     Returns:
         nn.Module: The detector in eval mode, with ``cfg`` (the config) and
@@ -149,7 +154,8 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
     model = MODELS.build(cfg.model)
     meta = {}
     if checkpoint is not None:
-        meta = load_checkpoint_weights(model, str(checkpoint), strict=strict)
+        meta = load_checkpoint_weights(model, str(checkpoint), strict=strict,
+                                       hint=mismatch_hint)
     else:
         print_log('init_detector: no checkpoint given; the model has random weights',
                   logger='current', level=logging.WARNING)

@@ -12,11 +12,21 @@ deletes.
 :func:`save_checkpoint_atomic` applies this to ``Runner.save_checkpoint``
 (used by :class:`mmdeform.engine.hooks.AtomicCheckpointHook`), and
 :func:`torch_save_atomic` to a plain ``torch.save``.
+
+A whole output folder (a converted or exported model) is written by
+:func:`staged_folder`: into a temporary folder beside it, renamed into place
+when complete, so the destination holds either its old content or the whole
+new set of files, never a mix.
 """
 import os
 import os.path as osp
 import re
-from typing import Any, Callable
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -125,3 +135,79 @@ def remove_stale_temporaries(folder: str) -> list:
     for path in stale:
         os.remove(path)
     return stale
+
+
+def check_output_folder(folder: str, overwrite: bool = False, inputs: Sequence[str] = ()) -> None:
+    """Refuse a destination that :func:`staged_folder` must not replace.
+
+    Args:
+        folder (str): The output folder (may not exist yet).
+        overwrite (bool): A non-empty ``folder`` may be replaced whole.
+        inputs (Sequence[str]): Files or folders the writer reads; replacing
+            ``folder`` must not delete them.
+
+    Raises:
+        FileExistsError: ``folder`` is a file, or a non-empty folder and not
+            ``overwrite``.
+        ValueError: ``overwrite`` would delete one of ``inputs``.
+    """
+    path = Path(folder).resolve()
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f'{folder} exists and is not a folder')
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f'{folder} is not empty; pass --overwrite to replace it whole '
+                              '(every file in it is deleted)')
+    for item in inputs:
+        resolved = Path(item).resolve()
+        if resolved == path or path in resolved.parents:
+            raise ValueError(f'--overwrite would delete {item}, which is inside {folder}; '
+                             'write to another folder')
+
+
+@contextmanager
+def staged_folder(folder: str, overwrite: bool = False,
+                  inputs: Sequence[str] = ()) -> Iterator[Path]:
+    """Write a whole folder at once: yields an empty temporary folder beside
+    ``folder``; when the body returns, it replaces ``folder`` by renames.
+
+    If the body raises, the temporary folder is removed and ``folder`` is
+    untouched. Replacing a non-empty ``folder`` (``overwrite``) moves it
+    aside, renames the new one in and then deletes the old, so no file of the
+    old content remains.
+
+    Raises:
+        FileExistsError, ValueError: see :func:`check_output_folder`.
+    """
+    check_output_folder(folder, overwrite, inputs)
+    final = Path(folder).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.staging-', dir=final.parent))
+    try:
+        yield tmp
+        for path in tmp.rglob('*'):
+            if path.is_file():
+                _fsync_path(str(path))
+        _replace_folder(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Rename the complete folder ``new`` to ``final`` (moving an old one aside)."""
+    old = final.parent / f'.{final.name}.old-{uuid.uuid4().hex[:8]}' if final.exists() \
+        else None
+    if old is not None:
+        os.rename(final, old)
+    try:
+        os.rename(new, final)
+    except BaseException:
+        if old is not None:
+            os.rename(old, final)
+        raise
+    if os.name == 'posix':
+        _fsync_path(str(final.parent))
+    if old is not None:
+        shutil.rmtree(old)

@@ -22,7 +22,6 @@ a live 5.x model's ``state_dict()`` (``model.backbone.model.``, ``mlp.fc1``,
 ``self_attn.o_proj``). Backbones: transformers' own ResNet (``embedder`` /
 ``encoder.stages``) and timm's (torchvision names).
 """
-import json
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -30,6 +29,14 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from .hf_checks import (
+    check_fills_model,
+    hf_sources,
+    meta_state_dict,
+    naming,
+    read_hf_config,
+    read_hf_weights,
+)
 from .official import QUERY_GENERATOR_NAMES, head_rule
 
 # saved files (4.x and 5.x) / a live 5.x model's state_dict
@@ -99,7 +106,8 @@ def hf_model_overrides(config: Mapping) -> Dict:
         _refuse(f'num_feature_levels={levels}')
     refine, two_stage = config.get('with_box_refine', False), config.get('two_stage', False)
     num_queries = config['two_stage_num_proposals'] if two_stage else config['num_queries']
-    dilation = bool(config.get('dilation', False))
+    # transformers dilates only a timm backbone; its own ResNet ignores `dilation`
+    dilation = bool(config.get('dilation', False)) and config.get('use_timm_backbone', True)
 
     def layer(prefix: str) -> dict:
         return dict(num_heads=config[f'{prefix}_attention_heads'],
@@ -287,73 +295,72 @@ def hf_base_config_name(config: Mapping) -> str:
 
 
 def load_hf_config(folder: str) -> Dict:
-    """``config.json`` of a transformers Deformable DETR folder, as a dict."""
-    config_file = Path(folder) / 'config.json'
-    if not config_file.is_file():
-        raise FileNotFoundError(f'load_hf_config: {config_file} is missing')
-    config = json.loads(config_file.read_text())
-    if config.get('model_type') != 'deformable_detr':
-        raise ValueError(f"load_hf_config: {config_file} has model_type="
-                         f"{config.get('model_type')!r}, expected 'deformable_detr'")
-    return config
+    """``config.json`` of a transformers Deformable DETR folder, as a dict,
+    checked by :func:`mmdeform.models.hf_checks.read_hf_config`."""
+    return read_hf_config(Path(folder) / 'config.json')
 
 
 def load_hf_checkpoint(folder: str) -> Tuple[Dict, Dict[str, torch.Tensor]]:
     """``(config dict, state_dict)`` of a transformers checkpoint folder.
 
     ``model.safetensors`` is read with the ``safetensors`` package,
-    ``pytorch_model.bin`` with ``torch.load(weights_only=True)``.
+    ``pytorch_model.bin`` weights-only; both are checked by
+    :func:`mmdeform.models.hf_checks.read_hf_weights`.
     """
-    config = load_hf_config(folder)
-    folder = Path(folder)
-    if (folder / 'model.safetensors').is_file():
-        from safetensors.torch import load_file
-        return config, load_file(str(folder / 'model.safetensors'))
-    if (folder / 'pytorch_model.bin').is_file():
-        return config, torch.load(folder / 'pytorch_model.bin', map_location='cpu',
-                                  weights_only=True)
-    raise FileNotFoundError(f'load_hf_checkpoint: {folder} has neither model.safetensors nor '
-                            'pytorch_model.bin (sharded checkpoints are not read)')
+    return load_hf_config(folder), read_hf_weights(Path(folder))[1]
 
 
-def convert_hf_folder(src: str, dst_dir: str, base_config: str) -> Dict:
+def convert_hf_folder(src: str, dst_dir: str, base_config: str,
+                      overwrite: bool = False) -> Dict:
     """Write ``dst_dir/config.py`` and ``dst_dir/model.pth`` for a transformers folder.
+
+    Everything is checked before anything is written (:mod:`.hf_checks`);
+    the two files are written into a temporary folder that then replaces
+    ``dst_dir`` whole.
 
     Args:
         src (str): transformers checkpoint folder (``config.json`` + weights).
-        dst_dir (str): output folder (created).
+        dst_dir (str): output folder (created; absent or empty unless
+            ``overwrite``).
         base_config (str): our config of the matching variant (see
             :func:`hf_base_config_name`); ``config.py`` inherits it and sets
             every model key :func:`hf_model_overrides` returns.
+        overwrite (bool): replace a non-empty ``dst_dir`` (its files are
+            deleted).
 
     Returns:
         dict: the converted state_dict.
 
     Raises:
-        KeyError: the weights do not fill our model exactly (the mmdeform
-            names of the missing / unexpected tensors are listed).
+        HFCheckError: a config key, a file or a tensor that does not describe
+            exactly one of our models (named), e.g. missing / unexpected
+            tensors or another shape than the config's.
+        FileExistsError: ``dst_dir`` is not empty and not ``overwrite``.
     """
     from mmengine.config import Config
 
-    from mmdeform.engine.atomic_save import torch_save_atomic  # engine imports models
-    from mmdeform.registry import MODELS
-    config, state_dict = load_hf_checkpoint(src)
-    overrides = hf_model_overrides(config)
-    converted = convert_hf_state_dict(state_dict, config)
+    # engine imports models
+    from mmdeform.engine.atomic_save import check_output_folder, staged_folder
+    check_output_folder(dst_dir, overwrite, inputs=(src, base_config))
+    config_file = Path(src) / 'config.json'
+    config = load_hf_config(src)
+    weights_file, state_dict = read_hf_weights(Path(src))
+    with naming(config_file):
+        overrides = hf_model_overrides(config)
+    with naming(weights_file):
+        converted = convert_hf_state_dict(state_dict, config)
     cfg = Config.fromfile(base_config)
     cfg.merge_from_dict(dict(model=overrides))
-    expected = set(MODELS.build(cfg.model).state_dict())
-    missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
-    if missing or unexpected:
-        raise KeyError(f'convert_hf_folder: {src} does not fill our model: missing {missing}, '
-                       f'unexpected {unexpected}')
-    dst = Path(dst_dir)
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / 'config.py').write_text(
-        f'# Converted from the transformers checkpoint {Path(src).resolve()}\n'
-        f'_base_ = {str(Path(base_config).resolve())!r}\n\n'
-        'model = dict(\n'
-        + ''.join(f'    {key}={value!r},\n' for key, value in overrides.items()) + ')\n')
+    with naming(config_file):
+        expected = meta_state_dict(cfg.model)
+    check_fills_model(converted, expected, weights_file, config_file,
+                      hf_sources(list(state_dict), config))
     meta = dict(dataset_meta=dict(classes=hf_class_names(config)), source=str(src))
-    torch_save_atomic({'state_dict': converted, 'meta': meta}, str(dst / 'model.pth'))
+    with staged_folder(dst_dir, overwrite, inputs=(src, base_config)) as tmp:
+        (tmp / 'config.py').write_text(
+            f'# Converted from the transformers checkpoint {Path(src).resolve()}\n'
+            f'_base_ = {str(Path(base_config).resolve())!r}\n\n'
+            'model = dict(\n'
+            + ''.join(f'    {key}={value!r},\n' for key, value in overrides.items()) + ')\n')
+        torch.save({'state_dict': converted, 'meta': meta}, tmp / 'model.pth')
     return converted

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .hf import hf_name_map
+from .hf_checks import check_tensor_values
 
 # our ResNet depth -> transformers' ResNetConfig
 _RESNET_CONFIGS = {
@@ -78,6 +79,10 @@ def hf_config_kwargs(model: nn.Module, class_names: Optional[Sequence[str]] = No
     if tuple(backbone.out_indices) != expected or levels == 2:
         _refuse(f'backbone.out_indices={backbone.out_indices} with {levels} levels (transformers '
                 'uses C3-C5 plus extra levels, or C5 alone)')
+    if any(conv.dilation != (1, 1) for conv in backbone.layer4.modules()
+           if isinstance(conv, nn.Conv2d)):
+        _refuse('a dilated last stage (DC5): transformers dilates only timm backbones, and its '
+                'own ResNet, which the export uses, ignores `dilation`')
     encoder_layer, decoder_layer = model.encoder.layers[0], model.decoder.layers[0]
     if decoder_layer.self_attn.num_heads != decoder_layer.cross_attn.num_heads:
         _refuse('different head counts in the decoder self- and cross-attention')
@@ -92,7 +97,7 @@ def hf_config_kwargs(model: nn.Module, class_names: Optional[Sequence[str]] = No
         backbone_config=dict(model_type='resnet', embedding_size=64,
                              out_features=['stage2', 'stage3', 'stage4'] if levels > 1
                              else ['stage4'], **_RESNET_CONFIGS[backbone.depth]),
-        dilation=backbone.layer4[0].conv2.dilation == (2, 2),
+        dilation=False,
         d_model=model.neck.out_channels, num_feature_levels=levels,
         encoder_layers=len(model.encoder.layers), decoder_layers=len(model.decoder.layers),
         encoder_attention_heads=encoder_layer.self_attn.num_heads,
@@ -133,16 +138,33 @@ def to_hf_state_dict(state_dict: Mapping[str, torch.Tensor], hf_keys: Sequence[s
     return converted
 
 
-def export_hf(model: nn.Module, out_dir: str,
-              class_names: Optional[Sequence[str]] = None) -> None:
+def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str]] = None,
+              overwrite: bool = False) -> None:
     """Write ``out_dir`` for ``DeformableDetrForObjectDetection.from_pretrained``.
 
     The weights go to ``model.safetensors`` except with box refinement, where
     transformers 4.x refuses safetensors for its shared heads and writes
     ``pytorch_model.bin``. ``preprocessor_config.json`` carries our
-    normalization (mean / std of the data preprocessor, RGB).
+    normalization (mean / std of the data preprocessor, RGB). The files are
+    written into a temporary folder that then replaces ``out_dir`` whole, so
+    no file of an earlier export remains beside them.
+
+    Args:
+        model (nn.Module): our ``DeformableDETR``.
+        out_dir (str): output folder (absent or empty unless ``overwrite``).
+        class_names (Sequence[str], optional): see :func:`hf_config_kwargs`.
+        overwrite (bool): replace a non-empty ``out_dir`` (its files are
+            deleted).
+
+    Raises:
+        ValueError: a model transformers cannot express, or weights holding
+            NaN / inf.
+        FileExistsError: ``out_dir`` is not empty and not ``overwrite``.
     """
     import transformers
+
+    from mmdeform.engine.atomic_save import check_output_folder, staged_folder
+    check_output_folder(out_dir, overwrite)
     kwargs = hf_config_kwargs(model, class_names)
     kwargs['backbone_config'] = transformers.ResNetConfig(
         **{k: v for k, v in kwargs['backbone_config'].items() if k != 'model_type'})
@@ -150,9 +172,11 @@ def export_hf(model: nn.Module, out_dir: str,
     hf_model = transformers.DeformableDetrForObjectDetection(config)
     hf_state = hf_model.state_dict()
     converted = to_hf_state_dict(model.state_dict(), list(hf_state), config.to_dict())
+    check_tensor_values(converted, 'export_hf: the weights of the model')
     hf_model.load_state_dict(converted, strict=True)
-    hf_model.save_pretrained(out_dir, safe_serialization=not config.with_box_refine)
     preprocessor = model.data_preprocessor
-    transformers.DeformableDetrImageProcessor(
-        image_mean=[value / 255 for value in preprocessor.mean],
-        image_std=[value / 255 for value in preprocessor.std]).save_pretrained(out_dir)
+    with staged_folder(out_dir, overwrite) as tmp:
+        hf_model.save_pretrained(tmp, safe_serialization=not config.with_box_refine)
+        transformers.DeformableDetrImageProcessor(
+            image_mean=[value / 255 for value in preprocessor.mean],
+            image_std=[value / 255 for value in preprocessor.std]).save_pretrained(tmp)
