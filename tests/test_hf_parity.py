@@ -26,7 +26,6 @@ the files the installed transformers writes (4.x: every head name; 5.x:
 tied copies dropped); tests/test_hf_ties.py covers the other layout.
 """
 import functools
-import inspect
 import re
 import subprocess
 import sys
@@ -39,50 +38,19 @@ import torch
 from mmengine.config import Config
 
 from mmdeform.apis import init_detector
-from mmdeform.models.hf import convert_hf_state_dict, hf_model_overrides
+from mmdeform.models.hf import convert_hf_state_dict, hf_model_overrides, load_hf_checkpoint
 from mmdeform.models.hf_export import hf_config_kwargs
 from mmdeform.models.query_generators.two_stage_proposals import make_proposals, proposal_pos_embed
 from mmdeform.registry import MODELS
-from mmdeform.structures import DetDataSample
+from mmdeform.testing.hf_models import HF_VARIANTS as VARIANTS
+from mmdeform.testing.hf_models import IMAGE_SIZES, padded_batch, randomize, save_kwargs
+from mmdeform.testing.hf_models import tiny_hf_config as hf_config
 
 transformers = pytest.importorskip('transformers')
 from transformers.models.deformable_detr import modeling_deformable_detr as hf_modeling  # noqa
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-10
-# name -> (with_box_refine, two_stage, num_feature_levels)
-VARIANTS = {'base': (False, False, 4), 'refine': (True, False, 4),
-            'refine_twostage': (True, True, 4), 'single_scale': (False, False, 1)}
-IMAGE_SIZES = [(96, 128), (80, 100)]  # (h, w) of the two images; the batch is (96, 128)
-
-
-def hf_config(variant: str, num_labels: int = 7):
-    refine, two_stage, levels = VARIANTS[variant]
-    backbone = transformers.ResNetConfig(
-        layer_type='basic', depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
-        embedding_size=64, out_features=['stage2', 'stage3', 'stage4'] if levels > 1
-        else ['stage4'])
-    return transformers.DeformableDetrConfig(
-        use_timm_backbone=False, backbone=None, backbone_config=backbone,
-        use_pretrained_backbone=False, d_model=64, encoder_layers=2, decoder_layers=3,
-        encoder_ffn_dim=96, decoder_ffn_dim=96, encoder_attention_heads=4,
-        decoder_attention_heads=4, num_queries=20, two_stage_num_proposals=20,
-        num_feature_levels=levels, with_box_refine=refine, two_stage=two_stage,
-        num_labels=num_labels, id2label={i: f'thing{i}' for i in range(num_labels)})
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter and BN statistic drawn at random (transformers zero-inits
-    some heads, which would hide mistakes in the box path)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            draw = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
-            if name.endswith('running_var'):
-                draw = draw.abs() + 0.5
-            tensor.copy_(draw * (0.5 if name.endswith(('running_var', 'running_mean')) else 0.1))
 
 
 @functools.cache
@@ -95,31 +63,9 @@ def saved_hf_model(variant: str, tmp_root: str) -> Path:
     return folder
 
 
-def save_kwargs(model, refine: bool) -> dict:
-    """transformers 4.x refuses safetensors for the refine variants' shared tensors (5.x
-    has no ``safe_serialization``)."""
-    if 'safe_serialization' in inspect.signature(model.save_pretrained).parameters:
-        return dict(safe_serialization=not refine)
-    return {}
-
-
 @pytest.fixture(scope='module')
 def tmp_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp('hf'))
-
-
-def make_batch(dtype):
-    generator = torch.Generator().manual_seed(1)
-    height, width = max(h for h, _ in IMAGE_SIZES), max(w for _, w in IMAGE_SIZES)
-    images = torch.zeros(len(IMAGE_SIZES), 3, height, width, dtype=torch.float64)
-    pixel_mask = torch.zeros(len(IMAGE_SIZES), height, width, dtype=torch.long)
-    samples = []
-    for i, (h, w) in enumerate(IMAGE_SIZES):
-        images[i, :, :h, :w] = torch.randn(3, h, w, generator=generator, dtype=torch.float64)
-        pixel_mask[i, :h, :w] = 1
-        samples.append(DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
-                                                   batch_input_shape=(height, width))))
-    return images.to(dtype), pixel_mask, samples
 
 
 def _float32(value):
@@ -209,7 +155,7 @@ def run_pair(variant: str, tmp_root: str, dtype: torch.dtype = torch.float64):
                         str(folder), str(dst)], check=True, cwd=REPO_ROOT, capture_output=True)
     ours = init_detector(dst / 'config.py', dst / 'model.pth').to(dtype)
     hf = transformers.DeformableDetrForObjectDetection.from_pretrained(folder).eval().to(dtype)
-    images, pixel_mask, samples = make_batch(dtype)
+    images, pixel_mask, samples = padded_batch(dtype)
     with torch.no_grad(), ExitStack() as stack:
         if dtype == torch.float64:
             float32_islands(stack)
@@ -340,7 +286,7 @@ def test_round_trip_through_a_transformers_folder(variant, tmp_root):
     assert back.config.id2label == {i: f'thing{i}' for i in range(7)}
     processor = transformers.DeformableDetrImageProcessor.from_pretrained(out)
     assert processor.image_mean == pytest.approx([0.485, 0.456, 0.406])
-    images, pixel_mask, samples = make_batch(torch.float64)
+    images, pixel_mask, samples = padded_batch(torch.float64)
     with torch.no_grad(), ExitStack() as stack:
         float32_islands(stack)
         hf_logits, hf_boxes, _ = hf_every_layer(back, images, pixel_mask)
@@ -367,7 +313,7 @@ def test_export_refuses_what_transformers_cannot_express(change, message, tmp_ro
 def test_post_processing_agrees(variant, tmp_root):
     """Our predict vs transformers' post_process_object_detection (top-k over Q*K)."""
     result = run_pair(variant, tmp_root)
-    _, _, samples = make_batch(torch.float64)
+    _, _, samples = padded_batch(torch.float64)
     predictions = result['model'].bbox_head.predict(result['head'], samples)
     sizes = torch.tensor(IMAGE_SIZES, dtype=torch.float64)
     expected = transformers.DeformableDetrImageProcessor().post_process_object_detection(
@@ -382,7 +328,8 @@ def test_post_processing_agrees(variant, tmp_root):
 # ----------------------------------------------------------------------------- 5.x names
 
 V5_RENAMES = [(r'^model\.backbone\.conv_encoder\.model\.', 'model.backbone.model.'),
-              (r'\.(fc[12])\.', r'.mlp.\1.'), (r'self_attn\.out_proj', 'self_attn.o_proj')]
+              (r'(?<!\.mlp)\.(fc[12])\.', r'.mlp.\1.'),
+              (r'self_attn\.out_proj', 'self_attn.o_proj')]
 
 
 @pytest.mark.parametrize('variant', ['base', 'refine_twostage'])
@@ -408,9 +355,11 @@ def test_transformers_5_names_convert_alike(variant):
 def test_tool_names_missing_weights(tmp_path):
     torch.manual_seed(0)
     model = transformers.DeformableDetrForObjectDetection(hf_config('base'))
-    model.save_pretrained(tmp_path / 'src', safe_serialization=False)
-    state_dict = torch.load(tmp_path / 'src' / 'pytorch_model.bin', weights_only=True)
+    model.save_pretrained(tmp_path / 'src', **save_kwargs(model, False))
+    _, state_dict = load_hf_checkpoint(tmp_path / 'src')
     del state_dict['model.level_embed']
+    for name in ('model.safetensors', 'pytorch_model.bin'):
+        (tmp_path / 'src' / name).unlink(missing_ok=True)
     torch.save(state_dict, tmp_path / 'src' / 'pytorch_model.bin')
     run = subprocess.run([sys.executable, str(REPO_ROOT / 'tools' / 'convert_hf_ckpt.py'),
                           str(tmp_path / 'src'), str(tmp_path / 'dst')], cwd=REPO_ROOT,
