@@ -258,7 +258,8 @@ def test_timm_backbone_names_map_to_ours():
     state_dict, config = tiny_state_dict('base')
     prefix = 'model.backbone.conv_encoder.model.'
     ours = convert_hf_state_dict(state_dict, config)
-    timm_like = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+    timm_like = {k: v for k, v in state_dict.items()  # 4.x and 5.x backbone names
+                 if not k.startswith((prefix, 'model.backbone.model.'))}
     timm_like.update({prefix + k[len('backbone.'):]: v for k, v in ours.items()
                       if k.startswith('backbone.')})
     config = dict(config, use_timm_backbone=True, backbone='resnet18', backbone_config=None)
