@@ -17,9 +17,9 @@ config and, in one case, on the transformers version:
 transformers needed): it is transformers 5.x's declared
 ``_tied_weights_keys`` of the model, expanded the way 5.x expands it (later
 entries replace earlier ones for the same target), and nothing when
-``tie_word_embeddings`` is false (5.x then ties nothing). Every module 4.x
-shares is in it. ``tests/test_hf_ties.py`` checks the rule against the
-installed transformers.
+``tie_word_embeddings`` is false (5.x then ties nothing). With the default
+(true) every module 4.x shares is in it. ``tests/test_hf_ties.py`` checks
+the rule against the installed transformers.
 
 On load transformers fills an absent tied name from a present one (either
 direction) and leaves two present names untied when their values differ
