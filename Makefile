@@ -11,7 +11,7 @@ export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: env build test lint cuda-check demo clean
+.PHONY: env build test lint cuda-check demo clean test-hf-latest
 
 $(VENV)/.deps: requirements/constraints.txt requirements/runtime.txt requirements/tests.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,28 @@ lint: env
 
 test: build lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The HuggingFace tests against the newest transformers (the pins above test 4.57.6): a second
+# virtualenv, .venv-hf, with the same pins except transformers and its hub/tokenizers packages.
+# It keeps the transformers it was made with: `rm -rf .venv-hf` picks up a newer release.
+HF_VENV := .venv-hf
+HF_CONSTRAINTS := $(CURDIR)/$(HF_VENV)/constraints.txt
+HF_TESTS ?= tests/test_hf_parity.py tests/test_hf_ties.py tests/analysis/test_compare_hf.py
+
+$(HF_VENV)/.built: requirements/constraints.txt requirements/runtime.txt requirements/tests.txt \
+		setup.py $(OP_SOURCES)
+	$(PYTHON) -m venv $(HF_VENV)
+	grep -v -E '^(transformers|huggingface_hub|tokenizers)==' $(CONSTRAINTS) > $(HF_CONSTRAINTS)
+	PIP_CONSTRAINT=$(HF_CONSTRAINTS) $(HF_VENV)/bin/pip install -q torch==2.13.0
+	PIP_CONSTRAINT=$(HF_CONSTRAINTS) $(HF_VENV)/bin/pip install -q setuptools wheel \
+		-r requirements/runtime.txt -r requirements/tests.txt
+	PIP_CONSTRAINT=$(HF_CONSTRAINTS) $(HF_VENV)/bin/pip install -q --no-build-isolation \
+		--no-deps -e .
+	touch $@
+
+test-hf-latest: $(HF_VENV)/.built
+	$(HF_VENV)/bin/python -c 'import transformers; print("transformers", transformers.__version__)'
+	$(HF_VENV)/bin/python -m pytest $(HF_TESTS) $(PYTEST_ARGS)
 
 # Compile-only check of the CUDA sources (no GPU needed, nvcc must be installed).
 cuda-check: env
@@ -63,4 +85,4 @@ gpu-check: $(if $(filter 1,$(DRY_RUN)),build)
 	$(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf build *.egg-info mmdeform/_C*.so .cache $(VENV)/.built
+	rm -rf build *.egg-info mmdeform/_C*.so .cache $(VENV)/.built $(HF_VENV)/.built

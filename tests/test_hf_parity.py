@@ -11,12 +11,19 @@ encoder outputs, in float64 at 1e-10.
 transformers computes everything in the model's dtype; the official model
 (and ours) computes a few parameter-free pieces in float32 ("float32
 islands", README "Equality with the official model"). For the float64
-comparison transformers' model is run with those pieces in float32 too:
-the sine position encoding and the valid ratios (so the encoder reference
-points) are transformers' own code called in float32, while the two-stage
-proposal boxes and their sine encoding are the official float32 computation
-(our ``make_proposals`` / ``proposal_pos_embed``, themselves checked against
-the official fixtures), since a float32 ``log`` there differs by an ulp.
+comparison transformers' model runs those pieces in float32 too, through
+wrappers that do not depend on transformers' signatures (4.x and 5.x call
+them differently): :func:`in_float32` runs a method with every float64
+tensor and dtype argument in float32 (the sine position encoding and the
+valid ratios); for two-stage, :func:`official_proposals` and
+:func:`official_proposal_encoding` keep transformers' own results for what
+has weights and take the proposal boxes and their sine encoding from the
+official float32 computation (our ``make_proposals`` / ``proposal_pos_embed``,
+checked against the official fixtures; a float32 ``log`` in transformers'
+differs by an ulp), finding their inputs by type, not by name or position.
+The float32 tests run both models unchanged. The converter is exercised on
+the files the installed transformers writes (4.x: every head name; 5.x:
+tied copies dropped); tests/test_hf_ties.py covers the other layout.
 """
 import functools
 import re
@@ -31,50 +38,19 @@ import torch
 from mmengine.config import Config
 
 from mmdeform.apis import init_detector
-from mmdeform.models.hf import convert_hf_state_dict, hf_model_overrides
+from mmdeform.models.hf import convert_hf_state_dict, hf_model_overrides, load_hf_checkpoint
 from mmdeform.models.hf_export import hf_config_kwargs
 from mmdeform.models.query_generators.two_stage_proposals import make_proposals, proposal_pos_embed
 from mmdeform.registry import MODELS
-from mmdeform.structures import DetDataSample
+from mmdeform.testing.hf_models import HF_VARIANTS as VARIANTS
+from mmdeform.testing.hf_models import IMAGE_SIZES, padded_batch, randomize, save_kwargs
+from mmdeform.testing.hf_models import tiny_hf_config as hf_config
 
 transformers = pytest.importorskip('transformers')
 from transformers.models.deformable_detr import modeling_deformable_detr as hf_modeling  # noqa
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-10
-# name -> (with_box_refine, two_stage, num_feature_levels)
-VARIANTS = {'base': (False, False, 4), 'refine': (True, False, 4),
-            'refine_twostage': (True, True, 4), 'single_scale': (False, False, 1)}
-IMAGE_SIZES = [(96, 128), (80, 100)]  # (h, w) of the two images; the batch is (96, 128)
-
-
-def hf_config(variant: str, num_labels: int = 7):
-    refine, two_stage, levels = VARIANTS[variant]
-    backbone = transformers.ResNetConfig(
-        layer_type='basic', depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
-        embedding_size=64, out_features=['stage2', 'stage3', 'stage4'] if levels > 1
-        else ['stage4'])
-    return transformers.DeformableDetrConfig(
-        use_timm_backbone=False, backbone=None, backbone_config=backbone,
-        use_pretrained_backbone=False, d_model=64, encoder_layers=2, decoder_layers=3,
-        encoder_ffn_dim=96, decoder_ffn_dim=96, encoder_attention_heads=4,
-        decoder_attention_heads=4, num_queries=20, two_stage_num_proposals=20,
-        num_feature_levels=levels, with_box_refine=refine, two_stage=two_stage,
-        num_labels=num_labels, id2label={i: f'thing{i}' for i in range(num_labels)})
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter and BN statistic drawn at random (transformers zero-inits
-    some heads, which would hide mistakes in the box path)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            draw = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
-            if name.endswith('running_var'):
-                draw = draw.abs() + 0.5
-            tensor.copy_(draw * (0.5 if name.endswith(('running_var', 'running_mean')) else 0.1))
 
 
 @functools.cache
@@ -83,8 +59,7 @@ def saved_hf_model(variant: str, tmp_root: str) -> Path:
     model = transformers.DeformableDetrForObjectDetection(hf_config(variant)).eval()
     randomize(model)
     folder = Path(tmp_root) / f'hf_{variant}'
-    # transformers 4.57 refuses safetensors for the refine variants' shared tensors
-    model.save_pretrained(folder, safe_serialization=not VARIANTS[variant][0])
+    model.save_pretrained(folder, **save_kwargs(model, VARIANTS[variant][0]))
     return folder
 
 
@@ -93,42 +68,61 @@ def tmp_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp('hf'))
 
 
-def make_batch(dtype):
-    generator = torch.Generator().manual_seed(1)
-    height, width = max(h for h, _ in IMAGE_SIZES), max(w for _, w in IMAGE_SIZES)
-    images = torch.zeros(len(IMAGE_SIZES), 3, height, width, dtype=torch.float64)
-    pixel_mask = torch.zeros(len(IMAGE_SIZES), height, width, dtype=torch.long)
-    samples = []
-    for i, (h, w) in enumerate(IMAGE_SIZES):
-        images[i, :, :h, :w] = torch.randn(3, h, w, generator=generator, dtype=torch.float64)
-        pixel_mask[i, :h, :w] = 1
-        samples.append(DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
-                                                   batch_input_shape=(height, width))))
-    return images.to(dtype), pixel_mask, samples
+def _float32(value):
+    if isinstance(value, torch.Tensor) and value.dtype == torch.float64:
+        return value.float()
+    return torch.float32 if value is torch.float64 else value
+
+
+def in_float32(method):
+    """``method`` run with its float64 tensors and dtype arguments in float32, whatever its
+    signature (its float32 result stays float32, as the official island's does)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        args, kwargs = [_float32(a) for a in args], {k: _float32(v) for k, v in kwargs.items()}
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
+def official_proposals(method):
+    """``gen_encoder_output_proposals``: ``(object queries, proposals)``, the queries its own
+    (model dtype), the proposal boxes the official float32 computation (our
+    ``make_proposals``, checked against the official fixtures; transformers' float32 ``log``
+    differs by an ulp). Its inputs are found by type: the boolean padding mask (B, S) and
+    the (H, W) of each level."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        queries, _ = method(self, *args, **kwargs)
+        inputs = [*args, *kwargs.values()]
+        mask = next(a for a in inputs if isinstance(a, torch.Tensor) and a.dtype == torch.bool)
+        shapes = next(a for a in inputs if isinstance(a, (list, tuple)) or (
+            isinstance(a, torch.Tensor) and a.dtype == torch.long))
+        proposals, _ = make_proposals(mask, [tuple(int(x) for x in s) for s in shapes])
+        return queries, proposals.to(queries.dtype)
+    return wrapper
+
+
+def official_proposal_encoding(method):
+    """``get_proposal_pos_embed`` as the official model computes it (``dim_t`` a float32
+    island, the rest in the model's dtype: our ``proposal_pos_embed``); its input is its
+    one tensor argument, the channels per coordinate a quarter of its own output's."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        expected = method(self, *args, **kwargs)
+        coords = next(a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor))
+        return proposal_pos_embed(coords, expected.shape[-1] // 4).to(expected.dtype)
+    return wrapper
 
 
 def float32_islands(stack: ExitStack) -> None:
     """Run transformers' parameter-free float32 pieces as the official model does."""
-    sine = hf_modeling.DeformableDetrSinePositionEmbedding.forward
-    valid_ratio = hf_modeling.DeformableDetrModel.get_valid_ratio
-
-    def gen_proposals(self, enc_output, padding_mask, spatial_shapes):
-        proposals, unusable = make_proposals(padding_mask, [tuple(s) for s in spatial_shapes])
-        query = enc_output.masked_fill(unusable[..., None], 0.0)
-        return self.enc_output_norm(self.enc_output(query)), proposals
-
-    patches = {
-        'DeformableDetrSinePositionEmbedding.forward':
-            lambda self, values, mask: sine(self, values.float(), mask),
-        'DeformableDetrModel.get_valid_ratio':
-            lambda self, mask, dtype=torch.float32: valid_ratio(self, mask, torch.float32),
-        'DeformableDetrModel.gen_encoder_output_proposals': gen_proposals,
-        'DeformableDetrModel.get_proposal_pos_embed':
-            lambda self, coords: proposal_pos_embed(coords, self.config.d_model // 2),
-    }
-    for target, replacement in patches.items():
-        stack.enter_context(mock.patch.object(getattr(hf_modeling, target.split('.')[0]),
-                                              target.split('.')[1], replacement))
+    model = hf_modeling.DeformableDetrModel
+    for owner, name, wrap in (
+            (hf_modeling.DeformableDetrSinePositionEmbedding, 'forward', in_float32),
+            (model, 'get_valid_ratio', in_float32),
+            (model, 'get_proposal_pos_embed', official_proposal_encoding),
+            (model, 'gen_encoder_output_proposals', official_proposals)):
+        stack.enter_context(mock.patch.object(owner, name, wrap(getattr(owner, name))))
 
 
 def hf_every_layer(model, images, pixel_mask):
@@ -161,7 +155,7 @@ def run_pair(variant: str, tmp_root: str, dtype: torch.dtype = torch.float64):
                         str(folder), str(dst)], check=True, cwd=REPO_ROOT, capture_output=True)
     ours = init_detector(dst / 'config.py', dst / 'model.pth').to(dtype)
     hf = transformers.DeformableDetrForObjectDetection.from_pretrained(folder).eval().to(dtype)
-    images, pixel_mask, samples = make_batch(dtype)
+    images, pixel_mask, samples = padded_batch(dtype)
     with torch.no_grad(), ExitStack() as stack:
         if dtype == torch.float64:
             float32_islands(stack)
@@ -190,12 +184,12 @@ def test_every_layer_equal_in_float64(variant, tmp_root):
         assert result['query'].enc_logits is None
 
 
-@pytest.mark.parametrize('variant', ['base', 'refine_twostage'])
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_float32_close(variant, tmp_root):
     """float32 without mirroring: transformers' own dtype choices, our islands."""
     result = run_pair(variant, tmp_root, torch.float32)
     assert_close(result['head'].logits, result['hf_logits'], 1e-4, 'logits')
-    assert_close(result['head'].boxes_cxcywh, result['hf_boxes'], 2e-5, 'boxes')
+    assert_close(result['head'].boxes_cxcywh, result['hf_boxes'], 1e-5, 'boxes')
 
 
 def test_converted_folder(tmp_root):
@@ -206,7 +200,7 @@ def test_converted_folder(tmp_root):
     model = init_detector(dst / 'config.py', dst / 'model.pth')
     assert model.dataset_meta['classes'] == tuple(f'thing{i}' for i in range(7))
     assert model.query_generator.num_queries == 20 and model.bbox_head.num_classes == 7
-    assert (folder / 'pytorch_model.bin').is_file()
+    assert {p.name for p in folder.iterdir()} & {'model.safetensors', 'pytorch_model.bin'}
 
 
 # ----------------------------------------------------------------------------- errors
@@ -264,7 +258,8 @@ def test_timm_backbone_names_map_to_ours():
     state_dict, config = tiny_state_dict('base')
     prefix = 'model.backbone.conv_encoder.model.'
     ours = convert_hf_state_dict(state_dict, config)
-    timm_like = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+    timm_like = {k: v for k, v in state_dict.items()  # 4.x and 5.x backbone names
+                 if not k.startswith((prefix, 'model.backbone.model.'))}
     timm_like.update({prefix + k[len('backbone.'):]: v for k, v in ours.items()
                       if k.startswith('backbone.')})
     config = dict(config, use_timm_backbone=True, backbone='resnet18', backbone_config=None)
@@ -275,7 +270,7 @@ def test_timm_backbone_names_map_to_ours():
 
 # ----------------------------------------------------------------------------- export
 
-@pytest.mark.parametrize('variant', ['base', 'refine_twostage', 'single_scale'])
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_round_trip_through_a_transformers_folder(variant, tmp_root):
     """transformers -> ours -> tools/export_hf.py -> from_pretrained: same weights, same outputs."""
     ours = run_pair(variant, tmp_root)['model']
@@ -292,7 +287,7 @@ def test_round_trip_through_a_transformers_folder(variant, tmp_root):
     assert back.config.id2label == {i: f'thing{i}' for i in range(7)}
     processor = transformers.DeformableDetrImageProcessor.from_pretrained(out)
     assert processor.image_mean == pytest.approx([0.485, 0.456, 0.406])
-    images, pixel_mask, samples = make_batch(torch.float64)
+    images, pixel_mask, samples = padded_batch(torch.float64)
     with torch.no_grad(), ExitStack() as stack:
         float32_islands(stack)
         hf_logits, hf_boxes, _ = hf_every_layer(back, images, pixel_mask)
@@ -319,7 +314,7 @@ def test_export_refuses_what_transformers_cannot_express(change, message, tmp_ro
 def test_post_processing_agrees(variant, tmp_root):
     """Our predict vs transformers' post_process_object_detection (top-k over Q*K)."""
     result = run_pair(variant, tmp_root)
-    _, _, samples = make_batch(torch.float64)
+    _, _, samples = padded_batch(torch.float64)
     predictions = result['model'].bbox_head.predict(result['head'], samples)
     sizes = torch.tensor(IMAGE_SIZES, dtype=torch.float64)
     expected = transformers.DeformableDetrImageProcessor().post_process_object_detection(
@@ -334,7 +329,8 @@ def test_post_processing_agrees(variant, tmp_root):
 # ----------------------------------------------------------------------------- 5.x names
 
 V5_RENAMES = [(r'^model\.backbone\.conv_encoder\.model\.', 'model.backbone.model.'),
-              (r'\.(fc[12])\.', r'.mlp.\1.'), (r'self_attn\.out_proj', 'self_attn.o_proj')]
+              (r'(?<!\.mlp)\.(fc[12])\.', r'.mlp.\1.'),
+              (r'self_attn\.out_proj', 'self_attn.o_proj')]
 
 
 @pytest.mark.parametrize('variant', ['base', 'refine_twostage'])
@@ -360,9 +356,11 @@ def test_transformers_5_names_convert_alike(variant):
 def test_tool_names_missing_weights(tmp_path):
     torch.manual_seed(0)
     model = transformers.DeformableDetrForObjectDetection(hf_config('base'))
-    model.save_pretrained(tmp_path / 'src', safe_serialization=False)
-    state_dict = torch.load(tmp_path / 'src' / 'pytorch_model.bin', weights_only=True)
+    model.save_pretrained(tmp_path / 'src', **save_kwargs(model, False))
+    _, state_dict = load_hf_checkpoint(tmp_path / 'src')
     del state_dict['model.level_embed']
+    for name in ('model.safetensors', 'pytorch_model.bin'):
+        (tmp_path / 'src' / name).unlink(missing_ok=True)
     torch.save(state_dict, tmp_path / 'src' / 'pytorch_model.bin')
     run = subprocess.run([sys.executable, str(REPO_ROOT / 'tools' / 'convert_hf_ckpt.py'),
                           str(tmp_path / 'src'), str(tmp_path / 'dst')], cwd=REPO_ROOT,

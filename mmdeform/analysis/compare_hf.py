@@ -68,10 +68,17 @@ def trainable_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def hf_resnet(hf: torch.nn.Module) -> torch.nn.Module:
+    """transformers' ResNet inside its ``DeformableDetrForObjectDetection`` (4.x wraps it
+    with the position encoding as ``backbone.conv_encoder.model``, 5.x has ``backbone.model``)."""
+    backbone = hf.model.backbone
+    return getattr(backbone, 'conv_encoder', backbone).model
+
+
 def match_trainable(ours: torch.nn.Module, hf: torch.nn.Module) -> int:
     """Train ResNet stages 1-3 in transformers' backbone, as ours does; check the counts agree.
 
-    transformers (checked with 4.57) means to train stages 1-3 of a ResNet
+    transformers (checked with 4.57 and 5.25) means to train stages 1-3 of a ResNet
     backbone (``layer2``-``layer4``, like the official model, our
     ``frozen_stages=1`` and its own timm path), but with its own ResNet it
     looks for ``'stage.1'`` in names spelt ``'encoder.stages.1...'`` and so
@@ -89,7 +96,7 @@ def match_trainable(ours: torch.nn.Module, hf: torch.nn.Module) -> int:
     Raises:
         RuntimeError: the counts still differ (names both).
     """
-    backbone = hf.model.backbone.conv_encoder.model
+    backbone = hf_resnet(hf)
     for name, parameter in backbone.named_parameters():
         if any(f'stages.{stage}.' in name for stage in (1, 2, 3)):
             parameter.requires_grad_(True)

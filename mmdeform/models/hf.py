@@ -8,14 +8,17 @@ both to mmdeform without importing transformers:
   ``model`` keys of the same architecture (variant, sizes, classes), refusing
   what mmdeform does not have;
 * :func:`convert_hf_state_dict` renames the weights. transformers registers a
-  head under several names (``class_embed.1..`` are ``class_embed.0`` without
-  box refinement; ``model.decoder.bbox_embed.i`` / ``model.decoder.class_embed.i``
-  are ``bbox_embed.i`` / ``class_embed.i``); aliases may be absent (transformers
-  drops tied copies when saving) but, when present, must equal their canonical
-  tensor, else the checkpoint is refused. When only an alias is present (5.x
-  files keep only ``model.decoder.*`` with box refinement) it is the source.
-  Decoder self-attention ``q_proj`` / ``k_proj`` / ``v_proj`` become
-  ``nn.MultiheadAttention``'s ``in_proj_*``.
+  head under several names and ties them (:func:`hf_head_ties`); a file holds
+  each tie group at least once and transformers drops the tied copies when
+  saving (5.x keeps ``class_embed.0`` only with box refinement, and the box
+  heads only as ``model.decoder.bbox_embed.i``). :func:`fill_tied_heads`
+  fills every absent member of a tie group from a present one, as
+  transformers does when it loads the file; a key that is absent and tied to
+  nothing stays missing and is named. Names that are one tensor in mmdeform
+  (``model.decoder.bbox_embed.i`` and ``bbox_embed.i``; ``class_embed.i`` and
+  ``class_embed.0`` without box refinement) must then hold equal values, else
+  the checkpoint is refused. Decoder self-attention ``q_proj`` / ``k_proj`` /
+  ``v_proj`` become ``nn.MultiheadAttention``'s ``in_proj_*``.
 
 Names: files saved by transformers 4.x and 5.x (5.x writes the 4.x names), and
 a live 5.x model's ``state_dict()`` (``model.backbone.model.``, ``mlp.fc1``,
@@ -37,6 +40,7 @@ from .hf_checks import (
     read_hf_config,
     read_hf_weights,
 )
+from .hf_ties import fill_tied_heads
 from .official import QUERY_GENERATOR_NAMES, head_rule
 
 # saved files (4.x and 5.x) / a live 5.x model's state_dict
@@ -211,7 +215,7 @@ def hf_name_map(keys: List[str], config: Mapping) -> Tuple[Dict[str, str], Dict[
     Returns:
         tuple[dict, dict]: ``{hf: mmdeform}`` (decoder ``q/k/v_proj`` map to
         ``in_proj_*`` and are merged by :func:`convert_hf_state_dict`) and
-        ``{alias: canonical hf}`` for tied copies.
+        ``{alias: canonical hf}`` for names that are one tensor in mmdeform.
 
     Raises:
         KeyError: naming every key without an mmdeform counterpart.
@@ -228,15 +232,6 @@ def hf_name_map(keys: List[str], config: Mapping) -> Tuple[Dict[str, str], Dict[
             renames[key] = new
         else:
             unknown.append(key)
-    # transformers 5.x saves the refine heads only as model.decoder.*: the first
-    # present alias of a missing canonical key becomes the source of its tensor
-    present = set(keys)
-    for alias, canonical in sorted(aliases.items()):
-        if canonical not in present:
-            renames[alias] = _map_key(canonical, **rule)[0]
-            present.add(canonical)
-            aliases.pop(alias)
-            aliases.update({a: alias for a, c in aliases.items() if c == canonical})
     if unknown:
         raise KeyError(f'convert_hf_state_dict: {len(unknown)} keys have no mmdeform '
                        f'counterpart: {unknown}')
@@ -249,18 +244,21 @@ def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor],
 
     Args:
         state_dict (Mapping[str, Tensor]): transformers' keys (``model.*``,
-            ``class_embed.*``, ``bbox_embed.*``; 4.x or 5.x names, see above).
+            ``class_embed.*``, ``bbox_embed.*``; 4.x or 5.x names, see above);
+            tied copies may be absent (filled by :func:`fill_tied_heads`).
         config (Mapping): its ``config.json`` as a dict; the variant (box
-            refinement, two-stage, decoder layers) is read from it.
+            refinement, two-stage, decoder layers) and the ties are read from it.
 
     Returns:
         OrderedDict[str, Tensor]: mmdeform names, canonical tensors only.
 
     Raises:
-        KeyError: unknown keys, an alias whose canonical key is missing, or
-            an incomplete q/k/v triple.
+        KeyError: unknown keys, an alias whose canonical key is missing
+            (neither is in the file and they are not tied), or an incomplete
+            q/k/v triple.
         ValueError: an alias whose values differ from its canonical tensor.
     """
+    state_dict = fill_tied_heads(state_dict, config)
     renames, aliases = hf_name_map(list(state_dict), config)
     for alias, canonical in aliases.items():
         if canonical not in state_dict:

@@ -8,15 +8,25 @@ model through the converter's own name table (:func:`hf_name_map`), so the
 two directions cannot drift apart; :func:`export_hf` writes the folder that
 ``DeformableDetrForObjectDetection.from_pretrained`` loads, with a matching
 ``preprocessor_config.json``. Only :func:`export_hf` imports transformers.
+
+Tied heads (:mod:`mmdeform.models.hf_ties`): transformers' model may hold one
+tensor where ours holds several. transformers 5.x ties the class heads of
+every decoder layer with box refinement (without two-stage), where ours (and
+4.x) has one per layer. Writing such a model would give a folder that loads
+as a different model, so :func:`export_hf` refuses it, naming the tie and the
+transformers version, unless ``allow_tie=True``, which writes the source's
+head (layer 0's) for every tied name and returns what differs.
 """
+import inspect
 import math
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .hf import hf_name_map
 from .hf_checks import check_tensor_values
+from .hf_ties import group_source, tied_groups, untie_conflicts
 
 # our ResNet depth -> transformers' ResNetConfig
 _RESNET_CONFIGS = {
@@ -138,16 +148,61 @@ def to_hf_state_dict(state_dict: Mapping[str, torch.Tensor], hf_keys: Sequence[s
     return converted
 
 
+def apply_ties(values: Dict[str, torch.Tensor], hf_model: nn.Module, config: Mapping,
+               version: str, allow_tie: bool = False) -> List[str]:
+    """Check ``values`` against the ties of transformers' model; with ``allow_tie`` apply them.
+
+    Args:
+        values (dict[str, Tensor]): transformers names -> the tensors to write
+            (changed in place with ``allow_tie``: every tied name gets its
+            source's tensor).
+        hf_model (nn.Module): transformers' model as built (its ties).
+        config (Mapping): its config as a dict.
+        version (str): the transformers version, for the messages.
+        allow_tie (bool): write the source's head instead of refusing.
+
+    Returns:
+        list[str]: one line per tie that changes the model (only with
+        ``allow_tie``; empty when the ties are harmless).
+
+    Raises:
+        ValueError: a tie joins heads that differ in ours and ``allow_tie`` is false.
+    """
+    groups = tied_groups(hf_model)
+    conflicts = untie_conflicts(values, groups, config)
+    lines = [f'transformers {version} ties {", ".join(targets)} to {source} (with_box_refine='
+             f"{config.get('with_box_refine')}, two_stage={config.get('two_stage')}), but "
+             'they differ in this model' for source, targets in conflicts.items()]
+    if lines and not allow_tie:
+        raise ValueError('export_hf: ' + '; '.join(lines) + '. transformers would load the '
+                         'folder as a different model; allow_tie=True (tools/export_hf.py '
+                         "--allow-tie) writes the source's head for every tied name instead")
+    for group in groups:
+        value = values[group_source(group, config)]
+        for name in group:
+            values[name] = value
+    return [f"{line}; wrote {source}'s head for all: the exported model differs from this one"
+            for line, source in zip(lines, conflicts)]
+
+
+def _save_kwargs(hf_model: nn.Module, config) -> Dict:
+    """transformers 4.x refuses safetensors for the shared refine heads; 5.x has no choice."""
+    if 'safe_serialization' in inspect.signature(hf_model.save_pretrained).parameters:
+        return dict(safe_serialization=not config.with_box_refine)
+    return {}
+
+
 def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str]] = None,
-              overwrite: bool = False) -> None:
+              overwrite: bool = False, allow_tie: bool = False) -> List[str]:
     """Write ``out_dir`` for ``DeformableDetrForObjectDetection.from_pretrained``.
 
-    The weights go to ``model.safetensors`` except with box refinement, where
-    transformers 4.x refuses safetensors for its shared heads and writes
+    The weights go to ``model.safetensors``, except with box refinement under
+    transformers 4.x, which refuses safetensors for its shared heads:
     ``pytorch_model.bin``. ``preprocessor_config.json`` carries our
-    normalization (mean / std of the data preprocessor, RGB). The files are
-    written into a temporary folder that then replaces ``out_dir`` whole, so
-    no file of an earlier export remains beside them.
+    normalization (mean / std of the data preprocessor, RGB). Everything is
+    checked before anything is written; the files go into a temporary folder
+    that then replaces ``out_dir`` whole, so no file of an earlier export
+    remains beside them.
 
     Args:
         model (nn.Module): our ``DeformableDETR``.
@@ -155,10 +210,16 @@ def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str
         class_names (Sequence[str], optional): see :func:`hf_config_kwargs`.
         overwrite (bool): replace a non-empty ``out_dir`` (its files are
             deleted).
+        allow_tie (bool): where the installed transformers ties heads that
+            differ in ``model``, write the source's head instead of refusing
+            (see :func:`apply_ties`).
+
+    Returns:
+        list[str]: what differs in the exported model (empty: nothing).
 
     Raises:
-        ValueError: a model transformers cannot express, or weights holding
-            NaN / inf.
+        ValueError: a model transformers cannot express, weights holding
+            NaN / inf, or a tie (without ``allow_tie``).
         FileExistsError: ``out_dir`` is not empty and not ``overwrite``.
     """
     import transformers
@@ -173,10 +234,13 @@ def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str
     hf_state = hf_model.state_dict()
     converted = to_hf_state_dict(model.state_dict(), list(hf_state), config.to_dict())
     check_tensor_values(converted, 'export_hf: the weights of the model')
+    differs = apply_ties(converted, hf_model, config.to_dict(), transformers.__version__,
+                         allow_tie)
     hf_model.load_state_dict(converted, strict=True)
     preprocessor = model.data_preprocessor
     with staged_folder(out_dir, overwrite) as tmp:
-        hf_model.save_pretrained(tmp, safe_serialization=not config.with_box_refine)
+        hf_model.save_pretrained(tmp, **_save_kwargs(hf_model, config))
         transformers.DeformableDetrImageProcessor(
             image_mean=[value / 255 for value in preprocessor.mean],
             image_std=[value / 255 for value in preprocessor.std]).save_pretrained(tmp)
+    return differs

@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from mmdeform.analysis.compare_hf import format_comparison, match_trainable, trainable_count
+from mmdeform.analysis.compare_hf import (
+    format_comparison,
+    hf_resnet,
+    match_trainable,
+    trainable_count,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,9 +48,8 @@ def test_both_models_train_the_same_weights():
     assert trainable_count(hf) < trainable_count(ours)
     count = match_trainable(ours, hf)
     assert count == trainable_count(ours) == trainable_count(hf)
-    frozen = [n for n, p in hf.model.backbone.conv_encoder.model.named_parameters()
-              if not p.requires_grad]
+    frozen = [n for n, p in hf_resnet(hf).named_parameters() if not p.requires_grad]
     assert frozen and all('stages.0.' in n or 'embedder' in n for n in frozen)
-    hf.model.backbone.conv_encoder.model.embedder.requires_grad_(True)
+    hf_resnet(hf).embedder.requires_grad_(True)
     with pytest.raises(RuntimeError, match='unequal work'):
         match_trainable(ours, hf)
