@@ -41,7 +41,8 @@ test: build lint
 # It keeps the transformers it was made with: `rm -rf .venv-hf` picks up a newer release.
 HF_VENV := .venv-hf
 HF_CONSTRAINTS := $(CURDIR)/$(HF_VENV)/constraints.txt
-HF_TESTS ?= tests/test_hf_parity.py tests/test_hf_ties.py tests/analysis/test_compare_hf.py
+HF_TESTS ?= tests/test_hf_parity.py tests/test_hf_ties.py tests/analysis/test_compare_hf.py \
+    tests/tools/test_hf_tools_hostile.py
 
 $(HF_VENV)/.built: requirements/constraints.txt requirements/runtime.txt requirements/tests.txt \
 		setup.py $(OP_SOURCES)
