@@ -38,8 +38,8 @@ import torch
 from mmengine.config import Config
 
 from mmdeform.apis import init_detector
-from mmdeform.models.hf import convert_hf_state_dict, hf_model_overrides, load_hf_checkpoint
-from mmdeform.models.hf_export import hf_config_kwargs
+from mmdeform.converters.hf import convert_hf_state_dict, hf_model_overrides, load_hf_checkpoint
+from mmdeform.converters.hf_export import hf_config_kwargs
 from mmdeform.models.query_generators.two_stage_proposals import make_proposals, proposal_pos_embed
 from mmdeform.registry import MODELS
 from mmdeform.testing.hf_models import HF_VARIANTS as VARIANTS

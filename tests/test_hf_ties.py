@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from mmdeform.apis import init_detector
-from mmdeform.models.hf import convert_hf_state_dict, load_hf_checkpoint
-from mmdeform.models.hf_export import apply_ties
-from mmdeform.models.hf_ties import fill_tied_heads, hf_head_ties, tied_groups
+from mmdeform.converters.hf import convert_hf_state_dict, load_hf_checkpoint
+from mmdeform.converters.hf_export import apply_ties
+from mmdeform.converters.hf_ties import fill_tied_heads, hf_head_ties, tied_groups
 from mmdeform.testing.hf_models import padded_batch, randomize, save_kwargs
 from mmdeform.testing.hf_models import tiny_hf_config as hf_config
 

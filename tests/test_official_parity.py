@@ -27,7 +27,7 @@ from mmengine.config import Config
 from mmengine.runner import CheckpointLoader
 from mmengine.structures import InstanceData
 
-from mmdeform.models.official import convert_official_state_dict, official_name_map
+from mmdeform.converters.official import convert_official_state_dict, official_name_map
 from mmdeform.registry import MODELS
 from mmdeform.structures import DetDataSample, box_cxcywh_to_xyxy
 

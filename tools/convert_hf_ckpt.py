@@ -16,8 +16,8 @@ line and exit status 1 (``--debug``: with the traceback).
 import argparse
 from pathlib import Path
 
-from mmdeform.models.hf import convert_hf_folder, hf_base_config_name, load_hf_config
-from mmdeform.models.hf_checks import exit_on_error
+from mmdeform.converters.hf import convert_hf_folder, hf_base_config_name, load_hf_config
+from mmdeform.converters.hf_checks import exit_on_error
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'deformable_detr'
 

@@ -8,7 +8,7 @@ SRC is a checkpoint of github.com/fundamentalvision/Deformable-DETR (its
 """
 import argparse
 
-from mmdeform.models.official import convert_official_checkpoint
+from mmdeform.converters.official import convert_official_checkpoint
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmdeform.models.hf import convert_hf_folder
-from mmdeform.models.hf_checks import HFCheckError
+from mmdeform.converters.hf import convert_hf_folder
+from mmdeform.converters.hf_checks import HFCheckError
 
 transformers = pytest.importorskip('transformers')
 from safetensors.torch import save_file  # noqa: E402  (comes with transformers)
@@ -274,7 +274,7 @@ def test_dilation_of_transformers_resnet_is_ignored_as_transformers_does(valid, 
 def test_export_refuses_a_dilated_backbone():
     from mmengine.config import Config
 
-    from mmdeform.models.hf_export import hf_config_kwargs
+    from mmdeform.converters.hf_export import hf_config_kwargs
     from mmdeform.registry import MODELS
     cfg = Config.fromfile(BASE_CONFIG.parent /
                           'deformable-detr-single-scale-dc5_r50_16xb2-50e_coco.py')

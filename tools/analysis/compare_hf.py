@@ -5,7 +5,7 @@ Usage: python tools/analysis/compare_hf.py [--variant base|refine|refine-twostag
 
 Builds transformers' ``DeformableDetrForObjectDetection`` with random weights
 (transformers' own ResNet-50, nothing downloaded), converts them with
-``mmdeform.models.hf``, and times both models in alternating rounds:
+``mmdeform.converters.hf``, and times both models in alternating rounds:
 inference at 512x512 and 800x1067 and one training step (loss + backward) at
 512x512 with the same trainable weights (transformers' backbone stages 1-3
 unfrozen: see mmdeform.analysis.compare_hf; with --dtype bf16, where both models
@@ -21,7 +21,7 @@ import torch
 from mmengine.config import Config
 
 from mmdeform.analysis.compare_hf import compare_speed, format_comparison, match_trainable
-from mmdeform.models.hf import convert_hf_state_dict, hf_base_config_name, hf_model_overrides
+from mmdeform.converters.hf import convert_hf_state_dict, hf_base_config_name, hf_model_overrides
 from mmdeform.registry import MODELS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'deformable_detr'

@@ -1,6 +1,6 @@
 """Checks on a transformers Deformable DETR folder before anything is converted.
 
-:mod:`mmdeform.models.hf` trusts the dict it reads; this module makes sure
+:mod:`mmdeform.converters.hf` trusts the dict it reads; this module makes sure
 that it may. Every error is an :class:`HFCheckError` naming the file and the
 config key or tensor:
 
@@ -372,7 +372,7 @@ def hf_sources(keys: Sequence[str], config: Mapping) -> Dict[str, str]:
 @contextmanager
 def naming(filename) -> Iterator[None]:
     """Prefix ``filename`` to a ValueError / KeyError of the block that does
-    not name it (e.g. :func:`mmdeform.models.hf.hf_model_overrides`)."""
+    not name it (e.g. :func:`mmdeform.converters.hf.hf_model_overrides`)."""
     try:
         yield
     except (ValueError, KeyError) as err:

@@ -1,6 +1,6 @@
 """Write an mmdeform ``DeformableDETR`` as a HuggingFace transformers checkpoint folder.
 
-The inverse of :mod:`mmdeform.models.hf`: :func:`hf_config_kwargs` describes
+The inverse of :mod:`mmdeform.converters.hf`: :func:`hf_config_kwargs` describes
 our model as ``DeformableDetrConfig`` keyword arguments (transformers' own
 ResNet as backbone, so no timm is needed), refusing components transformers
 cannot express; :func:`to_hf_state_dict` fills every key of transformers'
@@ -9,7 +9,7 @@ two directions cannot drift apart; :func:`export_hf` writes the folder that
 ``DeformableDetrForObjectDetection.from_pretrained`` loads, with a matching
 ``preprocessor_config.json``. Only :func:`export_hf` imports transformers.
 
-Tied heads (:mod:`mmdeform.models.hf_ties`): transformers' model may hold one
+Tied heads (:mod:`mmdeform.converters.hf_ties`): transformers' model may hold one
 tensor where ours holds several. transformers 5.x ties the class heads of
 every decoder layer with box refinement (without two-stage), where ours (and
 4.x) has one per layer. Writing such a model would give a folder that loads

@@ -294,7 +294,7 @@ def hf_base_config_name(config: Mapping) -> str:
 
 def load_hf_config(folder: str) -> Dict:
     """``config.json`` of a transformers Deformable DETR folder, as a dict,
-    checked by :func:`mmdeform.models.hf_checks.read_hf_config`."""
+    checked by :func:`mmdeform.converters.hf_checks.read_hf_config`."""
     return read_hf_config(Path(folder) / 'config.json')
 
 
@@ -303,7 +303,7 @@ def load_hf_checkpoint(folder: str) -> Tuple[Dict, Dict[str, torch.Tensor]]:
 
     ``model.safetensors`` is read with the ``safetensors`` package,
     ``pytorch_model.bin`` weights-only; both are checked by
-    :func:`mmdeform.models.hf_checks.read_hf_weights`.
+    :func:`mmdeform.converters.hf_checks.read_hf_weights`.
     """
     return load_hf_config(folder), read_hf_weights(Path(folder))[1]
 
