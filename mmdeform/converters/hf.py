@@ -28,7 +28,7 @@ a live 5.x model's ``state_dict()`` (``model.backbone.model.``, ``mlp.fc1``,
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 
@@ -41,19 +41,8 @@ from .hf_checks import (
     read_hf_weights,
 )
 from .hf_ties import fill_tied_heads
-from .official import QUERY_GENERATOR_NAMES, head_rule
+from .names import HF, check_aliases, name_map
 
-# saved files (4.x and 5.x) / a live 5.x model's state_dict
-_BACKBONES = ('model.backbone.conv_encoder.model.', 'model.backbone.model.')
-_ENCODER_LAYER_RENAMES = {
-    'self_attn': 'self_attn', 'self_attn_layer_norm': 'self_attn_norm', 'fc1': 'ffn.linear1',
-    'fc2': 'ffn.linear2', 'mlp.fc1': 'ffn.linear1', 'mlp.fc2': 'ffn.linear2',
-    'final_layer_norm': 'ffn_norm'}
-_DECODER_LAYER_RENAMES = {
-    'self_attn.out_proj': 'self_attn.out_proj', 'self_attn.o_proj': 'self_attn.out_proj',
-    'self_attn_layer_norm': 'self_attn_norm', 'mlp.fc1': 'ffn.linear1', 'mlp.fc2': 'ffn.linear2',
-    'encoder_attn': 'cross_attn', 'encoder_attn_layer_norm': 'cross_attn_norm',
-    'fc1': 'ffn.linear1', 'fc2': 'ffn.linear2', 'final_layer_norm': 'ffn_norm'}
 # (layer_type, depths) of transformers' ResNetConfig -> our ResNet depth
 _HF_RESNETS = {('basic', (2, 2, 2, 2)): 18, ('basic', (3, 4, 6, 3)): 34,
                ('bottleneck', (3, 4, 6, 3)): 50, ('bottleneck', (3, 4, 23, 3)): 101}
@@ -147,68 +136,6 @@ def hf_class_names(config: Mapping) -> Tuple[str, ...]:
     return tuple(id2label.get(i, 'N/A') for i in range(hf_num_labels(config)))
 
 
-def _backbone_name(rest: str) -> Optional[str]:
-    """transformers-ResNet or timm name below the backbone prefix -> our ResNet name."""
-    if m := re.match(r'embedder\.embedder\.(convolution|normalization)\.(.+)$', rest):
-        return ('conv1.' if m.group(1) == 'convolution' else 'bn1.') + m.group(2)
-    if m := re.match(r'encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)$', rest):
-        block = f'layer{int(m.group(1)) + 1}.{m.group(2)}.'
-        if s := re.match(r'shortcut\.(convolution|normalization)\.(.+)$', m.group(3)):
-            return block + ('downsample.0.' if s.group(1) == 'convolution' else
-                            'downsample.1.') + s.group(2)
-        if s := re.match(r'layer\.(\d+)\.(convolution|normalization)\.(.+)$', m.group(3)):
-            kind = 'conv' if s.group(2) == 'convolution' else 'bn'
-            return f'{block}{kind}{int(s.group(1)) + 1}.{s.group(3)}'
-        return None
-    if re.match(r'(conv1|bn1|layer[1-4]\.\d+\.(conv\d|bn\d|downsample\.[01]))\.', rest):
-        return rest  # timm's ResNet keeps torchvision's names
-    return None
-
-
-def _layer_name(rest: str, renames: Dict[str, str]) -> Optional[str]:
-    """'fc1.weight' -> 'ffn.linear1.weight' by the longest matching module prefix."""
-    for old in sorted(renames, key=len, reverse=True):
-        if rest.startswith(old + '.'):
-            return renames[old] + rest[len(old):]
-    return None
-
-
-def _map_key(key: str, num_layers: int, refine: bool,
-             two_stage: bool) -> Tuple[Optional[str], Optional[str]]:
-    """One transformers key -> (our name, None), (None, canonical alias) or (None, None)."""
-    new, canonical = None, None
-    prefix = next((p for p in _BACKBONES if key.startswith(p)), None)
-    if prefix is not None:
-        name = _backbone_name(key[len(prefix):])
-        new = None if name is None else 'backbone.' + name
-    elif m := re.match(r'model\.input_proj\.(\d+)\.([01])\.(.+)$', key):
-        new = f"neck.projections.{m.group(1)}.{'conv' if m.group(2) == '0' else 'gn'}." \
-              f'{m.group(3)}'
-    elif key == 'model.level_embed':
-        new = 'encoder.level_embed'
-    elif key == 'model.query_position_embeddings.weight':
-        new = 'query_generator.query_embed.weight'
-    elif m := re.match(r'model\.encoder\.layers\.(\d+)\.(.+)$', key):
-        rest = _layer_name(m.group(2), _ENCODER_LAYER_RENAMES)
-        new = rest and f'encoder.layers.{m.group(1)}.{rest}'
-    elif m := re.match(r'model\.decoder\.layers\.(\d+)\.self_attn\.[qkv]_proj\.(weight|bias)$',
-                       key):
-        new = f'decoder.layers.{m.group(1)}.self_attn.in_proj_{m.group(2)}'
-    elif m := re.match(r'model\.decoder\.layers\.(\d+)\.(.+)$', key):
-        rest = _layer_name(m.group(2), _DECODER_LAYER_RENAMES)
-        new = rest and f'decoder.layers.{m.group(1)}.{rest}'
-    elif m := re.match(r'model\.decoder\.(class_embed|bbox_embed)\.(\d+\..+)$', key):
-        canonical = f'{m.group(1)}.{m.group(2)}'
-    elif m := re.match(r'model\.(\w+)\.(weight|bias)$', key):
-        if m.group(1) in QUERY_GENERATOR_NAMES:
-            new = f'query_generator.{m.group(1)}.{m.group(2)}'
-    elif m := re.match(r'(class_embed|bbox_embed)\.(\d+)\.(.+)$', key):
-        # the same head layout as the official model's class_embed / bbox_embed
-        new, canonical = head_rule(num_layers, refine, two_stage)(
-            m.group(1), int(m.group(2)), m.group(3))
-    return new, canonical
-
-
 def hf_name_map(keys: List[str], config: Mapping) -> Tuple[Dict[str, str], Dict[str, str]]:
     """Rename table of a transformers state_dict.
 
@@ -220,22 +147,9 @@ def hf_name_map(keys: List[str], config: Mapping) -> Tuple[Dict[str, str], Dict[
     Raises:
         KeyError: naming every key without an mmdeform counterpart.
     """
-    rule = dict(num_layers=config['decoder_layers'],
-                refine=config.get('with_box_refine', False),
-                two_stage=config.get('two_stage', False))
-    renames, aliases, unknown = {}, {}, []
-    for key in keys:
-        new, canonical = _map_key(key, **rule)
-        if canonical is not None:
-            aliases[key] = canonical
-        elif new is not None:
-            renames[key] = new
-        else:
-            unknown.append(key)
-    if unknown:
-        raise KeyError(f'convert_hf_state_dict: {len(unknown)} keys have no mmdeform '
-                       f'counterpart: {unknown}')
-    return renames, aliases
+    return name_map(keys, HF, num_layers=config['decoder_layers'],
+                    refine=config.get('with_box_refine', False),
+                    two_stage=config.get('two_stage', False))
 
 
 def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor],
@@ -260,14 +174,7 @@ def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor],
     """
     state_dict = fill_tied_heads(state_dict, config)
     renames, aliases = hf_name_map(list(state_dict), config)
-    for alias, canonical in aliases.items():
-        if canonical not in state_dict:
-            raise KeyError(f'convert_hf_state_dict: {alias!r} is an alias of {canonical!r}, '
-                           'which is missing')
-        if not torch.equal(state_dict[alias], state_dict[canonical]):
-            raise ValueError(f'convert_hf_state_dict: tied keys {alias!r} and {canonical!r} '
-                             'hold different values; transformers shares this tensor, so the '
-                             'checkpoint is inconsistent')
+    check_aliases(state_dict, aliases, HF)
     converted = OrderedDict()
     for key, value in state_dict.items():
         if key not in renames or renames[key] in converted:
