@@ -41,7 +41,6 @@ from mmdeform.apis import init_detector
 from mmdeform.converters.hf import convert_hf_state_dict, hf_model_overrides, load_hf_checkpoint
 from mmdeform.converters.hf_export import hf_config_kwargs
 from mmdeform.models.query_generators.two_stage_proposals import make_proposals, proposal_pos_embed
-from mmdeform.registry import MODELS
 from mmdeform.testing.hf_models import HF_VARIANTS as VARIANTS
 from mmdeform.testing.hf_models import IMAGE_SIZES, padded_batch, randomize, save_kwargs
 from mmdeform.testing.hf_models import tiny_hf_config as hf_config
@@ -307,7 +306,7 @@ def test_export_refuses_what_transformers_cannot_express(change, message, tmp_ro
     cfg = Config.fromfile(Path(tmp_root) / 'ours_refine_twostage' / 'config.py')
     cfg.merge_from_dict(dict(model=change))
     with pytest.raises(ValueError, match=message):
-        hf_config_kwargs(MODELS.build(cfg.model))
+        hf_config_kwargs(cfg.model)
 
 
 @pytest.mark.parametrize('variant', ['base', 'refine_twostage'])

@@ -1,11 +1,13 @@
 """Write an mmdeform ``DeformableDETR`` as a HuggingFace transformers checkpoint folder.
 
 The inverse of :mod:`mmdeform.converters.hf`: :func:`hf_config_kwargs` describes
-our model as ``DeformableDetrConfig`` keyword arguments (transformers' own
-ResNet as backbone, so no timm is needed), refusing components transformers
-cannot express; :func:`to_hf_state_dict` fills every key of transformers'
-model through the converter's own name table (:func:`hf_name_map`), so the
-two directions cannot drift apart; :func:`export_hf` writes the folder that
+our model, read from its config (what the config leaves out takes the
+component's default, as when the model is built), as ``DeformableDetrConfig``
+keyword arguments (transformers' own ResNet as backbone, so no timm is
+needed), refusing components transformers cannot express;
+:func:`to_hf_state_dict` fills every key of transformers' model through the
+converter's own name table (:func:`hf_name_map`), so the two directions
+cannot drift apart; :func:`export_hf` writes the folder that
 ``DeformableDetrForObjectDetection.from_pretrained`` loads, with a matching
 ``preprocessor_config.json``. Only :func:`export_hf` imports transformers.
 
@@ -23,6 +25,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
+
+from mmdeform.models.data_preprocessors import DetDataPreprocessor
+from mmdeform.models.layers import DeformableDecoderLayer, DeformableEncoderLayer
+from mmdeform.registry import MODELS
 
 from .hf import hf_name_map
 from .hf_checks import check_tensor_values
@@ -47,80 +53,147 @@ def _refuse(what: str) -> None:
     raise ValueError(f'export_hf: {what}; transformers\' DeformableDetr cannot express it')
 
 
-def _check_components(model: nn.Module) -> None:
+def _type_name(cfg: Mapping) -> str:
+    """The ``type`` of a component config (a registered name or a class)."""
+    kind = cfg['type']
+    return kind if isinstance(kind, str) else kind.__name__
+
+
+def _arguments(cfg: Optional[Mapping], cls: type) -> Dict:
+    """``cfg`` over the defaults of ``cls``'s constructor: what the built module receives."""
+    params = inspect.signature(cls).parameters.values()
+    arguments = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    arguments.update((key, value) for key, value in (cfg or {}).items() if key != 'type')
+    return arguments
+
+
+def _registered(name: str, cfg: Mapping) -> type:
+    """The registered class of ``model.<name>``."""
+    cls = MODELS.get(_type_name(cfg))
+    if cls is None:
+        raise ValueError(f'export_hf: model.{name}.type={_type_name(cfg)!r} is not registered')
+    return cls
+
+
+def model_arguments(model_cfg: Mapping) -> Dict[str, Dict]:
+    """Every component's constructor arguments, read from the model config.
+
+    The component types must be the ones transformers has (checked first);
+    keys the config leaves out take the constructor's default, as when the
+    model is built. Sizes the detector passes on (``embed_dims``,
+    ``num_levels``, ...) are not filled in: the caller derives them.
+
+    Args:
+        model_cfg (Mapping): the ``model`` config of a ``DeformableDETR``.
+
+    Returns:
+        dict: ``'model'`` and one dict per component (``'backbone'``,
+        ``'neck'``, ...), each with its ``'type'``; ``'encoder'`` and
+        ``'decoder'`` also hold ``'layer'``, the arguments of one layer.
+
+    Raises:
+        ValueError: a component type transformers has no equivalent of.
+    """
     for name, types in _SUPPORTED_TYPES.items():
-        kind = type(getattr(model, name)).__name__
+        kind = _type_name(model_cfg[name])
         if kind not in types:
             _refuse(f'model.{name} is {kind} (supported: {", ".join(types)})')
-    attentions = [layer.self_attn for layer in model.encoder.layers] + \
-        [layer.cross_attn for layer in model.decoder.layers]
+    parts = {'model': _arguments(model_cfg, _registered('model', model_cfg))}
+    for name in (*_SUPPORTED_TYPES, 'bbox_head'):
+        parts[name] = dict(_arguments(model_cfg[name], _registered(name, model_cfg[name])),
+                           type=_type_name(model_cfg[name]))
+    for name, layer in (('encoder', DeformableEncoderLayer), ('decoder', DeformableDecoderLayer)):
+        parts[name]['layer'] = _arguments(parts[name]['layer_cfg'], layer)
+    parts['decoder']['refines_references'] = \
+        _registered('decoder', model_cfg['decoder']).refines_references
+    return parts
+
+
+def _check_components(parts: Mapping[str, Dict]) -> None:
+    """Refuse what the component types allow but transformers cannot express."""
+    attentions = (parts['encoder']['layer']['self_attn_cfg'],
+                  parts['decoder']['layer']['cross_attn_cfg'])
     for attention in attentions:
-        if type(attention).__name__ != 'MSDeformAttn':
-            _refuse(f'deformable attention {type(attention).__name__} (only MSDeformAttn)')
-    pe = model.positional_encoding
-    if (pe.temperature, pe.normalize, pe.offset, pe.eps) != (10000, True, -0.5, 1e-6) or \
-            not math.isclose(pe.scale, 2 * math.pi):
+        kind = _type_name(attention or dict(type='MSDeformAttn'))
+        if kind != 'MSDeformAttn':
+            _refuse(f'deformable attention {kind} (only MSDeformAttn)')
+    pe = parts['positional_encoding']
+    if (pe['temperature'], pe['normalize'], pe['offset'], pe['eps']) != \
+            (10000, True, -0.5, 1e-6) or not math.isclose(pe['scale'], 2 * math.pi):
         _refuse('a sine encoding other than temperature=10000, normalize=True, offset=-0.5, '
                 'eps=1e-6, scale=2*pi')
-    if getattr(model.query_generator, 'share_head_branches', False) or (
-            type(model.query_generator).__name__ == 'TwoStageProposals' and
-            not model.decoder.refines_references):
+    generator = parts['query_generator']
+    if generator.get('share_head_branches', False) or (
+            generator['type'] == 'TwoStageProposals' and
+            not parts['decoder']['refines_references']):
         _refuse('two-stage proposals without box refinement')
-    if any(conv_module.gn.num_groups != 32 for conv_module in model.neck.projections):
+    if parts['neck']['num_groups'] != 32:
         _refuse('a GroupNorm with other than 32 groups in the neck')
 
 
-def hf_config_kwargs(model: nn.Module, class_names: Optional[Sequence[str]] = None) -> Dict:
-    """``DeformableDetrConfig`` keyword arguments describing ``model``.
+def hf_config_kwargs(model_cfg: Mapping, class_names: Optional[Sequence[str]] = None) -> Dict:
+    """``DeformableDetrConfig`` keyword arguments describing a model config.
 
     Args:
-        model (nn.Module): our ``DeformableDETR``.
+        model_cfg (Mapping): the ``model`` config of our ``DeformableDETR``
+            (``cfg.model``; :func:`mmdeform.apis.init_detector` keeps the
+            config as ``model.cfg``).
         class_names (Sequence[str], optional): ``id2label``; default
             ``class0`` .. ``classK-1``.
 
     Raises:
         ValueError: naming a component transformers has no equivalent of.
     """
-    _check_components(model)
-    backbone, levels = model.backbone, model.neck.num_levels
-    if backbone.depth not in _RESNET_CONFIGS:
-        _refuse(f'ResNet depth {backbone.depth}')
+    parts = model_arguments(model_cfg)
+    _check_components(parts)
+    backbone, neck = parts['backbone'], parts['neck']
+    levels = len(backbone['out_indices']) + neck['num_extra_levels']
+    if backbone['depth'] not in _RESNET_CONFIGS:
+        _refuse(f"ResNet depth {backbone['depth']}")
     expected = (1, 2, 3) if levels > 1 else (3, )
-    if tuple(backbone.out_indices) != expected or levels == 2:
-        _refuse(f'backbone.out_indices={backbone.out_indices} with {levels} levels (transformers '
-                'uses C3-C5 plus extra levels, or C5 alone)')
-    if any(conv.dilation != (1, 1) for conv in backbone.layer4.modules()
-           if isinstance(conv, nn.Conv2d)):
+    if tuple(backbone['out_indices']) != expected or levels == 2:
+        _refuse(f"backbone.out_indices={backbone['out_indices']} with {levels} levels "
+                '(transformers uses C3-C5 plus extra levels, or C5 alone)')
+    if backbone['dilate_last_stage']:
         _refuse('a dilated last stage (DC5): transformers dilates only timm backbones, and its '
                 'own ResNet, which the export uses, ignores `dilation`')
-    encoder_layer, decoder_layer = model.encoder.layers[0], model.decoder.layers[0]
-    if decoder_layer.self_attn.num_heads != decoder_layer.cross_attn.num_heads:
-        _refuse('different head counts in the decoder self- and cross-attention')
-    num_classes = model.bbox_head.num_classes
+    encoder, decoder = parts['encoder'], parts['decoder']
+    num_classes = parts['bbox_head']['num_classes']
     names = list(class_names) if class_names is not None else \
         [f'class{i}' for i in range(num_classes)]
     if len(names) != num_classes:
         raise ValueError(f'export_hf: {len(names)} class names for {num_classes} classes')
-    two_stage = type(model.query_generator).__name__ == 'TwoStageProposals'
+    num_queries = parts['model']['num_queries']
     return dict(
         use_timm_backbone=False, backbone=None, use_pretrained_backbone=False,
         backbone_config=dict(model_type='resnet', embedding_size=64,
                              out_features=['stage2', 'stage3', 'stage4'] if levels > 1
-                             else ['stage4'], **_RESNET_CONFIGS[backbone.depth]),
+                             else ['stage4'], **_RESNET_CONFIGS[backbone['depth']]),
         dilation=False,
-        d_model=model.neck.out_channels, num_feature_levels=levels,
-        encoder_layers=len(model.encoder.layers), decoder_layers=len(model.decoder.layers),
-        encoder_attention_heads=encoder_layer.self_attn.num_heads,
-        decoder_attention_heads=decoder_layer.cross_attn.num_heads,
-        encoder_n_points=encoder_layer.self_attn.num_points,
-        decoder_n_points=decoder_layer.cross_attn.num_points,
-        encoder_ffn_dim=encoder_layer.ffn.linear1.out_features,
-        decoder_ffn_dim=decoder_layer.ffn.linear1.out_features,
-        num_queries=model.query_generator.num_queries,
-        two_stage_num_proposals=model.query_generator.num_queries,
-        with_box_refine=model.decoder.refines_references, two_stage=two_stage,
+        d_model=neck['out_channels'], num_feature_levels=levels,
+        encoder_layers=encoder['num_layers'], decoder_layers=decoder['num_layers'],
+        encoder_attention_heads=encoder['layer']['num_heads'],
+        decoder_attention_heads=decoder['layer']['num_heads'],
+        encoder_n_points=encoder['layer']['num_points'],
+        decoder_n_points=decoder['layer']['num_points'],
+        encoder_ffn_dim=encoder['layer']['feedforward_dims'],
+        decoder_ffn_dim=decoder['layer']['feedforward_dims'],
+        num_queries=num_queries, two_stage_num_proposals=num_queries,
+        with_box_refine=decoder['refines_references'],
+        two_stage=parts['query_generator']['type'] == 'TwoStageProposals',
         num_labels=num_classes, id2label=dict(enumerate(names)),
         label2id={name: i for i, name in enumerate(names)})
+
+
+def hf_normalization(model_cfg: Mapping) -> Dict[str, List[float]]:
+    """``DeformableDetrImageProcessor`` mean / std (0-1 scale, RGB) of a model config."""
+    cfg = model_cfg.get('data_preprocessor')
+    if not cfg or _type_name(cfg) != 'DetDataPreprocessor':
+        _refuse(f"model.data_preprocessor {cfg and _type_name(cfg)} (only DetDataPreprocessor, "
+                'whose mean / std transformers\' image processor takes)')
+    arguments = _arguments(cfg, DetDataPreprocessor)
+    return dict(image_mean=[value / 255 for value in arguments['mean']],
+                image_std=[value / 255 for value in arguments['std']])
 
 
 def to_hf_state_dict(state_dict: Mapping[str, torch.Tensor], hf_keys: Sequence[str],
@@ -192,6 +265,15 @@ def _save_kwargs(hf_model: nn.Module, config) -> Dict:
     return {}
 
 
+def _model_cfg(model: nn.Module) -> Mapping:
+    """The ``model`` config ``model`` was built from (``model.cfg.model``)."""
+    cfg = getattr(model, 'cfg', None)
+    if cfg is None or 'model' not in cfg:
+        raise ValueError('export_hf: the model has no cfg with a model config; build it with '
+                         'mmdeform.apis.init_detector, which keeps the config as model.cfg')
+    return cfg['model']
+
+
 def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str]] = None,
               overwrite: bool = False, allow_tie: bool = False) -> List[str]:
     """Write ``out_dir`` for ``DeformableDetrForObjectDetection.from_pretrained``.
@@ -205,7 +287,9 @@ def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str
     remains beside them.
 
     Args:
-        model (nn.Module): our ``DeformableDETR``.
+        model (nn.Module): our ``DeformableDETR`` as
+            :func:`mmdeform.apis.init_detector` builds it: its weights are
+            written, its config (``model.cfg.model``) describes it.
         out_dir (str): output folder (absent or empty unless ``overwrite``).
         class_names (Sequence[str], optional): see :func:`hf_config_kwargs`.
         overwrite (bool): replace a non-empty ``out_dir`` (its files are
@@ -226,7 +310,9 @@ def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str
 
     from mmdeform.engine.atomic_save import check_output_folder, staged_folder
     check_output_folder(out_dir, overwrite)
-    kwargs = hf_config_kwargs(model, class_names)
+    model_cfg = _model_cfg(model)
+    kwargs = hf_config_kwargs(model_cfg, class_names)
+    normalization = hf_normalization(model_cfg)
     kwargs['backbone_config'] = transformers.ResNetConfig(
         **{k: v for k, v in kwargs['backbone_config'].items() if k != 'model_type'})
     config = transformers.DeformableDetrConfig(**kwargs)
@@ -237,10 +323,7 @@ def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str
     differs = apply_ties(converted, hf_model, config.to_dict(), transformers.__version__,
                          allow_tie)
     hf_model.load_state_dict(converted, strict=True)
-    preprocessor = model.data_preprocessor
     with staged_folder(out_dir, overwrite) as tmp:
         hf_model.save_pretrained(tmp, **_save_kwargs(hf_model, config))
-        transformers.DeformableDetrImageProcessor(
-            image_mean=[value / 255 for value in preprocessor.mean],
-            image_std=[value / 255 for value in preprocessor.std]).save_pretrained(tmp)
+        transformers.DeformableDetrImageProcessor(**normalization).save_pretrained(tmp)
     return differs
