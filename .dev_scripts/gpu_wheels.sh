@@ -4,7 +4,7 @@
 # and those of their dependencies the GPU image does not have. Run it where pip reaches an
 # index; `make gpu-check` on the GPU machine installs them with --no-index into a target dir.
 #
-# Usage: bash tools/gpu_wheels.sh [WHEEL_DIR]      (default .whl; PYTHON=python3)
+# Usage: bash .dev_scripts/gpu_wheels.sh [WHEEL_DIR]      (default .whl; PYTHON=python3)
 # Target: CPython 3.12, manylinux x86-64 (torch 2.11+cu130 image). Never torch, numpy,
 # opencv or matplotlib: the image has them, and a second copy would shadow its own.
 set -euo pipefail

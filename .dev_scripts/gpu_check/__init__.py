@@ -1,7 +1,7 @@
 """``make gpu-check``: the GPU path of mmdeform proven in one prepared command.
 
 The check runs on a CUDA machine that has its own torch and no package index
-(wheels carried in ``.whl/``, see ``tools/gpu_wheels.sh``): it installs the
+(wheels carried in ``.whl/``, see ``.dev_scripts/gpu_wheels.sh``): it installs the
 wheels, builds ``mmdeform._C`` with CUDA, runs the CUDA tests, benchmarks the
 op, trains and evaluates the synthetic model in fp16 and bf16, times a
 COCO-shaped training step and inference, runs the distributed launcher, and

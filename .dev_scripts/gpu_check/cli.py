@@ -1,4 +1,4 @@
-"""Command line of ``tools/gpu_check.py``: run the steps, print and write the summary."""
+"""Command line of ``.dev_scripts/run_gpu_check.py``: run the steps, print and write the summary."""
 import argparse
 import os
 import sys
@@ -8,9 +8,9 @@ from typing import List, Optional, Sequence
 from .runner import CheckContext, RepoLayout, format_summary, run_steps
 from .steps import STEPS
 
-# 9 minutes for the whole check on the GPU, less a margin for the machine's start-up.
+# The whole check's default time limit in seconds (--budget-s).
 DEFAULT_BUDGET_S = 530
-LOG_LIMIT_BYTES = 15 * 2**20  # what is copied to $OUT (the device tool returns <= 16 MiB)
+LOG_LIMIT_BYTES = 15 * 2**20  # the tail of the log copied to $OUT
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-# A worker process (``tools/gpu_check.py --worker``) reports each result as one
+# A worker process (``.dev_scripts/run_gpu_check.py --worker``) reports each result as one
 # line: this prefix, then a JSON object.
 RESULT_PREFIX = 'GPUCHECK_RESULT '
 SUMMARY_RESERVE_S = 5  # kept back from the budget for writing the summary
@@ -42,7 +42,7 @@ class StepFailed(Exception):
 class RepoLayout:
     """Where the check finds the project's tools, configs and tests.
 
-    Paths are relative to ``root``; ``tools/gpu_check.py`` owns the values.
+    Paths are relative to ``root``; ``.dev_scripts/run_gpu_check.py`` owns the values.
     """
     root: Path
     check_tool: str
@@ -191,7 +191,7 @@ class CheckContext:
 
     def worker(self, label: str, name: str, args: Sequence[str], limit_s: float
                ) -> CommandResult:
-        """Run ``tools/gpu_check.py --worker NAME`` on the check's device."""
+        """Run ``.dev_scripts/run_gpu_check.py --worker NAME`` on the check's device."""
         cmd = [self.python, self.layout.path(self.layout.check_tool), '--worker', name,
                '--device', self.device, *args]
         return self.run(label, cmd, limit_s)

@@ -1,4 +1,4 @@
-"""The steps of ``make gpu-check`` (issue 14), in the order they run.
+"""The steps of ``make gpu-check``, in the order they run.
 
 device -> wheels -> build -> cuda-tests -> op-fp32 / op-bf16 / op-fp16 /
 op-deterministic -> synthetic-data -> train-fp16 / train-bf16 -> test-fp16 ->
@@ -42,7 +42,7 @@ class Sizes:
     dist_iters: int
 
 
-# ~300 iterations of 8 images per precision; 800x1067 training, 800x1333 inference (issue 14).
+# ~300 iterations of 8 images per precision; 800x1067 training, 800x1333 inference.
 GPU_SIZES = Sizes(1000, 100, 300, 10, ('--repeats', '20', '--min-seconds', '0.5'), (800, 1067),
                   (3, 10), (800, 1333), (3, 20), 'inductor', 1, 20)
 # Tiny; inductor's compilation alone would take minutes on 2 CPU cores: dynamo only.

@@ -1,4 +1,4 @@
-"""The wheels a GPU check carries (``tools/gpu_wheels.sh`` downloads them).
+"""The wheels a GPU check carries (``.dev_scripts/gpu_wheels.sh`` downloads them).
 
 The GPU machine has Python 3.12, its own torch and no package index, so the
 check installs ``.whl/*.whl`` with ``pip --no-index --no-deps --target``. pip
@@ -118,7 +118,8 @@ def check_wheels(wheels: Sequence[Wheel], image: frozenset = IMAGE_PACKAGES) -> 
             name = PROVIDED_AS.get(name, name)
             if name not in names and name not in image and _marker_holds(marker):
                 problems.append(f'{wheel.path.name} requires {name}, which is neither '
-                                'carried nor in the GPU image: add it to tools/gpu_wheels.sh')
+                                'carried nor in the GPU image: add it to '
+                                '.dev_scripts/gpu_wheels.sh')
     return problems
 
 
@@ -129,8 +130,9 @@ def find_wheels(wheel_dir: Path) -> List[Wheel]:
         FileNotFoundError: ``wheel_dir`` does not exist (says how to fill it).
     """
     if not Path(wheel_dir).is_dir():
-        raise FileNotFoundError(f'{wheel_dir} does not exist: run `bash tools/gpu_wheels.sh` '
-                                'where pip reaches an index, and carry the folder')
+        raise FileNotFoundError(f'{wheel_dir} does not exist: run '
+                                '`bash .dev_scripts/gpu_wheels.sh` where pip reaches an index, '
+                                'and carry the folder')
     return [read_wheel(p) for p in sorted(Path(wheel_dir).glob('*.whl'))]
 
 

@@ -1,4 +1,4 @@
-"""What the GPU check's worker processes run (``tools/gpu_check.py --worker NAME``).
+"""What the GPU check's worker processes run (``.dev_scripts/run_gpu_check.py --worker NAME``).
 
 Each worker prints its results as ``RESULT_PREFIX`` + JSON lines as soon as it
 has them, so that a worker killed at its time limit still reports what it
@@ -164,7 +164,7 @@ def inference_speed(device: torch.device, config: str, image_size: Sequence[int]
 
 
 def run_worker(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry of ``tools/gpu_check.py --worker NAME``; returns the exit status."""
+    """Entry of ``.dev_scripts/run_gpu_check.py --worker NAME``; returns the exit status."""
     parser = argparse.ArgumentParser(description='a GPU check worker')
     parser.add_argument('--worker', required=True,
                         choices=['device-info', 'backend', 'coco-train-step', 'inference'])

@@ -2,14 +2,14 @@
 
 :func:`run_ablations` trains every row config (one file per row, found by
 :func:`find_rows` in a folder the caller names: ``tools/run_ablations.py``
-passes the checkout's ``configs/synthetic/ablations``) for the same number of
+passes the checkout's ``projects/synthetic_ablations/configs/ablations``) for the same number of
 iterations with the same seeds, each run in its own process, on data
 generated once; then it writes under ``work_dir``:
 
 - ``results.md``: the table (AP, AP50, AP_S, AP_M, AP_L in COCO points,
   training seconds, parameters; mean +- 95 % t half-width over seeds), the
   paper's orderings judged with 95 % intervals over seeds
-  (:mod:`mmdeform.analysis.seed_intervals`), and every run's values;
+  (:mod:`projects.synthetic_ablations.intervals`), and every run's values;
 - ``results.json``: the same numbers, one record per run;
 - ``curves.png``: AP and AP_S against iteration, one line per row (mean over
   seeds, min-max band);
@@ -34,13 +34,13 @@ from mmengine.config import Config
 from mmengine.utils import mkdir_or_exist
 from torch import nn
 
-from mmdeform.analysis.ablation_report import plot_ablation_curves, write_report
-from mmdeform.apis.synthetic_experiment import build_synthetic_config, train_and_evaluate
 from mmdeform.datasets.synthetic import prepare_synthetic_data
 from mmdeform.models.layers import SameLevelDeformAttn
 from mmdeform.ops import MSDeformAttn
 from mmdeform.registry import MODELS
 from mmdeform.visualization.curves import load_scalars
+from projects.synthetic_ablations.experiment import build_synthetic_config, train_and_evaluate
+from projects.synthetic_ablations.report import plot_ablation_curves, write_report
 
 # short name -> CocoMetric key
 METRICS = {'AP': 'coco/bbox_mAP', 'AP50': 'coco/bbox_mAP_50', 'AP_S': 'coco/bbox_mAP_s',
@@ -135,7 +135,7 @@ def _budget(config: str) -> dict:
     cfg = Config.fromfile(config)
     if 'synthetic_data' not in cfg:
         raise KeyError(f'ablations: {config} has no "synthetic_data"; the rows must be '
-                       'synthetic configs (e.g. configs/synthetic/ablations)')
+                       'synthetic configs (e.g. projects/synthetic_ablations/configs/ablations)')
     return dict(synthetic_data=cfg.synthetic_data.to_dict(),
                 max_iters=cfg.train_cfg.max_iters,
                 batch_size=cfg.train_dataloader.batch_size)
@@ -171,7 +171,7 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
 
     Args:
         config (str): Row config (see
-            :func:`mmdeform.apis.synthetic_experiment.build_synthetic_config`).
+            :func:`projects.synthetic_ablations.experiment.build_synthetic_config`).
         work_dir (str): Output folder of this run (no checkpoint is saved).
         data_root (str): Dataset folder prepared by the caller.
         seed (int): Training seed.

@@ -5,7 +5,7 @@ and DETR train to reach a given accuracy. :func:`run_convergence` trains a
 deformable and a dense-attention config (by default the single-scale rows
 ``deformable-detr_ss-k4`` and ``dense-detr_ss`` of the ablation folder, so the
 input is the same) with the run machinery of
-:mod:`mmdeform.analysis.ablations`, evaluates every ``val_interval``
+:mod:`projects.synthetic_ablations.ablations`, evaluates every ``val_interval``
 iterations and writes under ``work_dir``:
 
 - ``convergence.md``: per model the iterations to reach ``target_ap``, the
@@ -29,15 +29,15 @@ import torch
 from mmengine.config import Config
 from mmengine.utils import mkdir_or_exist
 
-from mmdeform.analysis.ablation_report import format_table, plot_ablation_curves, summarize
-from mmdeform.analysis.ablations import (
+from mmdeform.datasets.synthetic import prepare_synthetic_data
+from projects.synthetic_ablations.ablations import (
     check_same_budget,
     map_side_by_side,
     threads_per_job,
     train_or_reuse,
 )
-from mmdeform.analysis.backbone_pretraining import pretrain_backbone, pretraining_settings
-from mmdeform.datasets.synthetic import prepare_synthetic_data
+from projects.synthetic_ablations.pretraining import pretrain_backbone, pretraining_settings
+from projects.synthetic_ablations.report import format_table, plot_ablation_curves, summarize
 
 DEFAULT_ROWS = ('deformable-detr_ss-k4', 'dense-detr_ss')
 
@@ -181,7 +181,7 @@ def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str, work_d
     """Train the backbone checkpoints the configs start from, unless already there.
 
     A config with ``backbone_pretraining`` (see
-    :func:`mmdeform.analysis.backbone_pretraining.pretraining_settings`) starts
+    :func:`projects.synthetic_ablations.pretraining.pretraining_settings`) starts
     from a backbone pretrained by shape counting on ``data_root``. The file
     is kept under ``work_dir`` with the config's file name (the configs name
     ``work_dirs/convergence/<file>``, the default ``work_dir``, so that

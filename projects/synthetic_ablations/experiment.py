@@ -15,9 +15,8 @@ The seconds count data generation, model building, training and evaluation
 ``iter_<N>.pth`` and ``curves.png``.
 
 :func:`build_synthetic_config` and :func:`train_and_evaluate` are the two
-steps that :mod:`mmdeform.analysis.ablations` reuses for every row. Configs
-are always passed in: the package does not know where a checkout keeps its
-``configs/``.
+steps that :mod:`projects.synthetic_ablations.ablations` reuses for every row. Configs
+are passed in (the demo's is :data:`projects.synthetic_ablations.DEMO_CONFIG`).
 """
 import os.path as osp
 import time
@@ -27,7 +26,10 @@ from typing import Optional, Tuple
 import torch
 from mmengine.config import Config
 
+import mmdeform.evaluation  # noqa: F401  (registers the metric)
+import mmdeform.models  # noqa: F401  (registers the model parts)
 from mmdeform.datasets.synthetic import prepare_synthetic_data
+from mmdeform.engine import SafeLoadingRunner, save_checkpoint_atomic
 from mmdeform.engine.hooks import EvalProgressHook, TrainTimeLimitHook
 from mmdeform.visualization.curves import plot_curves
 
@@ -132,9 +134,6 @@ def train_and_evaluate(cfg: Config, max_train_minutes: Optional[float] = None,
     Raises:
         RuntimeError: the evaluation gave no ``coco/bbox_mAP``.
     """
-    import mmdeform.evaluation  # noqa: F401  (registers the metric)
-    import mmdeform.models  # noqa: F401  (registers the model parts)
-    from mmdeform.engine import SafeLoadingRunner, save_checkpoint_atomic
     runner = SafeLoadingRunner.from_cfg(cfg)
     eval_hook = EvalProgressHook(show=progress)
     runner.register_hook(eval_hook)
@@ -164,7 +163,7 @@ def run_demo(config: str, work_dir: str = 'work_dirs/demo',
 
     Args:
         config (str): Demo config (see :func:`build_synthetic_config`), e.g.
-            ``configs/synthetic/deformable-detr-refine-twostage_r18_1xb8-800i_synthetic.py``.
+            :data:`projects.synthetic_ablations.DEMO_CONFIG`.
         work_dir (str): Output folder (logs, checkpoint, ``curves.png``).
         data_root (str): Dataset folder, generated when missing or different.
         seed (int): Training seed.

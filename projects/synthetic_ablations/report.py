@@ -1,6 +1,6 @@
 """The ablation report: per-row table, the paper's orderings checked, mAP curves.
 
-Used by :mod:`mmdeform.analysis.ablations`; works on its run records (dicts
+Used by :mod:`projects.synthetic_ablations.ablations`; works on its run records (dicts
 with ``row``, ``seed``, ``iters``, ``metrics``, ``curve``, ``train_seconds``,
 ``total_seconds``, ``params``, ``description``). Metrics are COCO AP in
 [0, 1] (-1 when the split has no object of that size) and are reported in
@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from mmengine.utils import mkdir_or_exist
 
-from mmdeform.analysis.seed_intervals import (
+from projects.synthetic_ablations.intervals import (
     EQUIVALENCE_MARGIN,
     difference,
     t_half_width,
@@ -47,7 +47,7 @@ class Claim:
 
 
 # Paper Table 2 (COCO val, ResNet-50, 50 epochs). Dense attention (DETR) is compared by the
-# convergence run (mmdeform.analysis.convergence), not here.
+# convergence run (projects.synthetic_ablations.convergence), not here.
 CLAIMS = (
     Claim('multi-scale inputs beat a single-scale input (K=1, attention within each level)',
           'deformable-detr_ms-inputs-k1', 'deformable-detr_ss-k1', '+1.7 (41.4 vs 39.7)'),
@@ -126,7 +126,7 @@ def check_claim(claim: Claim, summary: Dict[str, dict]) -> Tuple[str, str, str]:
     """The difference ``higher - lower`` with its 95 % interval, and the verdict.
 
     The interval and verdict rules are those of
-    :mod:`mmdeform.analysis.seed_intervals` (paired by seed when the rows
+    :mod:`projects.synthetic_ablations.intervals` (paired by seed when the rows
     share two seeds or more; ``no_gain`` claims are judged as equivalence
     within ± ``EQUIVALENCE_MARGIN`` points).
 

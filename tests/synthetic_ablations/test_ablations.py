@@ -1,4 +1,4 @@
-"""The ablation runner (mmdeform.analysis.ablations) and its report."""
+"""The ablation runner (projects.synthetic_ablations.ablations) and its report."""
 import json
 from pathlib import Path
 
@@ -6,14 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from mmdeform.analysis import ablation_report as report
-from mmdeform.analysis import ablations
+from projects.synthetic_ablations import ABLATION_DIR, ablations, report
+from projects.synthetic_ablations import CONVERGENCE_DIR as CONVERGENCE
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
-ROW_DIR = str(CONFIGS / 'synthetic' / 'ablations')
+ROW_DIR = str(ABLATION_DIR)
 TINY_DATA = dict(num_train=8, num_val=4)
 TWO_ROWS = ['ss-k1', 'ms-attn-k4']
-CONVERGENCE_DIR = str(CONFIGS / 'synthetic' / 'convergence')
+CONVERGENCE_DIR = str(CONVERGENCE)
 
 
 def fake_run(row: str, seed: int, ap: float, ap_s: float = 0.1, curve=None) -> dict:

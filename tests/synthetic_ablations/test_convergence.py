@@ -1,4 +1,5 @@
-"""Iterations to a target AP (mmdeform.analysis.convergence) and tools/run_convergence.py."""
+"""Iterations to a target AP (projects.synthetic_ablations.convergence) and
+tools/run_convergence.py."""
 import importlib.util
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ import cv2
 import pytest
 import torch
 
-from mmdeform.analysis import ablations, convergence
+from projects.synthetic_ablations import ablations, convergence
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,5 @@
 """The synthetic experiment behind ``make demo`` and the ablations
-(mmdeform.apis.synthetic_experiment), end to end on a tiny budget."""
+(projects.synthetic_ablations.experiment), end to end on a tiny budget."""
 import json
 import re
 from pathlib import Path
@@ -8,11 +8,11 @@ import cv2
 import pytest
 import torch
 
-from mmdeform.apis import synthetic_experiment as experiment
 from mmdeform.visualization import load_scalars
+from projects.synthetic_ablations import DEMO_CONFIG as DEMO_CONFIG_PATH
+from projects.synthetic_ablations import experiment
 
-DEMO_CONFIG = str(Path(__file__).resolve().parents[2] / 'configs' / 'synthetic'
-                  / 'deformable-detr-refine-twostage_r18_1xb8-800i_synthetic.py')
+DEMO_CONFIG = str(DEMO_CONFIG_PATH)
 TINY_DATA = dict(num_train=8, num_val=4, image_size=64)
 
 

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from mmdeform.analysis import ablation_report as report
-from mmdeform.analysis.seed_intervals import (
+from projects.synthetic_ablations import report
+from projects.synthetic_ablations.intervals import (
     EQUIVALENCE_MARGIN,
     Difference,
     difference,

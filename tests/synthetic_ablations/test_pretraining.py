@@ -1,4 +1,4 @@
-"""Counting pretraining of the synthetic backbones (mmdeform.analysis.backbone_pretraining)."""
+"""Counting pretraining of the synthetic backbones (projects.synthetic_ablations.pretraining)."""
 import json
 from pathlib import Path
 
@@ -7,12 +7,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmdeform.analysis import backbone_pretraining as pretraining
 from mmdeform.datasets.synthetic import make_synthetic_coco
 from mmdeform.registry import MODELS
+from projects.synthetic_ablations import ABLATION_DIR, pretraining
 
-CONFIGS = Path(__file__).resolve().parents[2] / 'configs' / 'synthetic'
-ROW = CONFIGS / 'ablations' / 'deformable-detr_ss-k4_r18_1xb8-500i_synthetic.py'
+ROW = ABLATION_DIR / 'deformable-detr_ss-k4_r18_1xb8-500i_synthetic.py'
 
 
 @pytest.fixture(scope='module')

@@ -1,8 +1,9 @@
 # `make demo`: a small two-stage Deformable DETR with box refinement, trained from scratch on the
 # synthetic shapes dataset (mmdeform.datasets.synthetic) with 2 CPU cores: bbox mAP ~0.69 in about
 # 5 minutes. tools/demo.py generates the data described by `synthetic_data`, trains, evaluates
-# and plots the curves; configs/synthetic/README.md says what was tried to get there.
-_base_ = ['../_base_/models/deformable-detr_r50.py', '../_base_/default_runtime.py']
+# and plots the curves; projects/synthetic_ablations/README.md says what was tried to get there.
+_base_ = ['../../../configs/_base_/models/deformable-detr_r50.py',
+          '../../../configs/_base_/default_runtime.py']
 
 # ---- data: the generator's defaults: 128 px images with 1-5 shapes of 8-64 px (~60 % COCO
 # "small"), 4 classes, random colours on gradient backgrounds, overlaps up to a quarter ---------

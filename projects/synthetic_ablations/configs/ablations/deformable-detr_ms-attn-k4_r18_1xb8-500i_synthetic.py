@@ -2,7 +2,7 @@
 # Table 2 (learned queries, no two-stage, no box refinement; multi-scale inputs, multi-scale
 # deformable attention, K=4, no FPN) with a ResNet-18 whose batch norm trains from scratch. Every
 # other file here changes one or two model keys of this one; all rows train 500 iterations of 8
-# images on the same data. Calibration: configs/synthetic/README.md, "Ablations".
+# images on the same data. Calibration: projects/synthetic_ablations/README.md, "Ablations".
 # The list form takes the demo's data, pipelines and optimizer and replaces its model variant.
 _base_ = ['../deformable-detr-refine-twostage_r18_1xb8-800i_synthetic.py']
 

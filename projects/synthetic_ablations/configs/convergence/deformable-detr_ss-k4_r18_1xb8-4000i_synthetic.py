@@ -7,7 +7,7 @@ _base_ = '../ablations/deformable-detr_ss-k4_r18_1xb8-500i_synthetic.py'
 
 # ---- both models start from the same pretrained backbone, as in the paper (there: ImageNet).
 # Here: the row's ResNet-18 (to C3, trainable BN) trained from scratch to count the shapes of
-# each class in the training images (mmdeform.analysis.backbone_pretraining), an image-level task
+# each class in the training images (projects.synthetic_ablations.pretraining), an image-level task
 # that favours neither detector. tools/run_convergence.py trains it into its work dir when the
 # file is missing or was made with other settings.
 backbone_checkpoint = 'work_dirs/convergence/backbone_r18-c3_counting.pth'
