@@ -8,22 +8,34 @@ Partial (an explicit opt-out, ``--partial-load``): the tensors whose name and
 shape match are loaded, the rest is listed in a warning. mmengine's own
 loading is partial and only logs, so a checkpoint of another model gave
 metrics of a partly random model, or died later inside the optimizer.
+
+The one loader of the project: the Runner (``load_from``, ``resume``),
+``init_detector`` and a backbone's ``Pretrained`` ``init_cfg``
+(:func:`mmdeform.models.backbones.load_pretrained`, which allows unused keys
+such as a classifier's ``fc.`` and keeps the module's own step counters).
+
+Batch norm step counters (``num_batches_tracked``) follow one rule: they are
+never required. A counter the checkpoint lacks stays the module's own; one
+the model lacks is dropped; one both have is loaded unless ``keep_counters``.
 """
 import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .checkpoint import load_weights_only
+from .weights_only import load_weights_only
 
 # How many names an error or warning quotes per kind.
 _PREVIEW = 5
 _DEFAULT_REVISE_KEYS = ((r'^module\.', ''),)
+# Dicts that wrap a state_dict in a checkpoint: mmengine's and the official / torchvision ones.
+_WRAPPER_KEYS = ('state_dict', 'model')
+_COUNTER = 'num_batches_tracked'
 
 
 class CheckpointMismatchError(ValueError):
@@ -66,8 +78,15 @@ class StateDictDiff:
 
 
 def _preview(names: Sequence[str]) -> str:
+    """``['a', 'b']`` for a few names, ``['a', ...] and N more`` for many."""
+    names = list(names)
     more = f' and {len(names) - _PREVIEW} more' if len(names) > _PREVIEW else ''
-    return f'{list(names[:_PREVIEW])}{more}'
+    return f'{names[:_PREVIEW]}{more}'
+
+
+def is_step_counter(name: str) -> bool:
+    """Whether ``name`` is a batch norm step counter (see the module docstring)."""
+    return name.endswith(_COUNTER)
 
 
 def compare_state_dicts(model_state: Mapping[str, torch.Tensor],
@@ -76,13 +95,15 @@ def compare_state_dicts(model_state: Mapping[str, torch.Tensor],
     diff = StateDictDiff()
     for name, tensor in model_state.items():
         if name not in ckpt_state:
-            diff.missing.append(name)
+            if not is_step_counter(name):
+                diff.missing.append(name)
             continue
         saved = ckpt_state[name]
         saved_shape = tuple(saved.shape) if hasattr(saved, 'shape') else type(saved).__name__
         if saved_shape != tuple(tensor.shape):
             diff.mismatched.append((name, saved_shape, tuple(tensor.shape)))
-    diff.unexpected = [name for name in ckpt_state if name not in model_state]
+    diff.unexpected = [name for name in ckpt_state
+                       if name not in model_state and not is_step_counter(name)]
     return diff
 
 
@@ -99,30 +120,67 @@ def ignored_state_keys(model: nn.Module) -> Set[str]:
 
 
 def state_dict_of(checkpoint: Any, filename: str,
-                  revise_keys: Sequence[Tuple[str, str]] = _DEFAULT_REVISE_KEYS) -> Dict:
-    """The weights of a loaded checkpoint (``state_dict``, else the checkpoint
-    itself), keys revised by ``(pattern, replacement)`` pairs (default: a
-    leading ``module.`` of a DDP-wrapped model removed).
+                  revise_keys: Sequence[Tuple[str, str]] = _DEFAULT_REVISE_KEYS,
+                  prefix: Optional[str] = None) -> Dict:
+    """The weights of a loaded checkpoint.
+
+    Args:
+        checkpoint: What :func:`torch.load` returned: a state_dict, or a dict
+            holding one under ``state_dict`` (mmengine) or ``model``.
+        filename (str): The checkpoint, named in messages.
+        revise_keys (Sequence): ``(pattern, replacement)`` pairs applied to
+            the keys (default: a leading ``module.`` of a DDP model removed).
+        prefix (str, optional): Keep only the keys under this prefix (e.g.
+            ``'backbone.'`` of a detector checkpoint), with it removed.
 
     Raises:
         CheckpointMismatchError: no dict of weights in the checkpoint.
+        KeyError: no key starts with ``prefix``.
     """
-    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state_dict, dict):
+    state_dict = checkpoint if isinstance(checkpoint, Mapping) else None
+    for key in _WRAPPER_KEYS:
+        if state_dict is not None and isinstance(state_dict.get(key), Mapping):
+            state_dict = state_dict[key]
+            break
+    if state_dict is None:
         raise CheckpointMismatchError(f'{filename}: expected a state_dict (or a dict with one), '
                                       f'got {type(checkpoint).__name__}')
     metadata = getattr(state_dict, '_metadata', None)  # per-module versions
     for pattern, replacement in revise_keys:
         state_dict = OrderedDict((re.sub(pattern, replacement, key), value)
                                  for key, value in state_dict.items())
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state_dict = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                                 if k.startswith(prefix))
+        if not state_dict:
+            raise KeyError(f'checkpoint {filename} has no key starting with prefix {prefix!r}')
     if metadata is not None:
         state_dict._metadata = metadata
     return state_dict
 
 
+def _log_unused(model: nn.Module, unused: Sequence[str], filename: str,
+                expected_unused: Sequence[str]) -> None:
+    """INFO for the unused keys under ``expected_unused`` prefixes, WARNING for the rest."""
+    name = type(model).__name__
+    ignored = [k for k in unused if k.startswith(tuple(expected_unused))]
+    surprising = [k for k in unused if k not in ignored]
+    if ignored:
+        print_log(f'{name}: ignoring {len(ignored)} keys of {filename}: {_preview(ignored)}',
+                  logger='current', level=logging.INFO)
+    if surprising:
+        print_log(f'{name}: {len(surprising)} keys of {filename} are not used: '
+                  f'{_preview(surprising)}', logger='current', level=logging.WARNING)
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Any], filename: str,
-                            strict: bool = True, hint: str = '') -> StateDictDiff:
+                            strict: bool = True, hint: str = '',
+                            expected_unused: Optional[Sequence[str]] = None,
+                            keep_counters: bool = False) -> StateDictDiff:
     """Load ``state_dict`` into ``model`` after comparing them.
+
+    Nothing is loaded when a strict comparison fails.
 
     Args:
         model (nn.Module): Receives the weights.
@@ -130,6 +188,11 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Any], fil
         filename (str): The checkpoint, named in messages.
         strict (bool): Refuse any difference (else load what matches and warn).
         hint (str): Appended to the error (e.g. which flag allows a partial load).
+        expected_unused (Sequence[str], optional): None: keys the model lacks
+            are a difference. A sequence of prefixes: such keys are only
+            logged (INFO under these prefixes, e.g. ``'fc.'`` of a
+            classifier, WARNING otherwise).
+        keep_counters (bool): Keep the model's own step counters.
 
     Returns:
         StateDictDiff: The differences (empty when strict).
@@ -143,6 +206,9 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Any], fil
     diff = compare_state_dicts(model_state, state_dict)
     accepted = ignored_state_keys(model)
     diff.unexpected = [name for name in diff.unexpected if name not in accepted]
+    unused = []
+    if expected_unused is not None:
+        unused, diff.unexpected = diff.unexpected, []
     if diff and strict:
         raise CheckpointMismatchError(
             f'checkpoint {filename} does not fit the model: {diff.describe()}{hint}')
@@ -150,7 +216,10 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Any], fil
         print_log(f'partial load of {filename}: {diff.describe()}; only the tensors with '
                   'matching names and shapes are loaded', logger='current',
                   level=logging.WARNING)
-    skipped = {name for name, _, _ in diff.mismatched} | set(diff.unexpected)
+    _log_unused(model, unused, filename, expected_unused or ())
+    skipped = {name for name, _, _ in diff.mismatched} | set(diff.unexpected) | set(unused)
+    if keep_counters:
+        skipped |= {name for name in state_dict if is_step_counter(name)}
     loaded = OrderedDict((k, v) for k, v in state_dict.items() if k not in skipped)
     if hasattr(state_dict, '_metadata'):
         loaded._metadata = state_dict._metadata

@@ -23,7 +23,7 @@ and mmengine's ``CheckpointLoader`` keeps its own loaders. The project's code
 calls :func:`load_weights_only` explicitly where it reads a checkpoint: the
 Runner of ``tools/train.py`` / ``tools/test.py``
 (:class:`mmdeform.engine.runner.SafeLoadingRunner`), ``init_detector`` and the
-backbone's ``pretrained`` weights.
+backbone's ``pretrained`` weights, all through :func:`read_checkpoint` or this function.
 
 A file that is empty, not a ``torch.save`` file, or cut short is named and
 described as such (:class:`CheckpointFormatError`) instead of torch's bare
@@ -37,6 +37,7 @@ from typing import Any, Callable, List, Tuple, Union
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+from mmengine.runner import CheckpointLoader
 
 try:
     from numpy._core import multiarray
@@ -159,7 +160,7 @@ def load_weights_only(filename: str, map_location: Any = None) -> Any:
         raise CheckpointRefusedError(
             f'refused to load checkpoint {filename}: {_refusal_reason(filename, err)}. '
             'Unpickling what it holds could run arbitrary code. If you trust the file, '
-            'convert it to plain tensors and containers first (see mmdeform.engine.checkpoint).'
+            'convert it to plain tensors and containers first (see mmdeform.fileio.weights_only).'
         ) from None
     except (EOFError, RuntimeError) as err:  # damaged inside a valid-looking container
         raise CheckpointFormatError(f'checkpoint {filename} is damaged: '
@@ -179,3 +180,32 @@ def _refusal_reason(filename: str, err: pickle.UnpicklingError) -> str:
     reason = str(err).split('WeightsUnpickler error:', 1)[-1]
     reason = reason.split('Check the documentation of torch.load', 1)[0]
     return ' '.join(reason.split())
+
+
+def read_checkpoint(source: str, map_location: Any = 'cpu') -> Any:
+    """Read a checkpoint named by a local path or a URL.
+
+    A local path (an existing file, or anything without ``://``) is read by
+    :func:`load_weights_only`; other schemes (``http(s)://`` ...) through
+    mmengine's ``CheckpointLoader``.
+
+    Args:
+        source (str): Path or URL of the checkpoint.
+        map_location: As in :func:`torch.load`.
+
+    Returns:
+        The loaded checkpoint (usually a dict).
+
+    Raises:
+        ValueError: ``torchvision://`` (it needs torchvision, which mmdeform
+            does not use).
+        FileNotFoundError, CheckpointFormatError, CheckpointRefusedError:
+            see :func:`load_weights_only`.
+    """
+    if source.startswith('torchvision://'):
+        raise ValueError(f'checkpoint {source}: the torchvision:// scheme needs torchvision, '
+                         'which mmdeform does not use; pass the path or URL of the .pth file '
+                         'instead')
+    if osp.isfile(osp.expanduser(source)) or '://' not in source:
+        return load_weights_only(source, map_location=map_location)
+    return CheckpointLoader.load_checkpoint(source, map_location=map_location)

@@ -335,7 +335,7 @@ def convert_hf_folder(src: str, dst_dir: str, base_config: str) -> Dict:
     """
     from mmengine.config import Config
 
-    from mmdeform.engine.atomic_save import torch_save_atomic  # engine imports models
+    from mmdeform.fileio import torch_save_atomic
     from mmdeform.registry import MODELS
     config, state_dict = load_hf_checkpoint(src)
     overrides = hf_model_overrides(config)

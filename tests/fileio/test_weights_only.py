@@ -9,7 +9,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner import CheckpointLoader
 from mmengine.runner.checkpoint import load_from_local
 
-from mmdeform.engine import CheckpointFormatError, CheckpointRefusedError, load_weights_only
+from mmdeform.fileio import CheckpointFormatError, CheckpointRefusedError, load_weights_only
 
 
 class RunsCode:
