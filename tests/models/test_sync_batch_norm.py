@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.model import BaseModel
 from torch import nn
 
-from mmdeform.engine.launch import configure_cpu_distributed
+from mmdeform.engine.cpu_distributed import configure_cpu_distributed
 from mmdeform.engine.runner import SafeLoadingRunner
 from mmdeform.models.backbones import ResNet
 from mmdeform.models.layers import SyncBatchNorm, convert_sync_batchnorm
