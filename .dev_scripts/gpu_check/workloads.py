@@ -34,11 +34,6 @@ def report(**result) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def _peak_memory_mib(device: torch.device) -> Optional[float]:
     if device.type != 'cuda':
         return None
@@ -103,6 +98,8 @@ def coco_train_step(device: torch.device, config: str, image_size: Sequence[int]
     """
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
+
+    from mmdeform.analysis.timing import time_calls
     model = _build_detector(config, device)
     model.train()
     num_classes = model.cfg.model.bbox_head.num_classes
@@ -116,13 +113,11 @@ def coco_train_step(device: torch.device, config: str, image_size: Sequence[int]
         optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
         _reset_peak_memory(device)
         losses = []
-        for i in range(warmup + iters):
-            if i == warmup:
-                _synchronize(device)
-                start = time.perf_counter()
+
+        def step(losses=losses, optim_wrapper=optim_wrapper):
             losses.append(float(model.train_step(data, optim_wrapper)['loss']))
-        _synchronize(device)
-        seconds = time.perf_counter() - start
+
+        seconds = time_calls(step, device, iters, warmup)
         report(precision=precision, dtype=str(getattr(optim_wrapper, 'cast_dtype', 'float32')),
                ms_per_iter=1000 * seconds / iters, peak_memory_mib=_peak_memory_mib(device),
                losses_finite=all(math.isfinite(v) for v in losses), last_loss=losses[-1],

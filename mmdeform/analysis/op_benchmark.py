@@ -33,6 +33,8 @@ import torch
 
 from mmdeform.ops import ms_deform_attn, ms_deform_attn_reference
 
+from .timing import time_calls
+
 IMPLS = {'compiled': ms_deform_attn, 'reference': ms_deform_attn_reference}
 
 
@@ -75,11 +77,6 @@ def make_inputs(levels, n, num_query, device, dtype, heads=8, channels=32, point
     return tensors[0], shapes.to(device), starts.to(device), tensors[1], tensors[2]
 
 
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def time_in_rounds(fns, device, repeats, min_seconds, per_round=5):
     """Median wall time of each callable in ``fns`` (a dict), measured in rounds.
 
@@ -95,13 +92,8 @@ def time_in_rounds(fns, device, repeats, min_seconds, per_round=5):
     while (min(len(t) for t in times.values()) < repeats
            or time.perf_counter() - start_all < min_seconds):
         for name, fn in fns.items():
-            fn()
-            _sync(device)
-            for _ in range(per_round):
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - start)
+            time_calls(fn, device, iters=0, warmup=1)
+            times[name] += [time_calls(fn, device) for _ in range(per_round)]
     return ({name: statistics.median(t) for name, t in times.items()},
             min(len(t) for t in times.values()))
 
