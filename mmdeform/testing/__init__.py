@@ -1,5 +1,7 @@
-"""Helpers for tests of mmdeform and of code built on it (as ``mmdet.testing``)."""
+"""Helpers for tests of mmdeform and of code built on it (as ``mmdet.testing``); the op
+inputs are :func:`mmdeform.ops.op_inputs.make_op_inputs`."""
+from mmdeform.ops.op_inputs import make_op_inputs
+
 from .detector_inputs import make_batch, shrink_model_cfg
-from .op_inputs import make_op_inputs
 
 __all__ = ['make_batch', 'make_op_inputs', 'shrink_model_cfg']
