@@ -3,7 +3,12 @@ inputs are :func:`mmdeform.ops.op_inputs.make_op_inputs`."""
 from mmdeform.ops.op_inputs import make_op_inputs
 
 from .detector_inputs import make_batch, shrink_model_cfg
-from .stage_inputs import loss_and_backward, make_encoder_output, perturb_parameters
+from .stage_inputs import (
+    loss_and_backward,
+    make_encoder_output,
+    parameters_without_gradient,
+    perturb_parameters,
+)
 
 __all__ = ['loss_and_backward', 'make_batch', 'make_encoder_output', 'make_op_inputs',
-           'perturb_parameters', 'shrink_model_cfg']
+           'parameters_without_gradient', 'perturb_parameters', 'shrink_model_cfg']

@@ -1,5 +1,5 @@
 """Seeded stage outputs and training steps of tiny detectors, for tests."""
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -77,3 +77,9 @@ def loss_and_backward(model: nn.Module, data_batch: dict) -> Dict[str, torch.Ten
     model.zero_grad()
     sum(losses.values()).backward()
     return losses
+
+
+def parameters_without_gradient(model: nn.Module) -> List[str]:
+    """Names of the trainable parameters whose gradient is missing or all zero."""
+    return [name for name, param in model.named_parameters()
+            if param.requires_grad and (param.grad is None or not param.grad.abs().sum() > 0)]

@@ -71,8 +71,7 @@ def test_loss_with_ground_truth_reaches_every_learnable_parameter(tiny_model):
     name, model = tiny_model
     losses = testing.loss_and_backward(model, make_batch([2, 1]))
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    no_grad = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    no_grad = testing.parameters_without_gradient(model)
     assert not no_grad, f'{name}: no gradient reaches {no_grad}'
 
 

@@ -83,8 +83,7 @@ def test_loss_with_ground_truth_reaches_every_learnable_parameter(tiny_model):
     assert {'loss_cls', 'loss_bbox', 'loss_iou', 'd0.loss_cls'} <= set(losses)
     assert ('enc_loss_cls' in losses) == ('twostage' in name)
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    no_grad = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    no_grad = testing.parameters_without_gradient(model)
     assert not no_grad, f'{name}: no gradient reaches {no_grad}'
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith('backbone.') for n in frozen)
