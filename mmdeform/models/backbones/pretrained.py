@@ -14,6 +14,7 @@ from mmengine.logging import print_log
 from torch import nn
 
 from mmdeform.fileio import load_state_dict_checked, read_checkpoint, state_dict_of
+from mmdeform.fileio.state_dict import is_step_counter
 
 _PREFIX_HINT = '. Set init_cfg prefix=... if the keys are nested'
 
@@ -49,6 +50,6 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = 
                                checkpoint, prefix=prefix)
     load_state_dict_checked(module, state_dict, checkpoint, hint=_PREFIX_HINT,
                             expected_unused=ignore_prefixes, keep_counters=True)
-    loaded = [k for k in module.state_dict() if k in state_dict]
+    loaded = [k for k in module.state_dict() if k in state_dict and not is_step_counter(k)]
     print_log(f'{type(module).__name__}: loaded {len(loaded)} tensors from {checkpoint}',
               logger='current', level=logging.INFO)
