@@ -20,7 +20,7 @@ import argparse
 import sys
 
 from mmdeform.apis import init_detector
-from mmdeform.engine.atomic_save import check_output_folder
+from mmdeform.fileio import check_output_folder
 from mmdeform.models.hf_checks import exit_on_error
 from mmdeform.models.hf_export import export_hf
 

@@ -337,8 +337,7 @@ def convert_hf_folder(src: str, dst_dir: str, base_config: str,
     """
     from mmengine.config import Config
 
-    # engine imports models
-    from mmdeform.engine.atomic_save import check_output_folder, staged_folder
+    from mmdeform.fileio import check_output_folder, staged_folder
     check_output_folder(dst_dir, overwrite, inputs=(src, base_config))
     config_file = Path(src) / 'config.json'
     config = load_hf_config(src)

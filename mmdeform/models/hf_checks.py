@@ -257,7 +257,7 @@ def read_hf_weights(folder: Path) -> Tuple[Path, Dict[str, torch.Tensor]]:
     """``(file, state_dict)`` of a transformers folder, every tensor checked.
 
     ``model.safetensors`` is read with ``safetensors``, ``pytorch_model.bin``
-    weights-only (:func:`mmdeform.engine.checkpoint.load_weights_only`: a
+    weights-only (:func:`mmdeform.fileio.load_weights_only`: a
     file that needs other globals is refused, never unpickled fully).
 
     Raises:
@@ -267,7 +267,7 @@ def read_hf_weights(folder: Path) -> Tuple[Path, Dict[str, torch.Tensor]]:
         CheckpointFormatError, CheckpointRefusedError: an unreadable or
             refused ``.bin`` (both name the file).
     """
-    from mmdeform.engine.checkpoint import load_weights_only  # engine imports models
+    from mmdeform.fileio import load_weights_only
     filename = hf_weights_file(folder)
     if filename.suffix == '.safetensors':
         state_dict = _load_safetensors(filename)

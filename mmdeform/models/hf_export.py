@@ -224,7 +224,7 @@ def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str
     """
     import transformers
 
-    from mmdeform.engine.atomic_save import check_output_folder, staged_folder
+    from mmdeform.fileio import check_output_folder, staged_folder
     check_output_folder(out_dir, overwrite)
     kwargs = hf_config_kwargs(model, class_names)
     kwargs['backbone_config'] = transformers.ResNetConfig(
