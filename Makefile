@@ -74,7 +74,7 @@ demo: build
 	$(PY) tools/demo.py $(DEMO_ARGS)
 
 # The GPU path in one command (README, "Checking a GPU machine"): on a CUDA machine with its
-# own python3 + torch and the wheels of tools/gpu_wheels.sh in .whl/. DRY_RUN=1: the same
+# own python3 + torch and the wheels of .dev_scripts/gpu_wheels.sh in .whl/. DRY_RUN=1: the same
 # steps on this CPU with .venv's python and tiny sizes. GPU_CHECK_ARGS: e.g. --steps build.
 GPU_PYTHON ?= python3
 DRY_RUN ?=
@@ -82,7 +82,7 @@ GPU_CHECK_ARGS ?=
 .PHONY: gpu-check
 gpu-check: $(if $(filter 1,$(DRY_RUN)),build)
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} \
-	$(if $(filter 1,$(DRY_RUN)),$(PY) tools/gpu_check.py --dry-run,$(GPU_PYTHON) tools/gpu_check.py) \
+	$(if $(filter 1,$(DRY_RUN)),$(PY) .dev_scripts/run_gpu_check.py --dry-run,$(GPU_PYTHON) .dev_scripts/run_gpu_check.py) \
 	$(GPU_CHECK_ARGS)
 
 clean:

@@ -31,7 +31,7 @@ import torch
 
 import mmdeform
 from mmdeform import analysis, apis, datasets, engine, evaluation, models, visualization
-from mmdeform.analysis import ablations, op_benchmark
+from mmdeform.analysis import op_benchmark
 from mmdeform.apis import init_detector
 from mmdeform.ops import get_backend, ms_deform_attn, ms_deform_attn_reference
 
@@ -68,7 +68,7 @@ def test_non_editable_install_needs_no_checkout(tiny_config, tmp_path):
     for path, text in sources.items():
         assert str(REPO) not in text, f'{path} holds the checkout path'
         assert '__file__' not in text, f'{path} locates files relative to the package'
-    assert not (site / 'configs').exists()
+    assert not (site / 'configs').exists() and not (site / 'projects').exists()
 
     elsewhere = tmp_path / 'elsewhere'
     elsewhere.mkdir()

@@ -1,10 +1,11 @@
 """``make demo``: generate the synthetic shapes data, train, evaluate, plot.
 
 Ends with ``demo: bbox mAP=<value> in <seconds> s; outputs in <dir>``. See
-:mod:`mmdeform.apis.synthetic_experiment` and ``python tools/demo.py --help``.
+:mod:`projects.synthetic_ablations.experiment` and ``python tools/demo.py --help``.
 """
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,11 +13,13 @@ from typing import List, Optional
 # 2-core machine spinning threads make each step up to ~2x slower; on an
 # idle one sleeping costs a few percent. Must be set before torch loads.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# projects/ is imported from the checkout (it is not part of the installed package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdeform.apis import run_demo  # noqa: E402
+from projects.synthetic_ablations import DEMO_CONFIG  # noqa: E402
+from projects.synthetic_ablations.experiment import run_demo  # noqa: E402
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / 'configs' / 'synthetic'
-                     / 'deformable-detr-refine-twostage_r18_1xb8-800i_synthetic.py')
+DEFAULT_CONFIG = str(DEMO_CONFIG)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -22,7 +22,7 @@ import sys
 from mmdeform.apis import init_detector
 from mmdeform.converters.hf_checks import exit_on_error
 from mmdeform.converters.hf_export import export_hf
-from mmdeform.engine.atomic_save import check_output_folder
+from mmdeform.fileio import check_output_folder
 
 MISMATCH_HINT = ('. export_hf.py exports only a checkpoint that fits CONFIG exactly: give the '
                  'config it was trained with (e.g. the refine config for a refine checkpoint)')

@@ -2,26 +2,29 @@
 
 Writes ``results.md`` (table, the paper's orderings checked, every run) and
 ``curves.png`` (AP / AP_S against iteration) under ``--work-dir``. See
-:mod:`mmdeform.analysis.ablations` and ``python tools/run_ablations.py --help``.
+:mod:`projects.synthetic_ablations.ablations` and ``python tools/run_ablations.py --help``.
 """
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 # OpenMP threads that wait for work sleep instead of spinning (see tools/demo.py).
 # Must be set before torch loads; the runs' processes inherit it.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# projects/ is imported from the checkout (it is not part of the installed package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdeform.analysis.ablations import (  # noqa: E402
+from projects.synthetic_ablations import ABLATION_DIR  # noqa: E402
+from projects.synthetic_ablations.ablations import (  # noqa: E402
     add_run_arguments,
     find_rows,
     run_ablations,
     synthetic_overrides,
 )
 
-DEFAULT_CONFIG_DIR = str(Path(__file__).resolve().parents[1] / 'configs' / 'synthetic'
-                         / 'ablations')
+DEFAULT_CONFIG_DIR = str(ABLATION_DIR)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

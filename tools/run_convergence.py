@@ -3,27 +3,30 @@
 Trains a single-scale Deformable DETR and the dense-attention DETR baseline on
 the same synthetic data with the same seed, evaluates them often and writes
 ``convergence.md`` (iterations to ``--target-ap``, their ratio) and
-``convergence.png`` under ``--work-dir``. See :mod:`mmdeform.analysis.convergence`.
+``convergence.png`` under ``--work-dir``. See :mod:`projects.synthetic_ablations.convergence`.
 """
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 # OpenMP threads that wait for work sleep instead of spinning (see tools/demo.py).
 # Must be set before torch loads; the runs' processes inherit it.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# projects/ is imported from the checkout (it is not part of the installed package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdeform.analysis.ablations import (  # noqa: E402
+from projects.synthetic_ablations import CONVERGENCE_DIR  # noqa: E402
+from projects.synthetic_ablations.ablations import (  # noqa: E402
     add_run_arguments,
     find_rows,
     row_name,
     synthetic_overrides,
 )
-from mmdeform.analysis.convergence import DEFAULT_ROWS, run_convergence  # noqa: E402
+from projects.synthetic_ablations.convergence import DEFAULT_ROWS, run_convergence  # noqa: E402
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / 'configs' / 'synthetic'
-                 / 'convergence')
+CONFIG_DIR = str(CONVERGENCE_DIR)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

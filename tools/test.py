@@ -3,9 +3,20 @@
 Usage: python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PKL] [--show-dir DIR]
        [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm|mpi]
 
-The steps are mmdeform.engine.launch.parse_test_args / build_test_cfg / test.
+The command line is tools/launch_args.py; the steps are
+mmdeform.engine.launch.build_test_cfg / test.
 """
-from mmdeform.engine.launch import run_test
+from typing import List, Optional
+
+from launch_args import parse_test_args
+
+from mmdeform.engine.launch import build_test_cfg, test
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = parse_test_args(argv)
+    return test(build_test_cfg(args), strict_load=not args.partial_load)
+
 
 if __name__ == '__main__':
-    run_test()
+    main()

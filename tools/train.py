@@ -3,9 +3,21 @@
 Usage: python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
        [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm|mpi]
 
-The steps are mmdeform.engine.launch.parse_train_args / build_train_cfg / train.
+The command line is tools/launch_args.py; the steps are
+mmdeform.engine.launch.build_train_cfg / train.
 """
-from mmdeform.engine.launch import run_train
+from typing import List, Optional
+
+from launch_args import parse_train_args
+
+from mmdeform.engine.launch import build_train_cfg, train
+from mmdeform.engine.runner import SafeLoadingRunner
+
+
+def main(argv: Optional[List[str]] = None) -> SafeLoadingRunner:
+    args = parse_train_args(argv)
+    return train(build_train_cfg(args), strict_load=not args.partial_load)
+
 
 if __name__ == '__main__':
-    run_train()
+    main()

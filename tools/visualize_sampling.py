@@ -12,8 +12,7 @@ See mmdeform.visualization.sampling for the pixel mapping (valid ratios).
 """
 import argparse
 
-from mmdeform.apis import add_model_arguments, init_detector_from_args
-from mmdeform.visualization import visualize_sampling
+from mmdeform.apis import add_model_arguments, init_detector_from_args, visualize_sampling
 
 
 def main(argv=None) -> None:

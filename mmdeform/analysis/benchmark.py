@@ -8,11 +8,13 @@ absorb ``torch.compile``'s compilation). On CUDA each timing is bracketed by
 ``torch.cuda.synchronize``.
 """
 import contextlib
-import time
 from dataclasses import dataclass
+from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+from .timing import time_calls
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -31,11 +33,6 @@ class BenchmarkResult:
     fps: float
     latency_ms: float
     num_iters: int
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def benchmark_model(model: torch.nn.Module, input_shape: Tuple[int, int] = (800, 1333),
@@ -72,14 +69,8 @@ def benchmark_model(model: torch.nn.Module, input_shape: Tuple[int, int] = (800,
     for batch_size in batch_sizes:
         inputs = torch.randn(batch_size, 3, *input_shape, device=device)
         with torch.no_grad(), autocast:
-            for _ in range(num_warmup):
-                runner(inputs, None, mode='tensor')
-            _synchronize(device)
-            start = time.perf_counter()
-            for _ in range(num_iters):
-                runner(inputs, None, mode='tensor')
-            _synchronize(device)
-            seconds = time.perf_counter() - start
+            seconds = time_calls(partial(runner, inputs, None, mode='tensor'), device,
+                                 num_iters, num_warmup)
         results.append(BenchmarkResult(batch_size=batch_size,
                                        fps=batch_size * num_iters / seconds,
                                        latency_ms=1000 * seconds / num_iters,

@@ -15,7 +15,6 @@ the same weights (:func:`match_trainable`), else a training step compares
 unequal work.
 """
 import statistics
-import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
@@ -23,7 +22,7 @@ from mmengine.structures import InstanceData
 
 from mmdeform.structures import DetDataSample
 
-from .benchmark import _synchronize
+from .timing import time_calls
 
 
 def _ours_step(model, images: torch.Tensor, train: bool) -> Callable[[], None]:
@@ -143,11 +142,7 @@ def compare_speed(ours: torch.nn.Module, hf: torch.nn.Module,
         for index in range(rounds):
             order = list(steps) if index % 2 == 0 else list(reversed(steps))
             for name in order:
-                _synchronize(device)
-                start = time.perf_counter()
-                steps[name]()
-                _synchronize(device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(time_calls(steps[name], device))
         results[f'{kind} {height}x{width}'] = times
     return results
 

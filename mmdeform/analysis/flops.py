@@ -27,14 +27,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mmdeform.ops import get_backend
 
-# Table 1 of the paper (and the official README): GFLOPs of the ResNet-50 models, counted
-# in multiply-adds by detectron2's flop counter, averaged over the first 100 COCO val2017
-# images (each resized to shorter side 800, longer <= 1333).
-PAPER_GFLOPS = {
-    'deformable-detr_r50_16xb2-50e_coco.py': 173.0,
-    'deformable-detr-refine_r50_16xb2-50e_coco.py': 173.0,
-    'deformable-detr-refine-twostage_r50_16xb2-50e_coco.py': 173.0,
-}
 FLOPS_PER_SAMPLE_CHANNEL = 10  # 4 corners x (multiply + add) + weight multiply + accumulate
 OP_NAME = 'mmdeform.ms_deform_attn_forward'
 

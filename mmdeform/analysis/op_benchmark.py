@@ -32,6 +32,9 @@ import time
 import torch
 
 from mmdeform.ops import ms_deform_attn, ms_deform_attn_reference
+from mmdeform.ops.op_inputs import make_op_inputs
+
+from .timing import time_calls
 
 IMPLS = {'compiled': ms_deform_attn, 'reference': ms_deform_attn_reference}
 
@@ -59,25 +62,13 @@ SHAPES = {
 
 
 def make_inputs(levels, n, num_query, device, dtype, heads=8, channels=32, points=4, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    shapes = torch.tensor(levels, dtype=torch.int64)
-    sizes = shapes.prod(1)
-    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    num_value = int(sizes.sum())
-    num_query = num_value if num_query is None else num_query
-    num_levels = len(levels)
-    value = torch.rand(n, num_value, heads, channels, generator=gen)
-    locations = torch.rand(n, num_query, heads, num_levels, points, 2, generator=gen)
-    weights = torch.rand(n, num_query, heads, num_levels, points, generator=gen)
-    weights = weights / weights.sum((-1, -2), keepdim=True)
-    tensors = [t.to(device=device, dtype=dtype).requires_grad_() for t in
-               (value, locations, weights)]
-    return tensors[0], shapes.to(device), starts.to(device), tensors[1], tensors[2]
-
-
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+    """:func:`~mmdeform.ops.op_inputs.make_op_inputs` of a benchmark case: ``Lq = S``
+    (the encoder) when ``num_query`` is None, locations in [0, 1], weights summing to 1
+    per head, value / locations / weights with gradients."""
+    num_query = sum(h * w for h, w in levels) if num_query is None else num_query
+    return make_op_inputs(levels, n=n, m=heads, d=channels, lq=num_query, p=points, dtype=dtype,
+                          spread=(0.0, 1.0), seed=seed, requires_grad=True, device=device,
+                          weight_init='normalized')
 
 
 def time_in_rounds(fns, device, repeats, min_seconds, per_round=5):
@@ -95,13 +86,8 @@ def time_in_rounds(fns, device, repeats, min_seconds, per_round=5):
     while (min(len(t) for t in times.values()) < repeats
            or time.perf_counter() - start_all < min_seconds):
         for name, fn in fns.items():
-            fn()
-            _sync(device)
-            for _ in range(per_round):
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - start)
+            time_calls(fn, device, iters=0, warmup=1)
+            times[name] += [time_calls(fn, device) for _ in range(per_round)]
     return ({name: statistics.median(t) for name, t in times.items()},
             min(len(t) for t in times.values()))
 

@@ -10,6 +10,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from mmdeform.ops import ms_deform_attn, ms_deform_attn_reference
+from mmdeform.ops.op_inputs import make_op_inputs
 
 # Levels of the encoder for an 800 x 1067 image (strides 8, 16, 32, 64).
 ENCODER_LEVELS = ((100, 134), (50, 67), (25, 34), (13, 17))
@@ -38,19 +39,9 @@ def make_encoder_inputs(levels: Sequence[Tuple[int, int]] = ENCODER_LEVELS, batc
         (L,), sampling_locations (N, Lq, M, L, P, 2), attention_weights
         (N, Lq, M, L, P)).
     """
-    gen = torch.Generator().manual_seed(seed)
-    shapes = torch.tensor(levels, dtype=torch.int64)
-    sizes = shapes.prod(1)
-    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    num_levels = len(levels)
-    value = torch.randn(batch, int(sizes.sum()), heads, channels, generator=gen,
-                        dtype=torch.float64)
-    locations = torch.rand(batch, num_query, heads, num_levels, points, 2, generator=gen,
-                           dtype=torch.float64)
-    logits = torch.randn(batch, num_query, heads, num_levels * points, generator=gen,
-                         dtype=torch.float64)
-    weights = logits.softmax(-1).view(batch, num_query, heads, num_levels, points)
-    return value, shapes, starts, locations, weights
+    return tuple(make_op_inputs(levels, n=batch, m=heads, d=channels, lq=num_query, p=points,
+                                spread=(0.0, 1.0), seed=seed, value_init='normal',
+                                weight_init='softmax'))
 
 
 def _run(inputs: tuple, value_dtype: torch.dtype, geometry_dtype, grad_output: torch.Tensor):

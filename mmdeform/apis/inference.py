@@ -33,7 +33,8 @@ from mmengine.dataset import pseudo_collate
 from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 
-from mmdeform.engine import CfgOptionsAction, apply_cfg_options, load_model_weights
+from mmdeform.engine import CfgOptionsAction, apply_cfg_options
+from mmdeform.fileio import load_model_weights
 from mmdeform.registry import DATASETS, MODELS, TRANSFORMS
 from mmdeform.structures import DetDataSample
 

@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Tuple
 
 import torch
+from mmengine.config import Config
+
+from mmdeform.fileio import check_output_folder, staged_folder
 
 from .hf_checks import (
     check_fills_model,
@@ -242,10 +245,6 @@ def convert_hf_folder(src: str, dst_dir: str, base_config: str,
             tensors or another shape than the config's.
         FileExistsError: ``dst_dir`` is not empty and not ``overwrite``.
     """
-    from mmengine.config import Config
-
-    # engine imports models
-    from mmdeform.engine.atomic_save import check_output_folder, staged_folder
     check_output_folder(dst_dir, overwrite, inputs=(src, base_config))
     config_file = Path(src) / 'config.json'
     config = load_hf_config(src)

@@ -27,6 +27,9 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from mmdeform.fileio import load_weights_only
+from mmdeform.registry import MODELS
+
 # keys the converter reads -> largest value accepted (smallest is 1)
 SIZE_BOUNDS = {
     'd_model': 4096, 'encoder_layers': 64, 'decoder_layers': 64,
@@ -257,7 +260,7 @@ def read_hf_weights(folder: Path) -> Tuple[Path, Dict[str, torch.Tensor]]:
     """``(file, state_dict)`` of a transformers folder, every tensor checked.
 
     ``model.safetensors`` is read with ``safetensors``, ``pytorch_model.bin``
-    weights-only (:func:`mmdeform.engine.checkpoint.load_weights_only`: a
+    weights-only (:func:`mmdeform.fileio.load_weights_only`: a
     file that needs other globals is refused, never unpickled fully).
 
     Raises:
@@ -267,7 +270,6 @@ def read_hf_weights(folder: Path) -> Tuple[Path, Dict[str, torch.Tensor]]:
         CheckpointFormatError, CheckpointRefusedError: an unreadable or
             refused ``.bin`` (both name the file).
     """
-    from mmdeform.engine.checkpoint import load_weights_only  # engine imports models
     filename = hf_weights_file(folder)
     if filename.suffix == '.safetensors':
         state_dict = _load_safetensors(filename)
@@ -316,7 +318,6 @@ def check_qkv_shapes(state_dict: Mapping[str, torch.Tensor], filename) -> None:
 
 def meta_state_dict(model_cfg: Mapping) -> Dict[str, torch.Tensor]:
     """State_dict (meta tensors: shapes and dtypes, no memory) of ``model_cfg``."""
-    from mmdeform.registry import MODELS
     with torch.device('meta'):
         return MODELS.build(model_cfg).state_dict()
 

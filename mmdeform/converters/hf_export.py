@@ -26,6 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from mmdeform.fileio import check_output_folder, staged_folder
 from mmdeform.models.data_preprocessors import DetDataPreprocessor
 from mmdeform.models.layers import DeformableDecoderLayer, DeformableEncoderLayer
 from mmdeform.registry import MODELS
@@ -307,8 +308,6 @@ def export_hf(model: nn.Module, out_dir: str, class_names: Optional[Sequence[str
         FileExistsError: ``out_dir`` is not empty and not ``overwrite``.
     """
     import transformers
-
-    from mmdeform.engine.atomic_save import check_output_folder, staged_folder
     check_output_folder(out_dir, overwrite)
     model_cfg = _model_cfg(model)
     kwargs = hf_config_kwargs(model_cfg, class_names)

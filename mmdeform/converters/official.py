@@ -21,6 +21,8 @@ from typing import Dict, List, Mapping, Tuple
 
 import torch
 
+from mmdeform.fileio import torch_save_atomic
+
 from .names import OFFICIAL, check_aliases, name_map
 
 
@@ -103,6 +105,5 @@ def convert_official_checkpoint(src: str, dst: str) -> 'OrderedDict[str, torch.T
                         'expected a dict (a checkpoint or a state_dict)')
     state_dict = checkpoint.get('model', checkpoint)
     converted = convert_official_state_dict(state_dict)
-    from mmdeform.engine.atomic_save import torch_save_atomic  # engine imports models
     torch_save_atomic({'state_dict': converted}, dst)
     return converted

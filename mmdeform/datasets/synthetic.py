@@ -18,7 +18,7 @@ byte-identical json and images.
 import json
 import math
 import os.path as osp
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import cv2
 import numpy as np
@@ -272,31 +272,3 @@ def prepare_synthetic_data(data_root: str, synthetic_data: dict, progress: bool 
     with open(stamp_file, 'w') as f:
         json.dump(wanted, f)
     return True
-
-
-def main(argv: Optional[List[str]] = None) -> dict:
-    """Command line entry point used by ``tools/make_synthetic_coco.py``."""
-    import argparse
-    import time
-    parser = argparse.ArgumentParser(description='Write the synthetic shapes COCO dataset.')
-    parser.add_argument('out_dir')
-    parser.add_argument('--num-train', type=int, default=2000)
-    parser.add_argument('--num-val', type=int, default=200)
-    parser.add_argument('--image-size', type=int, default=128)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--ext', choices=('png', 'jpg'), default='png')
-    parser.add_argument('--max-objects', type=int, default=5)
-    parser.add_argument('--min-object-size', type=float, default=8,
-                        help='smallest object side in pixels')
-    parser.add_argument('--max-object-fraction', type=float, default=0.5,
-                        help='largest object side as a fraction of the image side')
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    summary = make_synthetic_coco(args.out_dir, args.num_train, args.num_val, args.image_size,
-                                  args.seed, args.ext, min_object_size=args.min_object_size,
-                                  max_object_fraction=args.max_object_fraction,
-                                  max_objects=args.max_objects)
-    print(f'\nwrote {args.out_dir} in {time.perf_counter() - start:.1f} s')
-    for split, stats in summary.items():
-        print(f'  {split}: {stats}')
-    return summary

@@ -1,9 +1,9 @@
 """What ``tools/train.py`` and ``tools/test.py`` do: command line -> config -> Runner.
 
-Each script is ``run_train(argv)`` / ``run_test(argv)``; the steps are public
-so that they can be reused and tested one by one:
+The scripts parse their command lines (``tools/launch_args.py``); the steps
+here are public so that they can be reused and tested one by one:
 
-    args = parse_train_args(argv)     # argparse
+    args = parse_train_args(argv)     # tools/launch_args.py (argparse)
     cfg = build_train_cfg(args)       # Config with the command line applied
     runner = train(cfg)               # SafeLoadingRunner: train (and validate)
 
@@ -22,100 +22,26 @@ Resuming needs the model that wrote the checkpoint (checked before loading);
 ``--partial-load`` (:class:`mmdeform.engine.runner.SafeLoadingRunner`).
 
 Distributed runs on a CPU-only machine (``--launcher pytorch|slurm|mpi``
-without CUDA) need three changes to mmengine 0.10.7's defaults, made by
-:func:`configure_cpu_distributed` and :func:`init_distributed`:
-
-- ``env_cfg.dist_cfg.backend = 'gloo'`` (NCCL needs GPUs);
-- ``model_wrapper_cfg = dict(type='MMDistributedDataParallel',
-  device_ids=None, forward_sync_buffers=False, find_unused_parameters=...)``:
-  mmengine's default wrapper passes ``device_ids=[LOCAL_RANK]``, which DDP
-  rejects for CPU modules (``forward_sync_buffers=False`` is torch 2.13's
-  name for mmengine's ``broadcast_buffers=False``; ``find_unused_parameters``
-  comes from the config, default False: every parameter of our detectors gets
-  a gradient, with or without ground truth boxes);
-- mmengine's launchers call ``torch.cuda.set_device(local_rank)``
-  unconditionally, which raises on a CPU-only torch. :func:`init_distributed`
-  starts the process group before the Runner exists with
-  :func:`~mmdeform.engine.cpu_distributed.init_cpu_process_group` (the
-  launcher's environment handling of mmengine, without that call). The
-  Runner then finds the process group initialised and does not start
-  another one.
+without CUDA) need changes to mmengine's defaults:
+:mod:`mmdeform.engine.cpu_distributed` (:func:`configure_cpu_distributed`,
+called by :func:`load_config`, and :func:`init_distributed`, called by
+:func:`build_runner`).
 """
-import argparse
-import inspect
-import os
 import os.path as osp
-from typing import List, Optional
+from typing import Optional
 
-import torch
 from mmengine.config import Config
-from mmengine.dist import is_distributed
 from mmengine.logging import print_log
-from mmengine.utils.dl_utils import set_multi_processing
-from torch.nn.parallel import DistributedDataParallel
 
-from .config_options import CfgOptionsAction, apply_cfg_options, check_hook_types
-from .cpu_distributed import init_cpu_process_group
+from .config_options import apply_cfg_options, check_hook_types
+from .cpu_distributed import configure_cpu_distributed, init_distributed
 from .runner import SafeLoadingRunner
 
-LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 # What --amp turns optim_wrapper.type='OptimWrapper' into.
 _AMP_WRAPPER = 'DeviceAmpOptimWrapper'
 # --resume without a value (argparse's const): the latest checkpoint, which must exist.
 RESUME_LATEST = '<latest>'
 RESUME_AUTO = 'auto'
-
-
-def _add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--work-dir', help='folder for logs and checkpoints (default: '
-                        './work_dirs/<config file name without .py>)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=CfgOptionsAction, default={},
-        help='override existing config entries, e.g. train_dataloader.batch_size=4 '
-        "'param_scheduler.0.milestones=[8,11]'")
-    parser.add_argument('--partial-load', action='store_true',
-                        help='load only the checkpoint tensors whose names and shapes match '
-                        'the model (default: any difference is an error); not for --resume')
-    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
-                        help='job launcher for distributed runs')
-    # torch.distributed.launch passes --local-rank (or --local_rank in old versions)
-    parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
-                        help=argparse.SUPPRESS)
-
-
-def parse_train_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Arguments of ``tools/train.py`` (see ``--help``)."""
-    parser = argparse.ArgumentParser(description='Train a detector')
-    parser.add_argument('config', help='config file path')
-    parser.add_argument('--resume', nargs='?', const=RESUME_LATEST, default=None,
-                        metavar='CKPT|auto',
-                        help='resume from CKPT; without a value from the latest checkpoint '
-                        'in the work dir (an error if there is none); "auto": from the '
-                        'latest checkpoint if there is one, else from scratch')
-    parser.add_argument('--amp', action='store_true',
-                        help='mixed precision (float16/bfloat16 on GPU, bfloat16 on CPU)')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the learning rate linearly with the total batch size')
-    _add_common_args(parser)
-    return _export_local_rank(parser.parse_args(argv))
-
-
-def parse_test_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Arguments of ``tools/test.py`` (see ``--help``)."""
-    parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
-    parser.add_argument('config', help='config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--out', help='dump the predictions to this .pkl file')
-    parser.add_argument('--show-dir', help='write images with drawn predictions to '
-                        '<work_dir>/<timestamp>/SHOW_DIR')
-    _add_common_args(parser)
-    return _export_local_rank(parser.parse_args(argv))
-
-
-def _export_local_rank(args: argparse.Namespace) -> argparse.Namespace:
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
 
 
 def load_config(config: str, work_dir: Optional[str], cfg_options: dict,
@@ -144,49 +70,7 @@ def load_config(config: str, work_dir: Optional[str], cfg_options: dict,
     return cfg
 
 
-def configure_cpu_distributed(cfg: Config) -> None:
-    """gloo backend and a CPU DDP wrapper when distributed without CUDA.
-
-    Keeps other ``dist_cfg`` keys (e.g. ``timeout``) and a ``model_wrapper_cfg``
-    given by the config (its ``device_ids`` becomes None). A new wrapper
-    takes ``find_unused_parameters`` from the config (default False).
-    """
-    if cfg.launcher == 'none' or torch.cuda.is_available():
-        return
-    env_cfg = cfg.setdefault('env_cfg', {})
-    env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel',
-        find_unused_parameters=cfg.get('find_unused_parameters', False),
-        **_no_forward_buffer_sync())
-    wrapper['device_ids'] = None
-    cfg.model_wrapper_cfg = wrapper
-
-
-def _no_forward_buffer_sync() -> dict:
-    """DDP arguments for not broadcasting buffers before every forward (as
-    mmengine's default wrapper): torch >= 2.13 deprecates
-    ``broadcast_buffers=False`` in favour of ``forward_sync_buffers=False``."""
-    if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters:
-        return dict(forward_sync_buffers=False)
-    return dict(broadcast_buffers=False)
-
-
-def init_distributed(cfg: Config) -> None:
-    """Start the process group of a CPU-only distributed run (module doc).
-
-    Does nothing without a launcher, with CUDA (the Runner starts NCCL as
-    usual) or when a process group exists already.
-    """
-    if cfg.launcher == 'none' or torch.cuda.is_available() or is_distributed():
-        return
-    env_cfg = cfg.get('env_cfg', {})
-    # as the Runner does before starting the process group (start method, threads)
-    set_multi_processing(**env_cfg.get('mp_cfg', {}), distributed=True)
-    init_cpu_process_group(cfg.launcher, **env_cfg.get('dist_cfg', {}))
-
-
-def build_train_cfg(args: argparse.Namespace) -> Config:
+def build_train_cfg(args) -> Config:
     """The training config with ``--resume``, ``--amp`` and ``--auto-scale-lr`` applied.
 
     Raises:
@@ -257,7 +141,7 @@ def resolve_resume(resume: str, work_dir: str) -> Optional[str]:
     return resume
 
 
-def build_test_cfg(args: argparse.Namespace) -> Config:
+def build_test_cfg(args) -> Config:
     """The test config: weights from ``args.checkpoint``, ``--out`` and
     ``--show-dir`` applied.
 
@@ -303,15 +187,3 @@ def train(cfg: Config, strict_load: bool = True) -> SafeLoadingRunner:
 def test(cfg: Config, strict_load: bool = True) -> dict:
     """Build a Runner from ``cfg`` and test; returns the metrics."""
     return build_runner(cfg, strict_load).test()
-
-
-def run_train(argv: Optional[List[str]] = None) -> SafeLoadingRunner:
-    """``tools/train.py``."""
-    args = parse_train_args(argv)
-    return train(build_train_cfg(args), strict_load=not args.partial_load)
-
-
-def run_test(argv: Optional[List[str]] = None) -> dict:
-    """``tools/test.py``."""
-    args = parse_test_args(argv)
-    return test(build_test_cfg(args), strict_load=not args.partial_load)

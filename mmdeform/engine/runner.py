@@ -1,17 +1,14 @@
 """``SafeLoadingRunner``: mmengine's Runner reading checkpoints weights-only
 and loading them checked (used by ``tools/train.py`` and ``tools/test.py``)."""
-import os.path as osp
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import is_model_wrapper
-from mmengine.runner import CheckpointLoader, Runner
+from mmengine.runner import Runner
 from torch import nn
 
-from mmdeform.models.backbones.sync_batch_norm import convert_sync_batchnorm
-
-from .checkpoint import load_weights_only
-from .model_weights import load_state_dict_checked, state_dict_of
+from mmdeform.fileio import load_state_dict_checked, read_checkpoint, state_dict_of
+from mmdeform.models.layers import convert_sync_batchnorm
 
 PARTIAL_LOAD_HINT = ('. Pass --partial-load to load only the tensors whose names and shapes '
                      'match (e.g. to fine-tune with another number of classes)')
@@ -23,17 +20,17 @@ class SafeLoadingRunner(Runner):
     """mmengine's ``Runner`` with the project's checkpoint loading.
 
     - Local checkpoints are read with
-      :func:`mmdeform.engine.checkpoint.load_weights_only` (an allow-list,
+      :func:`mmdeform.fileio.load_weights_only` (an allow-list,
       never full pickle; empty or damaged files named as such); other
       schemes (``http(s)://``) go through mmengine's ``CheckpointLoader``.
     - Weights are compared with the model before anything is loaded
-      (:func:`mmdeform.engine.model_weights.load_state_dict_checked`):
+      (:func:`mmdeform.fileio.load_state_dict_checked`):
       resuming always needs the same model (the first mismatching parameter
       is named, instead of a failure deep inside the optimizer); ``load_from``
       is strict unless :attr:`strict_load` is False (``--partial-load``).
     - ``cfg.sync_bn='torch'`` in a distributed run without CUDA converts the
       batch norm layers to mmdeform's
-      :class:`~mmdeform.models.backbones.SyncBatchNorm` (all-reduce over
+      :class:`~mmdeform.models.layers.SyncBatchNorm` (all-reduce over
       gloo) instead of torch's, which refuses CPU tensors. With CUDA
       mmengine converts them to torch's as usual.
 
@@ -93,10 +90,7 @@ class SafeLoadingRunner(Runner):
             CheckpointMismatchError: the weights do not fit (names the first
                 mismatching parameter, missing and unexpected keys).
         """
-        if osp.isfile(osp.expanduser(filename)) or '://' not in filename:
-            checkpoint = load_weights_only(filename, map_location=map_location)
-        else:
-            checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
+        checkpoint = read_checkpoint(filename, map_location=map_location)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         if strict is None:

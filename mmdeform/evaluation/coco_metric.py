@@ -13,7 +13,7 @@ from mmengine.utils import mkdir_or_exist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mmdeform.datasets.coco import complete_annotations, load_coco_json
+from mmdeform.fileio.coco_json import complete_annotations, load_coco_json
 from mmdeform.registry import METRICS
 
 # MMDetection's names for COCOeval.stats[i] of a bbox evaluation (maxDets 1, 10, 100).
@@ -41,7 +41,7 @@ class CocoMetric(BaseMetric):
     the dataset checks it: no images, or an annotation without
     ``image_id`` / ``category_id`` / ``bbox``, raises ``ValueError``;
     missing ``id``, ``iscrowd`` and ``area`` (which pycocotools needs) are
-    filled with a warning (:func:`mmdeform.datasets.coco.complete_annotations`).
+    filled with a warning (:func:`mmdeform.fileio.coco_json.complete_annotations`).
 
     Returns (keys prefixed ``'coco/'`` by default): ``bbox_mAP``,
     ``bbox_mAP_50``, ``bbox_mAP_75``, ``bbox_mAP_s``, ``bbox_mAP_m``,

@@ -8,12 +8,10 @@ from .sampling import (
     capture_sampling,
     detection_sampling,
     encoder_pixel_sampling,
-    run_with_sampling,
     to_image_pixels,
 )
-from .sampling_plot import plot_sampling, visualize_sampling
+from .sampling_plot import plot_sampling
 
 __all__ = ['QuerySampling', 'SamplingRecord', 'SamplingRun', 'browse_dataset',
            'capture_sampling', 'detection_sampling', 'draw_gt_boxes', 'encoder_pixel_sampling',
-           'load_scalars', 'plot_curves', 'plot_sampling', 'run_with_sampling',
-           'to_image_pixels', 'visualize_sampling']
+           'load_scalars', 'plot_curves', 'plot_sampling', 'to_image_pixels']

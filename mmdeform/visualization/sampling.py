@@ -33,7 +33,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mmdeform.apis import inference_detector
 from mmdeform.models.encoders import get_valid_ratios
 from mmdeform.ops import MSDeformAttn
 from mmdeform.structures import DetDataSample
@@ -178,34 +177,6 @@ class SamplingRun:
     encoder: SamplingRecord
     decoder: SamplingRecord
     logits: torch.Tensor
-
-
-def run_with_sampling(model: torch.nn.Module, image, encoder_layer: int = -1,
-                      decoder_layer: int = -1) -> SamplingRun:
-    """Detect objects in one image (path or BGR array, see
-    :func:`~mmdeform.apis.inference_detector`) and record the sampling of
-    encoder layer ``encoder_layer`` and decoder layer ``decoder_layer``
-    (default: the last ones)."""
-    names = []
-    for prefix, index in (('encoder', encoder_layer), ('decoder', decoder_layer)):
-        candidates = attention_module_names(model, prefix)
-        if not candidates:
-            raise ValueError(f'run_with_sampling: the model has no MSDeformAttn under {prefix}')
-        try:
-            names.append(candidates[index])
-        except IndexError:
-            raise IndexError(f'run_with_sampling: {prefix} layer {index} out of range '
-                             f'({len(candidates)} layers)') from None
-    head_outputs = []
-    handle = model.bbox_head.register_forward_hook(
-        lambda module, args, output: head_outputs.append(output))
-    try:
-        with capture_sampling(model, names) as records:
-            sample = inference_detector(model, image)
-    finally:
-        handle.remove()
-    return SamplingRun(sample=sample, encoder=records[names[0]], decoder=records[names[1]],
-                       logits=head_outputs[-1].logits[-1, 0])
 
 
 def detection_queries(logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,11 @@
 """Drawing deformable attention's sampling points (see :mod:`.sampling` for the
-coordinates) and the ``tools/visualize_sampling.py`` pipeline."""
+coordinates); :mod:`mmdeform.apis.sampling` runs the model and calls it."""
 import os
-import os.path as osp
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-import mmcv
 import numpy as np
-import torch
 
-from .sampling import (
-    QuerySampling,
-    detection_sampling,
-    encoder_pixel_sampling,
-    run_with_sampling,
-)
+from .sampling import QuerySampling
 
 _MARKERS = 'osD^vP'  # scatter marker of each level (cycled)
 
@@ -102,43 +94,3 @@ def _draw_panel(ax, img_rgb: np.ndarray, queries: Sequence[QuerySampling],
     ax.set_title(f'level {levels[0]}' if len(levels) == 1 else 'all levels (' + ', '.join(
         f'{markers[level]} = level {level}' for level in levels) + ')',
         fontsize=9)
-
-
-def visualize_sampling(model: torch.nn.Module, image_path: str, out_dir: str, topk: int = 3,
-                       score_thr: float = 0.0, layout: str = 'levels',
-                       encoder_point: Optional[Tuple[float, float]] = None,
-                       encoder_level: int = 0, encoder_layer: int = -1,
-                       decoder_layer: int = -1) -> List[str]:
-    """Draw the sampling points of one image's best detections and of one
-    encoder query.
-
-    Writes ``<out_dir>/<name>_decoder.png``: the ``topk`` detections with
-    score >= ``score_thr`` and the sampling points of decoder layer
-    ``decoder_layer``'s cross-attention (default the last), and
-    ``<out_dir>/<name>_encoder.png``: the encoder layer ``encoder_layer``'s
-    self-attention sampling of the level-``encoder_level`` token at pixel
-    ``encoder_point`` (x, y) of the original image (default: its centre).
-
-    Returns:
-        list[str]: The written files (the decoder one only if some detection
-        passed ``score_thr``).
-    """
-    run = run_with_sampling(model, image_path, encoder_layer, decoder_layer)
-    img_rgb = mmcv.imread(image_path)[..., ::-1]
-    name = osp.splitext(osp.basename(image_path))[0]
-    classes = (model.dataset_meta or {}).get('classes')
-    written = []
-    detections = detection_sampling(run, topk=topk, score_thr=score_thr, classes=classes)
-    if detections:
-        written.append(plot_sampling(
-            img_rgb, detections, osp.join(out_dir, f'{name}_decoder.png'), layout,
-            f'decoder layer {decoder_layer} cross-attention: top {len(detections)} detections'))
-    if encoder_point is None:
-        height, width = img_rgb.shape[:2]
-        encoder_point = (width / 2, height / 2)
-    query = encoder_pixel_sampling(run, encoder_point, level=encoder_level)
-    written.append(plot_sampling(
-        img_rgb, [query], osp.join(out_dir, f'{name}_encoder.png'), layout,
-        f'encoder layer {encoder_layer} self-attention: query at pixel '
-        f'({encoder_point[0]:.0f}, {encoder_point[1]:.0f})'))
-    return written

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmdeform.datasets import SYNTHETIC_CLASSES, CocoDataset, make_synthetic_coco, synthetic
-from mmdeform.datasets.synthetic import main
+from tools.make_synthetic_coco import main
 
 
 def generate(out_dir, **kwargs):

@@ -14,7 +14,7 @@ from mmengine.hooks import Hook
 from toy_runner import build_toy_runner
 
 from mmdeform.engine import AtomicCheckpointHook, load_weights_only
-from mmdeform.engine.atomic_save import remove_stale_temporaries, temporary_name, write_atomic
+from mmdeform.fileio.atomic_save import remove_stale_temporaries, temporary_name, write_atomic
 
 TRIALS, TIME_BUDGET_S = 12, 40
 PAYLOAD = 8_000_000  # 32 MB: saving takes most of each iteration

@@ -7,6 +7,7 @@ import pytest
 from mmengine.config import Config
 
 from mmdeform.engine import CfgOptionsAction, apply_cfg_options, check_hook_types, launch
+from tools.launch_args import parse_test_args, parse_train_args
 
 CFG = dict(
     optim_wrapper=dict(optimizer=dict(type='AdamW', lr=2e-4)),
@@ -79,8 +80,8 @@ def test_tools_check_options_and_hooks(tmp_path):
                       'optim_wrapper = dict(optimizer=dict(type="SGD", lr=0.1))\n'
                       'default_hooks = dict(logger=dict(type="LoggerHook"))\n')
     with pytest.raises(KeyError, match="did you mean 'optim_wrapper'"):
-        launch.build_train_cfg(launch.parse_train_args(
+        launch.build_train_cfg(parse_train_args(
             [str(config), '--cfg-options', 'optim_wraper.optimizer.lr=1e-9']))
     with pytest.raises(KeyError, match="default_hooks.logger: hook type 'LogerHook'"):
-        launch.build_test_cfg(launch.parse_test_args(
+        launch.build_test_cfg(parse_test_args(
             [str(config), 'x.pth', '--cfg-options', 'default_hooks.logger.type=LogerHook']))

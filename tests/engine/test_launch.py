@@ -8,7 +8,9 @@ from mmengine.registry import DefaultScope
 
 from mmdeform.datasets import make_synthetic_coco
 from mmdeform.engine import launch
+from mmdeform.engine.cpu_distributed import init_distributed
 from mmdeform.registry import DATASETS
+from tools.launch_args import parse_test_args, parse_train_args
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = str(REPO / 'configs' / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py')
@@ -17,7 +19,7 @@ REAL = str(REPO / 'configs' / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e
 @pytest.fixture
 def train_cfg(tiny_config):
     """The training config of the tiny config with a command line's arguments."""
-    return lambda *argv: launch.build_train_cfg(launch.parse_train_args([tiny_config, *argv]))
+    return lambda *argv: launch.build_train_cfg(parse_train_args([tiny_config, *argv]))
 
 
 def test_work_dir_default_explicit_and_from_config(train_cfg):
@@ -81,12 +83,12 @@ def test_cpu_distributed_settings(train_cfg):
                     'env_cfg.dist_cfg.timeout=60')
     assert cfg.model_wrapper_cfg.find_unused_parameters is True
     assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=60)
-    launch.init_distributed(train_cfg())  # no launcher: nothing to start
+    init_distributed(train_cfg())  # no launcher: nothing to start
     assert not torch.distributed.is_initialized()
 
 
 def test_test_cfg_out_and_show_dir(tiny_config):
-    args = launch.parse_test_args([tiny_config, 'w/epoch_2.pth', '--out', 'r/preds.pkl',
+    args = parse_test_args([tiny_config, 'w/epoch_2.pth', '--out', 'r/preds.pkl',
                                    '--show-dir', 'vis'])
     cfg = launch.build_test_cfg(args)
     assert cfg.load_from == 'w/epoch_2.pth'
@@ -94,16 +96,16 @@ def test_test_cfg_out_and_show_dir(tiny_config):
     assert cfg.test_evaluator[1].out_file_path == 'r/preds.pkl'
     assert cfg.default_hooks.visualization == dict(type='DetVisualizationHook', draw=True,
                                                    test_out_dir='vis')
-    plain = launch.build_test_cfg(launch.parse_test_args([tiny_config, 'c.pth']))
+    plain = launch.build_test_cfg(parse_test_args([tiny_config, 'c.pth']))
     assert plain.test_evaluator.type == 'CocoMetric'
     assert plain.default_hooks.visualization.draw is False
     with pytest.raises(ValueError, match='--out must be a .pkl or .pickle file, got r.json'):
-        launch.build_test_cfg(launch.parse_test_args([tiny_config, 'c.pth', '--out', 'r.json']))
+        launch.build_test_cfg(parse_test_args([tiny_config, 'c.pth', '--out', 'r.json']))
 
 
 def test_missing_config_is_named():
     with pytest.raises(FileNotFoundError, match='config file nothing.py does not exist'):
-        launch.build_train_cfg(launch.parse_train_args(['nothing.py']))
+        launch.build_train_cfg(parse_train_args(['nothing.py']))
 
 
 def test_paper_schedule_and_data_settings():

@@ -1,5 +1,5 @@
-"""The ablation row configs (configs/ablations, configs/synthetic/ablations) and the
-synthetic convergence pair (configs/synthetic/convergence).
+"""The ablation row configs (configs/ablations, projects/synthetic_ablations/configs/ablations)
+and the synthetic convergence pair (projects/synthetic_ablations/configs/convergence).
 
 Every row builds, trains one step (loss with ground-truth boxes, backward)
 and predicts on a tiny input; each row differs from its family's base
@@ -19,11 +19,12 @@ from mmdeform.models.layers import PerLevelDeformAttn, SameLevelDeformAttn
 from mmdeform.models.necks import FPN, MultiScaleProjection
 from mmdeform.ops import MSDeformAttn
 from mmdeform.registry import MODELS
+from projects.synthetic_ablations import ABLATION_DIR, CONVERGENCE_DIR
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 FAMILIES = {
     'coco': (CONFIG_ROOT / 'ablations', 'r50_16xb2-50e_coco'),
-    'synthetic': (CONFIG_ROOT / 'synthetic' / 'ablations', 'r18_1xb8-500i_synthetic'),
+    'synthetic': (ABLATION_DIR, 'r18_1xb8-500i_synthetic'),
 }
 BASE_ROW = 'deformable-detr_ms-attn-k4'
 SINGLE_SCALE_KEYS = {'model.backbone.out_indices', 'model.neck.num_extra_levels'}
@@ -45,7 +46,7 @@ EXPECTED_CHANGES = {
 FAMILY_ROWS = {'coco': list(EXPECTED_CHANGES),
                'synthetic': [row for row in EXPECTED_CHANGES if not row.startswith('dense')]}
 ROWS = [(family, row) for family, rows in FAMILY_ROWS.items() for row in rows]
-CONVERGENCE = CONFIG_ROOT / 'synthetic' / 'convergence'
+CONVERGENCE = CONVERGENCE_DIR
 
 
 def config_path(family: str, row: str) -> Path:

@@ -5,6 +5,7 @@ attentions plug into the unchanged detector: each model trains (loss with
 and without ground truth, gradient to every learnable parameter) and
 predicts. ResNet-18 without pretrained weights, 32 channels, 64x64 images.
 """
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -54,41 +55,29 @@ def tiny_model_cfg(name):
     return model
 
 
-def make_batch(boxes_per_image):
-    return testing.make_batch([(64, 64), (48, 56)], boxes_per_image, NUM_CLASSES)
+# (boxes_per_image) -> raw uint8 images of different sizes and their data samples
+make_batch = partial(testing.make_batch, [(64, 64), (48, 56)], num_classes=NUM_CLASSES)
 
 
 @pytest.fixture(scope='module', params=sorted(VARIANTS))
 def tiny_model(request):
     torch.manual_seed(0)
     model = MODELS.build(tiny_model_cfg(request.param))
-    with torch.no_grad():  # the paper's init zeroes some weights, blocking gradients at step 0
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
+    testing.perturb_parameters(model)
     return request.param, model
-
-
-def run_loss(model, boxes_per_image):
-    model.train()
-    data = model.data_preprocessor(make_batch(boxes_per_image), training=True)
-    losses = model(**data, mode='loss')
-    model.zero_grad()
-    sum(losses.values()).backward()
-    return losses
 
 
 def test_loss_with_ground_truth_reaches_every_learnable_parameter(tiny_model):
     name, model = tiny_model
-    losses = run_loss(model, [2, 1])
+    losses = testing.loss_and_backward(model, make_batch([2, 1]))
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    no_grad = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    no_grad = testing.parameters_without_gradient(model)
     assert not no_grad, f'{name}: no gradient reaches {no_grad}'
 
 
 def test_loss_without_ground_truth(tiny_model):
     _, model = tiny_model
-    losses = run_loss(model, [0, 0])
+    losses = testing.loss_and_backward(model, make_batch([0, 0]))
     assert losses['loss_cls'] > 0
     assert losses['loss_bbox'].item() == 0.0 and losses['loss_iou'].item() == 0.0
 

@@ -1,10 +1,12 @@
 """Tests of DeformableDecoder, RefineDeformableDecoder and the decoder layer."""
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
 
+from mmdeform import testing
 from mmdeform.models.layers import MLP, DeformableDecoderLayer, inverse_sigmoid
-from mmdeform.models.stage_outputs import EncoderOutput
 from mmdeform.registry import MODELS
 
 C, B, Q, NUM_LAYERS = 32, 2, 5, 3
@@ -26,24 +28,8 @@ def make_decoder(decoder_type='DeformableDecoder', seed=0):
     return decoder
 
 
-def make_encoder_output(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    masks = []
-    for level, (h, w) in enumerate(SHAPES):
-        mask = torch.ones(B, h, w, dtype=torch.bool)
-        for b in range(B):
-            vh, vw = VALID[b][level]
-            mask[b, :vh, :vw] = False
-        masks.append(mask.flatten(1))
-    padding_mask = torch.cat(masks, 1)
-    valid_ratios = torch.tensor(
-        [[[vw / w, vh / h] for (vh, vw), (h, w) in zip(VALID[b], SHAPES)] for b in range(B)],
-        dtype=torch.float32)
-    return EncoderOutput(
-        memory=torch.randn(B, padding_mask.shape[1], C, generator=gen, dtype=torch.float64),
-        padding_mask=padding_mask, spatial_shapes=torch.tensor(SHAPES),
-        level_start_index=torch.tensor([0, SHAPES[0][0] * SHAPES[0][1]]),
-        valid_ratios=valid_ratios)
+# (seed=0, dtype=float64) -> EncoderOutput over SHAPES with the padding of VALID
+make_encoder_output = partial(testing.make_encoder_output, SHAPES, VALID, C)
 
 
 def make_queries(ref_dims=2, seed=1):

@@ -4,6 +4,7 @@ The real ResNet-50 configs are only constructed; the runs use a reduced copy
 of each config (ResNet-18, or ResNet-50 for DC5, 32 channels, 2+2 layers, 20
 queries, 64x64 images). No test calls ``init_weights``, so nothing is downloaded.
 """
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,9 @@ def tiny_model_cfg(name: str) -> dict:
                             num_queries=NUM_QUERIES)
 
 
-def make_batch(boxes_per_image):
-    """Raw uint8 images of different sizes and their data samples."""
-    return testing.make_batch([(64, 64), (48, 56)], boxes_per_image, NUM_CLASSES, ori_scale=2)
+# (boxes_per_image) -> raw uint8 images of different sizes and their data samples
+make_batch = partial(testing.make_batch, [(64, 64), (48, 56)], num_classes=NUM_CLASSES,
+                     ori_scale=2)
 
 
 @pytest.fixture(scope='module', params=CONFIGS)
@@ -75,35 +76,14 @@ def test_real_config_builds(name):
     assert frozen and all(n.startswith(('conv1', 'bn1', 'layer1.')) for n in frozen)
 
 
-def perturb(model):
-    """Small noise on every parameter: the official init zeroes some weights
-    (sampling offsets, attention weights, the last box layer), which blocks
-    gradients to what lies before them at step 0."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-
-
-def run_loss(model, boxes_per_image):
-    model.train()
-    data = model.data_preprocessor(make_batch(boxes_per_image), training=True)
-    assert data['data_samples'][1].batch_input_shape == (64, 64)
-    losses = model(**data, mode='loss')
-    model.zero_grad()
-    sum(losses.values()).backward()
-    return losses
-
-
 def test_loss_with_ground_truth_reaches_every_learnable_parameter(tiny_model):
     name, model = tiny_model
-    perturb(model)
-    losses = run_loss(model, [3, 1])
+    testing.perturb_parameters(model)
+    losses = testing.loss_and_backward(model, make_batch([3, 1]))
     assert {'loss_cls', 'loss_bbox', 'loss_iou', 'd0.loss_cls'} <= set(losses)
     assert ('enc_loss_cls' in losses) == ('twostage' in name)
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    no_grad = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    no_grad = testing.parameters_without_gradient(model)
     assert not no_grad, f'{name}: no gradient reaches {no_grad}'
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith('backbone.') for n in frozen)
@@ -112,7 +92,7 @@ def test_loss_with_ground_truth_reaches_every_learnable_parameter(tiny_model):
 
 def test_loss_without_ground_truth(tiny_model):
     name, model = tiny_model
-    losses = run_loss(model, [0, 0])
+    losses = testing.loss_and_backward(model, make_batch([0, 0]))
     assert losses['loss_cls'] > 0
     for key in ('loss_bbox', 'loss_iou', 'd0.loss_bbox'):
         assert losses[key].item() == 0.0
@@ -123,6 +103,7 @@ def test_predict_and_tensor_modes(tiny_model):
     name, model = tiny_model
     model.eval()
     data = model.data_preprocessor(make_batch([1, 1]), training=False)
+    assert data['data_samples'][1].batch_input_shape == (64, 64)  # padded to the largest
     with torch.no_grad():
         results = model(**data, mode='predict')
         logits, boxes = model(**data, mode='tensor')

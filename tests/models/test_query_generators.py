@@ -1,12 +1,13 @@
 """Tests of LearnedQueries and TwoStageProposals (tiny dims, CPU)."""
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
+from mmdeform import testing
 from mmdeform.models.query_generators import make_proposals, proposal_pos_embed
-from mmdeform.models.stage_outputs import EncoderOutput
 from mmdeform.registry import MODELS
 
 C, B, NUM_CLASSES = 32, 2, 5
@@ -17,23 +18,8 @@ VALID = [[(8, 9), (4, 5), (2, 3), (1, 2), (1, 1), (1, 1)],  # valid (h, w) per i
 NUM_TOKENS = sum(h * w for h, w in SHAPES)
 
 
-def make_encoder_output(seed=0, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    masks = []
-    for level, (h, w) in enumerate(SHAPES):
-        mask = torch.ones(B, h, w, dtype=torch.bool)
-        for b in range(B):
-            vh, vw = VALID[b][level]
-            mask[b, :vh, :vw] = False
-        masks.append(mask.flatten(1))
-    starts = np.cumsum([0] + [h * w for h, w in SHAPES[:-1]])
-    valid_ratios = torch.tensor(
-        [[[vw / w, vh / h] for (vh, vw), (h, w) in zip(VALID[b], SHAPES)] for b in range(B)],
-        dtype=torch.float32)
-    return EncoderOutput(
-        memory=torch.randn(B, NUM_TOKENS, C, generator=gen, dtype=dtype),
-        padding_mask=torch.cat(masks, 1), spatial_shapes=torch.tensor(SHAPES),
-        level_start_index=torch.tensor(starts), valid_ratios=valid_ratios)
+# (seed=0, dtype=float64) -> EncoderOutput over SHAPES with the padding of VALID
+make_encoder_output = partial(testing.make_encoder_output, SHAPES, VALID, C)
 
 
 def make_two_stage(num_queries=20):

@@ -12,6 +12,7 @@ from mmengine.config import Config
 
 from mmdeform import testing
 from mmdeform.registry import MODELS
+from projects.synthetic_ablations import CONFIG_DIR
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / 'configs'
 BASE = CONFIG_ROOT / 'deformable_detr' / 'deformable-detr_r50_16xb2-50e_coco.py'
@@ -25,8 +26,9 @@ def single_base(path: Path):
     return None
 
 
-# configs whose _base_ is one other config: the variants and the ablation rows
-DERIVED = sorted(p for p in CONFIG_ROOT.rglob('*.py') if single_base(p) is not None)
+# configs whose _base_ is one other config: the variants and the ablation rows (COCO and synthetic)
+DERIVED = sorted(p for root in (CONFIG_ROOT, CONFIG_DIR) for p in root.rglob('*.py')
+                 if single_base(p) is not None)
 
 
 def tiny(**changes) -> dict:

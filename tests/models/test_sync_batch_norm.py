@@ -11,9 +11,10 @@ from mmengine.config import Config
 from mmengine.model import BaseModel
 from torch import nn
 
-from mmdeform.engine.launch import configure_cpu_distributed
+from mmdeform.engine.cpu_distributed import configure_cpu_distributed
 from mmdeform.engine.runner import SafeLoadingRunner
-from mmdeform.models.backbones import ResNet, SyncBatchNorm, convert_sync_batchnorm
+from mmdeform.models.backbones import ResNet
+from mmdeform.models.layers import SyncBatchNorm, convert_sync_batchnorm
 
 WORLD = 2
 # rank 0 sees 3 images, rank 1 one: the union statistics must weigh them by count

@@ -1,4 +1,4 @@
-"""tools/gpu_check.py (``make gpu-check``): its dry run, wheel checks and time limits.
+""".dev_scripts/run_gpu_check.py (``make gpu-check``): its dry run, wheel checks and time limits.
 
 CI has no GPU and no ``.whl/`` (git-ignored): the wheels here are small ones
 built by the test, and the dry run runs on the CPU with the tiny config as the
@@ -20,15 +20,18 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO
+from gpu_check import runner
+from gpu_check.cli import main
+from gpu_check.steps import STEPS, parse_markdown_table, pytest_counts
+from gpu_check.wheels import check_wheels, find_wheels, install_command
 
-from mmdeform.gpu_check import runner
-from mmdeform.gpu_check.cli import main
-from mmdeform.gpu_check.steps import STEPS, parse_markdown_table, pytest_counts
-from mmdeform.gpu_check.wheels import check_wheels, find_wheels, install_command
+# the check's own entry point lives with it in .dev_scripts/, the tools it runs in tools/
+TOOL_PATHS = {'gpu_check': REPO / '.dev_scripts' / 'run_gpu_check.py'}
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
+    path = TOOL_PATHS.get(name, REPO / 'tools' / f'{name}.py')
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from mmdeform.apis import init_detector
+from mmdeform.apis import init_detector, run_with_sampling
 from mmdeform.ops import MSDeformAttn, ms_deform_attn_reference
 from mmdeform.structures import DetDataSample
 from mmdeform.visualization import (
     capture_sampling,
     detection_sampling,
     encoder_pixel_sampling,
-    run_with_sampling,
     to_image_pixels,
 )
 from mmdeform.visualization.sampling import attention_module_names

@@ -9,9 +9,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 
+from mmdeform.fileio import remove_stale_temporaries, save_checkpoint_atomic, write_text_atomic
 from mmdeform.registry import HOOKS
-
-from ..atomic_save import remove_stale_temporaries, save_checkpoint_atomic, write_text_atomic
 
 
 class _DeferredRemovals:

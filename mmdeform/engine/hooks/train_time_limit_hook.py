@@ -13,7 +13,7 @@ class TrainTimeLimitHook(Hook):
 
     The loop ends after the iteration that crossed the limit; the loop's own
     last checkpoint and validation are then skipped, so the caller saves and
-    evaluates (as :func:`mmdeform.apis.train_and_evaluate` does).
+    evaluates (as the synthetic experiments of ``projects/synthetic_ablations`` do).
 
     Args:
         seconds (float): Training time allowed, counted from ``before_train``.

@@ -26,7 +26,7 @@ class FrozenBatchNorm2d(nn.Module):
     """
 
     #: State keys of BatchNorm2d that are accepted and dropped on loading
-    #: (read by :func:`mmdeform.engine.model_weights.load_state_dict_checked`).
+    #: (read by :func:`mmdeform.fileio.load_state_dict_checked`).
     ignored_state_keys = ('num_batches_tracked',)
 
     def __init__(self, num_features: int, eps: float = 1e-5):

@@ -24,8 +24,8 @@ from typing import Callable, Dict
 
 from torch import nn
 
+from ..layers.sync_batch_norm import SyncBatchNorm
 from .frozen_batch_norm import FrozenBatchNorm2d
-from .sync_batch_norm import SyncBatchNorm
 
 
 def _group_norm(num_features: int, num_groups: int, **kwargs) -> nn.GroupNorm:

@@ -271,10 +271,10 @@ class ResNet(BaseModule):
         entries of ``init_cfg`` are applied through mmengine. A ``Pretrained``
         entry (keys ``checkpoint``, optional ``prefix`` and ``map_location``)
         is loaded by :func:`load_pretrained`: every tensor of this ResNet must
-        be in the checkpoint with the same shape, otherwise KeyError /
-        ValueError naming the keys; ``fc.*`` keys are ignored (logged),
-        ``num_batches_tracked`` dropped, ``{'state_dict'|'model': ...}``
-        wrappers unwrapped.
+        be in the checkpoint with the same shape, otherwise
+        ``CheckpointMismatchError`` naming the keys; ``fc.*`` keys are ignored
+        (logged), ``num_batches_tracked`` not loaded,
+        ``{'state_dict'|'model': ...}`` wrappers unwrapped.
         """
         cfgs = [] if self.init_cfg is None else self.init_cfg
         cfgs = [cfgs] if isinstance(cfgs, dict) else list(cfgs)

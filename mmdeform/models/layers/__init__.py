@@ -8,6 +8,7 @@ from .dense_layers import (
 from .mlp import MLP
 from .per_level_deform_attn import PerLevelDeformAttn
 from .same_level_deform_attn import SameLevelDeformAttn
+from .sync_batch_norm import SyncBatchNorm, convert_sync_batchnorm
 from .transformer_layers import (
     FFN,
     DeformableDecoderLayer,
@@ -22,4 +23,4 @@ __all__ = ['FFN', 'MLP', 'DeformableEncoderLayer', 'DeformableDecoderLayer',
            'init_deformable_transformer', 'build_deformable_attention', 'inverse_sigmoid',
            'boxes_from_reference', 'SameLevelDeformAttn', 'PerLevelDeformAttn',
            'DenseEncoderLayer', 'DenseDecoderLayer', 'check_dense_layer_cfg',
-           'init_dense_transformer', 'stage_layer_cfg']
+           'init_dense_transformer', 'stage_layer_cfg', 'SyncBatchNorm', 'convert_sync_batchnorm']

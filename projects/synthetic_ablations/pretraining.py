@@ -1,0 +1,214 @@
+"""A stand-in for ImageNet pretraining on the synthetic shapes: count the shapes of each class.
+
+The paper trains DETR and Deformable DETR from an ImageNet-pretrained
+ResNet-50. Without downloads, the synthetic experiments can still give both
+detectors the same pretrained start: :func:`pretrain_backbone` trains a
+ResNet (the detector config's own ``model.backbone``) on an image-level task
+of the training split, "how many shapes of each class are in this image",
+with global average pooling of the last output map and one linear layer
+(``fc``), mean squared error on the counts. Like image classification, the
+task says nothing about where objects are, so it favours neither detector;
+like ImageNet features, the result is a backbone that already sees shapes.
+
+The checkpoint is a plain ResNet state dict with the ``fc.*`` head, the
+layout of an ImageNet classifier: ``ResNet(init_cfg=dict(type='Pretrained',
+checkpoint=...))`` loads it strictly and ignores ``fc.*``. It is written
+with :func:`mmdeform.fileio.torch_save_atomic`, so a killed run leaves no
+partial file.
+
+Why a plain PyTorch loop and not mmengine's ``Runner``: the task holds the
+whole split in memory as one array and draws each batch with replacement
+(and its flips) from one seeded numpy generator, then steps AdamW with a
+cosine schedule, about 20 lines. Through the Runner it would need a
+registered dataset, sampler and model (a ``BaseModel`` with a loss dict) for
+this one image-level task, and a different draw of batches would change the
+recorded checkpoint and with it the convergence figures of the README.
+"""
+import json
+import os.path as osp
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmcv import imread
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.utils import mkdir_or_exist
+from torch import nn
+
+from mmdeform.fileio import torch_save_atomic
+from mmdeform.registry import MODELS
+
+PRETRAINING_KEYS = ('checkpoint', 'iters', 'batch_size', 'lr', 'weight_decay', 'seed')
+
+
+def load_count_targets(data_root: str, split: str, num_classes: int):
+    """Images (N, H, W, 3) uint8 BGR and per-class object counts (N, num_classes).
+
+    Args:
+        data_root (str): Folder with ``<split>.json`` (COCO) and ``<split>/``.
+        split (str): ``'train'`` or ``'val'``.
+        num_classes (int): Classes; category ids must be 0..num_classes-1 or
+            1..num_classes (the order of ``categories`` in the file).
+
+    Raises:
+        FileNotFoundError: the annotation file or an image is missing (named).
+        ValueError: images of different sizes, or more categories than
+            ``num_classes``.
+    """
+    ann_file = osp.join(data_root, f'{split}.json')
+    if not osp.isfile(ann_file):
+        raise FileNotFoundError(f'pretrain_backbone: no annotation file {ann_file}')
+    with open(ann_file) as f:
+        coco = json.load(f)
+    category_index = {c['id']: i for i, c in enumerate(coco['categories'])}
+    if len(category_index) > num_classes:
+        raise ValueError(f'pretrain_backbone: {ann_file} has {len(category_index)} categories, '
+                         f'the model {num_classes} classes')
+    image_index = {image['id']: i for i, image in enumerate(coco['images'])}
+    counts = np.zeros((len(image_index), num_classes), np.float32)
+    for ann in coco['annotations']:
+        counts[image_index[ann['image_id']], category_index[ann['category_id']]] += 1
+    images = []
+    for image in coco['images']:
+        path = osp.join(data_root, split, image['file_name'])
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'pretrain_backbone: image {path} of {ann_file} is missing')
+        images.append(imread(path))
+        if images[-1].shape != images[0].shape:
+            raise ValueError(f'pretrain_backbone: {path} is {images[-1].shape[:2]}, '
+                             f'the first image {images[0].shape[:2]}; expected one size')
+    return np.stack(images), counts
+
+
+class CountingClassifier(nn.Module):
+    """Backbone, global average pooling of its last map, linear layer ``fc``."""
+
+    def __init__(self, backbone: nn.Module, in_channels: int, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.backbone(images)[-1].mean((2, 3)))
+
+
+def _normalize(images: np.ndarray, preprocessor: nn.Module) -> torch.Tensor:
+    """uint8 BGR (N, H, W, 3) -> float (N, 3, H, W) by the detector's own data preprocessor."""
+    return preprocessor(dict(inputs=torch.from_numpy(images).permute(0, 3, 1, 2)))['inputs']
+
+
+def pretraining_settings(cfg: Config) -> Optional[dict]:
+    """``cfg.backbone_pretraining`` checked, or None when the config has none.
+
+    Keys: ``checkpoint`` (the file ``model.backbone.init_cfg`` loads; must be
+    the same path), ``iters``, ``batch_size``, ``lr``, ``weight_decay``,
+    ``seed``.
+
+    Raises:
+        KeyError: an unknown or missing key, or a backbone ``init_cfg`` that
+            does not load ``checkpoint`` (named).
+    """
+    settings = cfg.get('backbone_pretraining')
+    if settings is None:
+        return None
+    settings = dict(settings)
+    unknown = sorted(set(settings) - set(PRETRAINING_KEYS))
+    missing = sorted(set(PRETRAINING_KEYS) - set(settings))
+    if unknown or missing:
+        raise KeyError(f'backbone_pretraining: unknown keys {unknown}, missing keys {missing}; '
+                       f'expected {list(PRETRAINING_KEYS)}')
+    init_cfg = cfg.model.backbone.get('init_cfg') or {}
+    if init_cfg.get('type') != 'Pretrained' or init_cfg.get('checkpoint') != settings['checkpoint']:
+        raise KeyError(f'backbone_pretraining: model.backbone.init_cfg must be '
+                       f"dict(type='Pretrained', checkpoint={settings['checkpoint']!r}), "
+                       f'got {init_cfg}')
+    return settings
+
+
+def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = None,
+                      iters: int = 1000, batch_size: int = 32, lr: float = 1e-3,
+                      weight_decay: float = 1e-4, seed: int = 0,
+                      num_threads: Optional[int] = None) -> Dict[str, float]:
+    """Train ``cfg.model.backbone`` from scratch to count shapes; save it (module docstring).
+
+    Args:
+        cfg (Config): Detector config: ``model.backbone`` (its ``init_cfg``
+            is ignored: training starts from scratch), ``model.bbox_head.
+            num_classes`` and ``model.data_preprocessor`` (which
+            normalizes the images as for the detector) are used.
+        data_root (str): Synthetic dataset folder (``train.json``,
+            ``val.json``, ``train/``, ``val/``).
+        checkpoint (str, optional): Output file; None trains without saving.
+        iters (int): Optimizer steps (AdamW, cosine to 1 % of ``lr``).
+        batch_size (int): Images per step, drawn with a horizontal flip.
+        lr (float): Peak learning rate.
+        weight_decay (float): AdamW weight decay.
+        seed (int): Seed of the initial weights and the batches.
+        num_threads (int, optional): ``torch.set_num_threads``.
+
+    Returns:
+        dict: ``val_mse`` and ``val_exact`` (share of validation images whose
+        rounded counts are all right) before and after training (``*_init``),
+        ``seconds``.
+    """
+    if iters < 1 or batch_size < 1:
+        raise ValueError(f'pretrain_backbone: iters and batch_size must be >= 1, got '
+                         f'{iters}, {batch_size}')
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    start = time.perf_counter()
+    num_classes = cfg.model.bbox_head.num_classes
+    preprocessor = MODELS.build(cfg.model.data_preprocessor)
+    train_images, train_counts = load_count_targets(data_root, 'train', num_classes)
+    val_images, val_counts = load_count_targets(data_root, 'val', num_classes)
+    torch.manual_seed(seed)
+    backbone_cfg = dict(cfg.model.backbone, init_cfg=None)
+    backbone = MODELS.build(backbone_cfg)
+    backbone.init_weights()
+    model = CountingClassifier(backbone, backbone.out_channels[-1], num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters, eta_min=lr / 100)
+    val_x = _normalize(val_images, preprocessor)
+    val_y = torch.from_numpy(val_counts)
+
+    def evaluate(prefix: str) -> Dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(x) for x in val_x.split(64)])
+        model.train()
+        return {f'val_mse{prefix}': float(F.mse_loss(pred, val_y)),
+                f'val_exact{prefix}': float((pred.round() == val_y).all(1).float().mean())}
+
+    result = evaluate('_init')
+    generator = np.random.default_rng(seed)
+    model.train()
+    for step in range(iters):
+        index = generator.integers(0, len(train_images), batch_size)
+        x = _normalize(train_images[index], preprocessor)
+        flip = torch.from_numpy(generator.random(batch_size) < 0.5)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        loss = F.mse_loss(model(x), torch.from_numpy(train_counts[index]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if (step + 1) % 100 == 0 or step + 1 == iters:
+            print_log(f'pretrain_backbone: step {step + 1}/{iters} loss {loss.item():.4f}',
+                      logger='current')
+    result.update(evaluate(''))
+    result['seconds'] = time.perf_counter() - start
+    print_log(f'pretrain_backbone: validation count MSE {result["val_mse_init"]:.3f} -> '
+              f'{result["val_mse"]:.3f}, all counts right {100 * result["val_exact_init"]:.1f} '
+              f'-> {100 * result["val_exact"]:.1f} % in {result["seconds"]:.0f} s',
+              logger='current')
+    if checkpoint is not None:
+        state_dict = dict(backbone.state_dict())
+        state_dict.update({f'fc.{k}': v for k, v in model.fc.state_dict().items()})
+        mkdir_or_exist(osp.dirname(osp.abspath(checkpoint)))
+        torch_save_atomic(dict(state_dict=state_dict, meta=dict(
+            task='per-class shape counts', iters=iters, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, seed=seed, data_root=data_root, **result)), checkpoint)
+    return result
