@@ -28,7 +28,7 @@ a live 5.x model's ``state_dict()`` (``model.backbone.model.``, ``mlp.fc1``,
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
@@ -37,7 +37,6 @@ from mmdeform.fileio import check_output_folder, staged_folder
 
 from .hf_checks import (
     check_fills_model,
-    hf_sources,
     meta_state_dict,
     naming,
     read_hf_config,
@@ -153,6 +152,16 @@ def hf_name_map(keys: List[str], config: Mapping) -> Tuple[Dict[str, str], Dict[
     return name_map(keys, HF, num_layers=config['decoder_layers'],
                     refine=config.get('with_box_refine', False),
                     two_stage=config.get('two_stage', False))
+
+
+def hf_sources(keys: Sequence[str], config: Mapping) -> Dict[str, str]:
+    """Our name -> the transformers key it is read from (``q_proj`` for a
+    stacked ``in_proj_*``)."""
+    renames, _ = hf_name_map(list(keys), config)
+    sources = {}
+    for hf_key, ours in renames.items():
+        sources.setdefault(ours, hf_key)
+    return sources
 
 
 def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor],

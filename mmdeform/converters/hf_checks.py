@@ -23,7 +23,7 @@ import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 
@@ -357,17 +357,6 @@ def check_fills_model(converted: Mapping[str, torch.Tensor], expected: Mapping[s
         more = f' (and {len(wrong) - 3} more)' if len(wrong) > 3 else ''
         raise HFCheckError(f'{weights_file} does not match the model {config_file} describes: '
                            + '; '.join(wrong[:3]) + more)
-
-
-def hf_sources(keys: Sequence[str], config: Mapping) -> Dict[str, str]:
-    """Our name -> the transformers key it is read from (``q_proj`` for a
-    stacked ``in_proj_*``)."""
-    from .hf import hf_name_map
-    renames, _ = hf_name_map(list(keys), config)
-    sources = {}
-    for hf_key, ours in renames.items():
-        sources.setdefault(ours, hf_key)
-    return sources
 
 
 @contextmanager
