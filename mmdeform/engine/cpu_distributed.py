@@ -7,6 +7,7 @@ from that call: it derives the ``env://`` variables (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) the way
 mmengine's launcher of the same name does and starts the process group.
 """
+import datetime
 import os
 import subprocess
 from typing import Optional
@@ -50,7 +51,8 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> No
             ``'slurm'`` or ``'mpi'``.
         backend (str): ``torch.distributed`` backend; ``'gloo'`` on a CPU.
         **kwargs: ``port`` (slurm only, as in mmengine) and the keyword
-            arguments of ``torch.distributed.init_process_group``.
+            arguments of ``torch.distributed.init_process_group``; ``timeout``
+            in seconds, as mmengine's ``dist_cfg`` gives it (or a timedelta).
 
     Raises:
         ValueError: an unknown launcher.
@@ -63,4 +65,6 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> No
     elif launcher != 'pytorch':
         raise ValueError(f"init_cpu_process_group: launcher must be 'pytorch', 'slurm' or "
                          f"'mpi', got {launcher!r}")
+    if isinstance(kwargs.get('timeout'), (int, float)):
+        kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
     dist.init_process_group(backend=backend, **kwargs)
