@@ -40,9 +40,10 @@ without CUDA) need three changes to mmengine 0.10.7's defaults, made by
   launcher's environment handling of mmengine, without that call). The
   Runner then finds the process group initialised and does not start
   another one. :func:`run_train` and :func:`run_test` destroy the group
-  before they return.
+  (and release the Runner that holds it) before they return.
 """
 import argparse
+import gc
 import inspect
 import os
 import os.path as osp
@@ -332,29 +333,37 @@ def test(cfg: Config, strict_load: bool = True) -> dict:
     return build_runner(cfg, strict_load).test()
 
 
-def run_train(argv: Optional[List[str]] = None) -> SafeLoadingRunner:
+def run_train(argv: Optional[List[str]] = None) -> None:
     """``tools/train.py``."""
     args = parse_train_args(argv)
     with _own_process_group():
-        return train(build_train_cfg(args), strict_load=not args.partial_load)
+        train(build_train_cfg(args), strict_load=not args.partial_load)
 
 
-def run_test(argv: Optional[List[str]] = None) -> dict:
+def run_test(argv: Optional[List[str]] = None) -> None:
     """``tools/test.py``."""
     args = parse_test_args(argv)
     with _own_process_group():
-        return test(build_test_cfg(args), strict_load=not args.partial_load)
+        test(build_test_cfg(args), strict_load=not args.partial_load)
 
 
 @contextmanager
 def _own_process_group() -> Iterator[None]:
-    """Destroys on exit a process group started inside (by
-    :func:`init_distributed` or the Runner): a process that exits with a live
-    gloo group can abort in its threads ("terminate called without an active
-    exception")."""
+    """Ends a process group started inside (by :func:`init_distributed` or the
+    Runner) while the interpreter is fully alive: after a barrier (no rank
+    leaves while another still talks to it), the Runner is collected (its DDP
+    wrapper holds the group) and the group destroyed. A gloo group left to the
+    interpreter's shutdown can abort the process ("terminate called without
+    an active exception")."""
     started_before = dist.is_available() and dist.is_initialized()
+    finished = False
     try:
         yield
+        finished = True
     finally:
         if not started_before and dist.is_available() and dist.is_initialized():
+            if finished:
+                dist.barrier()
+            gc.collect()
             dist.destroy_process_group()
+            gc.collect()
