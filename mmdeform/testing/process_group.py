@@ -9,7 +9,9 @@ and destroys the group before the worker returns. The group meets in a file
 shared machine could take between choosing and binding it.
 """
 import datetime
+import faulthandler
 import os
+import signal
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -46,6 +48,12 @@ def gloo_group(rank: int, world_size: int, store_file: str,
         dist.destroy_process_group()
 
 
+def _dump_stacks_on_sigusr1(rank: int, worker: Callable, *args) -> None:
+    """``worker(rank, *args)``; SIGUSR1 prints every thread's Python stack to stderr."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    worker(rank, *args)
+
+
 def run_processes(worker: Callable, args: Sequence = (), nprocs: int = 2,
                   timeout_s: float = RUN_TIMEOUT_S, start_method: str = 'spawn') -> None:
     """``worker(rank, *args)`` in ``nprocs`` processes, all done within ``timeout_s``.
@@ -60,18 +68,23 @@ def run_processes(worker: Callable, args: Sequence = (), nprocs: int = 2,
     Raises:
         torch.multiprocessing.ProcessRaisedException: a worker raised (its
             traceback is in the message; the others are ended).
-        TimeoutError: workers still running at the limit (named; all are killed).
+        TimeoutError: workers still running at the limit (named; their Python
+            stacks are printed to stderr, then all are killed).
     """
-    context = mp.start_processes(worker, args=tuple(args), nprocs=nprocs, join=False,
-                                 start_method=start_method)
+    context = mp.start_processes(_dump_stacks_on_sigusr1, args=(worker, *args), nprocs=nprocs,
+                                 join=False, start_method=start_method)
     deadline = time.monotonic() + timeout_s
     try:
         while not context.join(timeout=max(deadline - time.monotonic(), 0.01)):
             if time.monotonic() >= deadline:
                 alive = [rank for rank, p in enumerate(context.processes) if p.is_alive()]
+                for rank in alive:
+                    os.kill(context.processes[rank].pid, signal.SIGUSR1)
+                time.sleep(1)  # for the stack dumps
                 raise TimeoutError(f'{getattr(worker, "__name__", worker)}: ranks {alive} of '
                                    f'{nprocs} still running after {timeout_s:.0f} s (stuck in '
-                                   'a collective or at exit?); killed them')
+                                   'a collective or at exit?; their stacks are in stderr); '
+                                   'killed them')
     finally:
         for process in context.processes:
             if process.is_alive():

@@ -43,8 +43,9 @@ def test_a_collective_waiting_for_a_missing_rank_raises(tmp_path):
     assert time.monotonic() - start < 20
 
 
-def test_a_process_past_the_limit_is_killed_and_named():
+def test_a_process_past_the_limit_is_killed_and_named(capfd):
     start = time.monotonic()
     with pytest.raises(TimeoutError, match=r'_sleeps: ranks \[1\] of 2 still running after 2 s'):
         run_processes(_sleeps, timeout_s=2, start_method='fork')
     assert time.monotonic() - start < 15
+    assert 'in _sleeps' in capfd.readouterr().err  # the stuck rank's stack
