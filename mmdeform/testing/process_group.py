@@ -10,6 +10,7 @@ shared machine could take between choosing and binding it.
 """
 import datetime
 import faulthandler
+import gc
 import os
 import signal
 import time
@@ -30,7 +31,11 @@ def gloo_group(rank: int, world_size: int, store_file: str,
                timeout_s: float = COLLECTIVE_TIMEOUT_S) -> Iterator[None]:
     """Join a gloo group of ``world_size`` that meets in ``store_file``; destroy it on exit.
 
-    Also sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (read by mmengine).
+    Objects that hold the group (a Runner's DDP wrapper) must be released
+    inside the block: the group's threads are then joined by the destroy,
+    after a barrier, not later when the last reference goes (a rank was seen
+    stuck there for minutes after the other had exited). Also sets ``RANK``,
+    ``LOCAL_RANK`` and ``WORLD_SIZE`` (read by mmengine).
 
     Args:
         rank (int): This process's rank.
@@ -42,9 +47,14 @@ def gloo_group(rank: int, world_size: int, store_file: str,
     dist.init_process_group('gloo', init_method=f'file://{store_file}', rank=rank,
                             world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
+    finished = False
     try:
         yield
+        finished = True
     finally:
+        if finished:  # no rank tears down while another still talks to it
+            dist.barrier()
+        gc.collect()  # objects that hold the group (a DDP wrapper) go first
         dist.destroy_process_group()
 
 

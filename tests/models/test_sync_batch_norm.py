@@ -65,6 +65,7 @@ def _worker(rank, store_file, work_dir):
         runner.model(union_batch()[start:stop]).sum().backward()
         torch.save(dict(types=types, results=bn_results(backbone)),
                    os.path.join(work_dir, f'rank{rank}.pt'))
+        del runner, backbone  # the DDP wrapper holds the group: release it before the destroy
 
 
 def test_runner_converts_bn_and_syncs_statistics_over_gloo(tmp_path):
