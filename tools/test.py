@@ -10,12 +10,13 @@ from typing import List, Optional
 
 from launch_args import parse_test_args
 
-from mmdeform.engine.launch import build_test_cfg, test
+from mmdeform.engine.launch import build_test_cfg, own_process_group, test
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_test_args(argv)
-    return test(build_test_cfg(args), strict_load=not args.partial_load)
+    with own_process_group():
+        return test(build_test_cfg(args), strict_load=not args.partial_load)
 
 
 if __name__ == '__main__':

@@ -178,6 +178,16 @@ def _ms(cell: str) -> float:
     return float(cell.split()[0])
 
 
+def _run_op_benchmark(ctx: CheckContext, label: str, cmd: List[str]):
+    """``ctx.run(cmd)``, once per command line: in a dry run the float16 and
+    bfloat16 steps run op-fp32's very command, and take its result."""
+    done = ctx.info.setdefault('op_commands', {})
+    key = tuple(map(str, cmd))
+    if key not in done:
+        done[key] = ctx.run(label, cmd, 120)
+    return done[key]
+
+
 def make_op_step(dtype: str, deterministic: bool = False):
     """A step running ``benchmark_op.py`` in ``dtype`` (float32 in a dry run: torch
     2.13's CPU grid_sample, the reference, crashes in half precision)."""
@@ -186,7 +196,8 @@ def make_op_step(dtype: str, deterministic: bool = False):
         cmd = [ctx.python, ctx.layout.path(ctx.layout.op_benchmark_tool), '--device',
                ctx.device, '--dtype', run_dtype, *sizes(ctx).op_args]
         cmd += ctx.info.get('op_dry_run_args', []) if ctx.dry_run else []
-        result = ctx.run(f'op {dtype}', cmd + (['--deterministic'] if deterministic else []), 120)
+        result = _run_op_benchmark(ctx, f'op {dtype}',
+                                   cmd + (['--deterministic'] if deterministic else []))
         rows = parse_markdown_table(result.output)
         if not result.ok or not rows:
             raise StepFailed(result.failure('benchmark_op.py'))
@@ -202,7 +213,8 @@ def make_op_step(dtype: str, deterministic: bool = False):
             figures[row['shape']] = text
         if dtype == 'float32' and not deterministic:
             ctx.info['op_rows_float32'] = {r['shape']: r['fwd+bwd compiled'] for r in rows}
-        note = f'dry run: {run_dtype} on the CPU' if ctx.dry_run and run_dtype != dtype else ''
+        note = (f"dry run: {run_dtype} on the CPU (op-fp32's run)"
+                if ctx.dry_run and run_dtype != dtype else '')
         return figures, note
     return step
 

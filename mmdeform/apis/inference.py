@@ -139,7 +139,7 @@ def init_detector(config: Union[str, Path, Config], checkpoint: Optional[str] = 
             random initialization (a warning says so).
         device (str | torch.device): Where the model runs.
         cfg_options (dict, optional): Config overrides, as ``--cfg-options``
-            (existing keys only, see :func:`mmdeform.engine.apply_cfg_options`).
+            (checked as there, see :func:`mmdeform.engine.apply_cfg_options`).
         strict (bool): The checkpoint must match the model exactly (False:
             ``--partial-load``, load the matching tensors and warn).
         mismatch_hint (str, optional): Appended to a mismatch error instead

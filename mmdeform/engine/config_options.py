@@ -9,22 +9,34 @@ Rules of :func:`apply_cfg_options` for a key ``a.b.c``:
 
 - every part but the last must exist (a dict key, or an index into a list);
 - the last part overrides an existing key, or adds a new key to an existing
-  dict unless its name is close to an existing sibling (a likely typo, e.g.
-  ``num_clases`` beside ``num_classes``);
+  dict ``a.b``:
+
+  - if ``a.b`` has a ``type`` (as the rest of the command line leaves it:
+    ``--amp`` turns ``OptimWrapper`` into ``DeviceAmpOptimWrapper``), when
+    that registered class's constructor takes ``c``
+    (:mod:`mmdeform.engine.registered_args`), e.g.
+    ``optim_wrapper.dtype=bfloat16`` with ``--amp`` or
+    ``model.backbone.init_cfg.prefix=backbone.``;
+  - if ``a.b`` has no ``type`` (or one no registry knows), unless ``c`` is
+    close to an existing sibling (a likely typo, e.g. ``num_clases`` beside
+    ``num_classes``);
 - at the top level only existing keys and the Runner's own arguments
   (``randomness``, ``auto_scale_lr``, ...) are accepted, with everything below
   a Runner argument that the config does not set.
 
 A key that breaks a rule raises ``KeyError`` naming the closest existing key
-(:mod:`difflib`); nothing is silently added (mmengine's ``merge_from_dict``
-alone adds any misspelled key as a new, unused entry).
+(:mod:`difflib`) and, under a ``type``, the arguments it takes; nothing is
+silently added (mmengine's ``merge_from_dict`` alone adds any misspelled key
+as a new, unused entry).
 """
 import difflib
 import inspect
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
+
+from .registered_args import accepted_arguments
 
 # A new key this close to an existing sibling is taken for a typo of it.
 _TYPO_CUTOFF = 0.85
@@ -77,22 +89,22 @@ def _unknown_key(key: str, path: List[str], part: str, candidates: Sequence[str]
     return KeyError(f"{source} {key!r}: the config has no '{'.'.join(path + [part])}'; {advice}")
 
 
-def check_cfg_option_key(cfg_dict: dict, key: str, source: str = '--cfg-options') -> None:
-    """Check one dotted ``key`` against the config (module doc's rules).
+def _find_new_key(cfg_dict: dict, key: str, source: str) -> Optional[Tuple[List[str], dict]]:
+    """Walk ``key`` through ``cfg_dict``.
 
-    Args:
-        cfg_dict (dict): The config as plain containers.
-        key (str): Dotted path, list items by index (``param_scheduler.0.end``).
-        source (str): Named in the error.
+    Returns:
+        tuple | None: None when the key exists, or is a Runner argument (or
+        below one) the config leaves unset; else (the path of the existing
+        dict that lacks the last part, that dict).
 
     Raises:
-        KeyError: The key breaks a rule; the message names the closest key.
+        KeyError: a part but the last is missing, a list index out of range,
+            a part below a value that is not a dict, or a new top-level key.
     """
     node: Any = cfg_dict
     parts = key.split('.')
     path: List[str] = []
     for i, part in enumerate(parts):
-        last = i == len(parts) - 1
         if isinstance(node, (list, tuple)):
             if not part.isdigit() or int(part) >= len(node):
                 raise KeyError(f"{source} {key!r}: '{'.'.join(path)}' is a list of {len(node)} "
@@ -104,27 +116,101 @@ def check_cfg_option_key(cfg_dict: dict, key: str, source: str = '--cfg-options'
         elif part in node:
             node = node[part]
         elif not path and part in runner_keys():
-            return  # a Runner argument the config leaves at its default
-        else:
+            return None  # a Runner argument the config leaves at its default
+        elif i < len(parts) - 1 or not path:
             candidates = sorted(set(node) | set(runner_keys() if not path else []), key=str)
-            typo = difflib.get_close_matches(part, [str(c) for c in node], n=1,
-                                             cutoff=_TYPO_CUTOFF)
-            if not last or not path or typo:
-                raise _unknown_key(key, path, part, candidates, source)
-            return  # a new key in an existing dict
+            raise _unknown_key(key, path, part, candidates, source)
+        else:
+            return path, node
         path.append(part)
+    return None
+
+
+def _lookup(cfg_dict: dict, path: Sequence[str]) -> Any:
+    """The value at ``path`` (dict keys, list indices), None where there is none."""
+    node: Any = cfg_dict
+    for part in path:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def check_cfg_option_key(cfg_dict: dict, key: str, source: str = '--cfg-options',
+                         final_dict: Optional[dict] = None) -> None:
+    """Check one dotted ``key`` against the config (module doc's rules).
+
+    Args:
+        cfg_dict (dict): The config as written, as plain containers.
+        key (str): Dotted path, list items by index (``param_scheduler.0.end``).
+        source (str): Named in the error.
+        final_dict (dict, optional): The config after every command-line edit
+            (``--cfg-options``, ``--amp``, ...): the ``type`` that decides a
+            new key is read there. Default: ``cfg_dict``.
+
+    Raises:
+        KeyError: The key breaks a rule; the message names the closest key
+            (and the accepted arguments of a typed dict).
+    """
+    found = _find_new_key(cfg_dict, key, source)
+    if found is None:
+        return
+    path, siblings = found
+    part = key.split('.')[-1]
+    parent = _lookup(cfg_dict if final_dict is None else final_dict, path)
+    type_name = parent.get('type') if isinstance(parent, dict) else None
+    accepted = None if type_name is None else accepted_arguments(type_name)
+    if accepted is None:  # no type, or one no registry knows: only typos are refused
+        if difflib.get_close_matches(part, [str(c) for c in siblings], n=1, cutoff=_TYPO_CUTOFF):
+            raise _unknown_key(key, path, part, sorted(siblings, key=str), source)
+        return
+    label, names = accepted
+    if part in names:
+        return
+    where = '.'.join(path)
+    close = _closest(part, sorted(set(map(str, siblings)) | names))
+    advice = f"did you mean '{where}.{close}'? " if close else ''
+    others = sorted(names - set(siblings) - {'_scope_'})
+    raise KeyError(f"{source} {key!r}: the config has no '{where}.{part}' and {where}'s type "
+                   f"{label} takes no argument '{part}'; {advice}{label} takes "
+                   f"{others} besides the keys the config sets "
+                   f"({sorted(map(str, siblings))})")
 
 
 def apply_cfg_options(cfg: Config, options: Optional[Dict[str, Any]],
-                      source: str = '--cfg-options') -> Config:
-    """Check every key of ``options`` (:func:`check_cfg_option_key`), then
-    merge them into ``cfg`` (``Config.merge_from_dict``). Returns ``cfg``."""
-    if not options:
-        return cfg
-    cfg_dict = cfg.to_dict()
-    for key in options:
-        check_cfg_option_key(cfg_dict, key, source)
-    cfg.merge_from_dict(options)
+                      source: str = '--cfg-options',
+                      edit: Optional[Callable[[Config], None]] = None) -> Config:
+    """Merge ``options`` into ``cfg``, apply ``edit``, then check every key.
+
+    The order is mmengine's (``tools/train.py``: ``--cfg-options`` merged,
+    then ``--amp`` and ``--auto-scale-lr`` applied), and the keys are judged
+    by the result: ``--amp --cfg-options optim_wrapper.dtype=bfloat16`` is
+    valid because ``--amp`` makes the wrapper one that takes ``dtype``.
+
+    Args:
+        cfg (Config): Changed in place and returned.
+        options (dict, optional): ``{dotted key: value}``.
+        source (str): Named in errors.
+        edit (callable, optional): The command line's other changes to the
+            config, ``edit(cfg)`` (also run without options).
+
+    Raises:
+        KeyError: a key breaks a rule (:func:`check_cfg_option_key`).
+    """
+    options = options or {}
+    written = cfg.to_dict()
+    # the structural errors first: merge_from_dict fails on them less clearly
+    new_keys = [key for key in options if _find_new_key(written, key, source) is not None]
+    if options:
+        cfg.merge_from_dict(options)
+    if edit is not None:
+        edit(cfg)
+    final = cfg.to_dict() if new_keys else written
+    for key in new_keys:
+        check_cfg_option_key(written, key, source, final_dict=final)
     return cfg
 
 

@@ -25,6 +25,7 @@ from the ``set_device`` call: it derives the ``env://`` variables (``RANK``,
 mmengine's launcher of the same name does (slurm: the master host from
 ``scontrol``, as mmengine) and starts the process group.
 """
+import datetime
 import inspect
 import os
 import subprocess
@@ -74,7 +75,8 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> No
             ``'slurm'`` or ``'mpi'``.
         backend (str): ``torch.distributed`` backend; ``'gloo'`` on a CPU.
         **kwargs: ``port`` (slurm only, as in mmengine) and the keyword
-            arguments of ``torch.distributed.init_process_group``.
+            arguments of ``torch.distributed.init_process_group``; ``timeout``
+            in seconds, as mmengine's ``dist_cfg`` gives it (or a timedelta).
 
     Raises:
         ValueError: an unknown launcher.
@@ -87,6 +89,8 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> No
     elif launcher != 'pytorch':
         raise ValueError(f"init_cpu_process_group: launcher must be 'pytorch', 'slurm' or "
                          f"'mpi', got {launcher!r}")
+    if isinstance(kwargs.get('timeout'), (int, float)):
+        kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
     dist.init_process_group(backend=backend, **kwargs)
 
 

@@ -25,11 +25,17 @@ Distributed runs on a CPU-only machine (``--launcher pytorch|slurm|mpi``
 without CUDA) need changes to mmengine's defaults:
 :mod:`mmdeform.engine.cpu_distributed` (:func:`configure_cpu_distributed`,
 called by :func:`load_config`, and :func:`init_distributed`, called by
-:func:`build_runner`).
+:func:`build_runner`). :func:`own_process_group` ends a group started inside
+it (and releases the Runner that holds it) before ``tools/train.py`` and
+``tools/test.py`` return.
 """
+import gc
 import os.path as osp
-from typing import Optional
+from contextlib import contextmanager
+from functools import partial
+from typing import Callable, Iterator, Optional
 
+import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
@@ -45,11 +51,19 @@ RESUME_AUTO = 'auto'
 
 
 def load_config(config: str, work_dir: Optional[str], cfg_options: dict,
-                launcher: str) -> Config:
+                launcher: str, edit: Optional[Callable[[Config], None]] = None) -> Config:
     """Read ``config``, apply ``cfg_options``, set ``work_dir`` and ``launcher``.
 
+    As mmengine's ``tools/train.py``: ``cfg_options`` are merged first, then
+    the other command-line changes (``launcher``, ``edit``, the CPU
+    distributed settings), and the option keys are checked against the result
+    (:func:`~mmdeform.engine.config_options.apply_cfg_options`).
     ``work_dir``: the argument, else the config's ``work_dir``, else
     ``./work_dirs/<config file name without .py>``.
+
+    Args:
+        edit (callable, optional): More command-line changes, ``edit(cfg)``
+            (``--amp``, ``--auto-scale-lr`` of :func:`build_train_cfg`).
 
     Raises:
         FileNotFoundError: ``config`` does not exist.
@@ -59,14 +73,19 @@ def load_config(config: str, work_dir: Optional[str], cfg_options: dict,
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config} does not exist')
     cfg = Config.fromfile(config)
-    apply_cfg_options(cfg, cfg_options)
+
+    def command_line_edits(cfg: Config) -> None:
+        cfg.launcher = launcher
+        if edit is not None:
+            edit(cfg)
+        configure_cpu_distributed(cfg)
+
+    apply_cfg_options(cfg, cfg_options, edit=command_line_edits)
     check_hook_types(cfg)
-    cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
-    configure_cpu_distributed(cfg)
     return cfg
 
 
@@ -78,25 +97,35 @@ def build_train_cfg(args) -> Config:
             or a mixed precision one; ``--auto-scale-lr`` with a config
             without ``auto_scale_lr.base_batch_size``.
     """
-    cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
-    if args.amp:
-        wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper_type == 'OptimWrapper':
-            cfg.optim_wrapper.type = _AMP_WRAPPER
-        elif 'Amp' not in wrapper_type:
-            raise ValueError(f'--amp: the config uses optim_wrapper type {wrapper_type!r}; '
-                             f"--amp can only turn 'OptimWrapper' into '{_AMP_WRAPPER}'")
-    if args.auto_scale_lr:
-        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
-            raise ValueError(f'--auto-scale-lr: {args.config} has no '
-                             'auto_scale_lr=dict(base_batch_size=...)')
-        cfg.auto_scale_lr.enable = True
+    cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher,
+                      edit=partial(apply_train_flags, amp=args.amp,
+                                   auto_scale_lr=args.auto_scale_lr, config=args.config))
     if args.resume is not None:
         resume_from = resolve_resume(args.resume, cfg.work_dir)
         cfg.resume = resume_from is not None
         if resume_from is not None:
             cfg.load_from = resume_from
     return cfg
+
+
+def apply_train_flags(cfg: Config, amp: bool, auto_scale_lr: bool, config: str) -> None:
+    """``--amp`` and ``--auto-scale-lr`` (after ``--cfg-options``, as mmengine).
+
+    Raises:
+        ValueError: see :func:`build_train_cfg`.
+    """
+    if amp:
+        wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper_type == 'OptimWrapper':
+            cfg.optim_wrapper.type = _AMP_WRAPPER
+        elif 'Amp' not in wrapper_type:
+            raise ValueError(f'--amp: the config uses optim_wrapper type {wrapper_type!r}; '
+                             f"--amp can only turn 'OptimWrapper' into '{_AMP_WRAPPER}'")
+    if auto_scale_lr:
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
+            raise ValueError(f'--auto-scale-lr: {config} has no '
+                             'auto_scale_lr=dict(base_batch_size=...)')
+        cfg.auto_scale_lr.enable = True
 
 
 def latest_checkpoint(work_dir: str) -> Optional[str]:
@@ -187,3 +216,25 @@ def train(cfg: Config, strict_load: bool = True) -> SafeLoadingRunner:
 def test(cfg: Config, strict_load: bool = True) -> dict:
     """Build a Runner from ``cfg`` and test; returns the metrics."""
     return build_runner(cfg, strict_load).test()
+
+
+@contextmanager
+def own_process_group() -> Iterator[None]:
+    """Ends a process group started inside (by :func:`init_distributed` or the
+    Runner) while the interpreter is fully alive: after a barrier (no rank
+    leaves while another still talks to it), the Runner is collected (its DDP
+    wrapper holds the group) and the group destroyed. A gloo group left to the
+    interpreter's shutdown can abort the process ("terminate called without
+    an active exception")."""
+    started_before = dist.is_available() and dist.is_initialized()
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        if not started_before and dist.is_available() and dist.is_initialized():
+            if finished:
+                dist.barrier()
+            gc.collect()
+            dist.destroy_process_group()
+            gc.collect()

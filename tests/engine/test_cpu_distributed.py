@@ -1,4 +1,5 @@
 """init_cpu_process_group: mmengine's launcher environment without torch.cuda.set_device."""
+import datetime
 import os
 import socket
 
@@ -43,12 +44,19 @@ def test_pytorch_launcher_starts_a_gloo_group(clean_env):
         port = sock.getsockname()[1]
     for name, value in zip(DIST_VARS, ('0', '1', '0', '127.0.0.1', str(port))):
         clean_env.setenv(name, value)
-    init_cpu_process_group('pytorch', backend='gloo')
+    init_cpu_process_group('pytorch', backend='gloo', timeout=30)  # seconds, as dist_cfg
     try:
         assert dist.is_initialized() and dist.get_world_size() == 1
         assert dist.get_backend() == 'gloo'
     finally:
         dist.destroy_process_group()
+
+
+def test_timeout_in_seconds_becomes_a_timedelta(clean_env, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(dist, 'init_process_group', lambda **kwargs: seen.update(kwargs))
+    init_cpu_process_group('pytorch', backend='gloo', timeout=45)
+    assert seen == dict(backend='gloo', timeout=datetime.timedelta(seconds=45))
 
 
 def test_unknown_launcher():

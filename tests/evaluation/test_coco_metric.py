@@ -1,18 +1,15 @@
 """CocoMetric against a tiny COCO json."""
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from mmengine.evaluator import Evaluator
 from mmengine.structures import InstanceData
 
 from mmdeform.evaluation import CocoMetric
 from mmdeform.registry import METRICS
 from mmdeform.structures import DetDataSample
+from mmdeform.testing import gloo_group, run_processes
 
 # json categories; the dataset's classes list them in the other order
 CATEGORIES = [dict(id=3, name='cat'), dict(id=7, name='dog')]
@@ -140,26 +137,21 @@ def rank_predictions(rank):
     return predictions(img_ids=(2,)) + predictions(shift=5.0, img_ids=(1,))
 
 
-def _distributed_worker(rank, world_size, port, ann_file, out_file):
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world_size)
-    metric = make_metric(ann_file)
-    metric.process(None, rank_predictions(rank))
-    results = metric.evaluate(3)
+def _distributed_worker(rank, world_size, store_file, ann_file, out_file):
+    with gloo_group(rank, world_size, store_file):
+        metric = make_metric(ann_file)
+        metric.process(None, rank_predictions(rank))
+        results = metric.evaluate(3)
     if rank == 1:
         with open(out_file, 'w') as f:
             json.dump(results, f)
-    dist.destroy_process_group()
 
 
 def test_results_collected_from_all_ranks(ann_file, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
     out_file = str(tmp_path / 'rank1.json')
     # fork: no re-import of torch in the workers (CPU only, so forking is safe)
-    mp.start_processes(_distributed_worker, args=(2, port, ann_file, out_file), nprocs=2,
-                       start_method='fork')
+    run_processes(_distributed_worker, args=(2, str(tmp_path / 'store'), ann_file, out_file),
+                  nprocs=2, start_method='fork')
     with open(out_file) as f:
         results = json.load(f)
     single = evaluate(make_metric(ann_file),

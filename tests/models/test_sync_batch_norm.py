@@ -1,12 +1,9 @@
 """SyncBN in a 2-process gloo run on CPU: the Runner converts BN (``cfg.sync_bn``),
 and statistics and gradients equal those of one process seeing the union batch."""
 import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from mmengine.config import Config
 from mmengine.model import BaseModel
 from torch import nn
@@ -15,6 +12,7 @@ from mmdeform.engine.cpu_distributed import configure_cpu_distributed
 from mmdeform.engine.runner import SafeLoadingRunner
 from mmdeform.models.backbones import ResNet
 from mmdeform.models.layers import SyncBatchNorm, convert_sync_batchnorm
+from mmdeform.testing import gloo_group, run_processes
 
 WORLD = 2
 # rank 0 sees 3 images, rank 1 one: the union statistics must weigh them by count
@@ -31,12 +29,6 @@ class TinyBackboneNet(BaseModel):
 
     def forward(self, inputs, data_samples=None, mode='tensor'):
         return self.backbone(inputs)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def union_batch():
@@ -57,12 +49,9 @@ def bn_results(model):
     return out
 
 
-def _worker(rank, port, work_dir):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+def _worker(rank, store_file, work_dir):
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
-    try:
+    with gloo_group(rank, WORLD, store_file):
         cfg = Config(dict(launcher='pytorch', sync_bn='torch'))
         configure_cpu_distributed(cfg)
         torch.manual_seed(0)
@@ -77,12 +66,13 @@ def _worker(rank, port, work_dir):
         runner.model(union_batch()[start:stop]).sum().backward()
         torch.save(dict(types=types, results=bn_results(backbone)),
                    os.path.join(work_dir, f'rank{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
+        del runner, backbone  # the DDP wrapper holds the group: release it before the destroy
 
 
 def test_runner_converts_bn_and_syncs_statistics_over_gloo(tmp_path):
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    # fork: the workers need not import torch and mmengine again (CPU only: safe)
+    run_processes(_worker, args=(str(tmp_path / 'store'), str(tmp_path)), nprocs=WORLD,
+                  start_method='fork')
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(WORLD)]
     assert ranks[0]['types'] == ranks[1]['types'] == ['SyncBatchNorm']
 

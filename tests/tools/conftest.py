@@ -5,6 +5,7 @@ The tiny config (``tests/data/deformable-detr_tiny_synthetic.py``) reads
 with ``cwd`` = the folder of :func:`synthetic_workspace`.
 """
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,17 +30,27 @@ def tool_env(num_threads: int = 1) -> dict:
     return env
 
 
-def run_tool(script: str, args, cwd, num_threads: int = 1) -> str:
+def run_tool(script: str, args, cwd, num_threads: int = 1,
+             timeout_s: float = TOOL_TIMEOUT_S) -> str:
     """Run ``tools/<script>`` with ``args`` (``python`` for .py, ``bash`` for
     .sh) and return its stdout + stderr; a non-zero exit fails the test with
-    the output's tail."""
+    the output's tail, and so does a run past ``timeout_s``, after which the
+    tool and every process it started (torchrun's workers) are killed."""
     path = str(REPO / 'tools' / script)
     cmd = ['bash', path, *args] if script.endswith('.sh') else [sys.executable, path, *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(num_threads), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=TOOL_TIMEOUT_S)
+    # its own session: a time-out kills the whole process group, not only bash
+    proc = subprocess.Popen(cmd, cwd=cwd, env=tool_env(num_threads), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f'{" ".join(cmd)} still running after {timeout_s:.0f} s (killed with its '
+                    f'process group):\n{output[-6000:]}')
     if proc.returncode != 0:
-        pytest.fail(f'{" ".join(cmd)} exited with {proc.returncode}:\n{proc.stdout[-6000:]}')
-    return proc.stdout
+        pytest.fail(f'{" ".join(cmd)} exited with {proc.returncode}:\n{output[-6000:]}')
+    return output
 
 
 def free_port() -> int:

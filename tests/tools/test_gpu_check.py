@@ -1,11 +1,10 @@
 """.dev_scripts/run_gpu_check.py (``make gpu-check``): its dry run, wheel checks and time limits.
 
 CI has no GPU and no ``.whl/`` (git-ignored): the wheels here are small ones
-built by the test, and the dry run runs on the CPU with the tiny config as the
-"base" model and a one-file test folder, so that the step kinds run end to end
-in well under a minute. The op benchmark steps are covered by the table
-contract below (a CPU benchmark alone takes ~20 s); ``make gpu-check
-DRY_RUN=1`` runs every step with the real wheels, tests and configs.
+built by the test, and the dry run runs every step's command line on the CPU
+with the tiny config as the "base" model and a one-file test folder; ``make
+gpu-check DRY_RUN=1`` runs the same steps with the real wheels, tests and
+configs.
 """
 import base64
 import dataclasses
@@ -139,34 +138,43 @@ def test_command_over_its_limit_is_killed_with_its_children(tmp_path, monkeypatc
 
 
 def test_dry_run_end_to_end(tiny_config, tmp_path, capsys):
-    """The steps in a dry run, but for CI's time: the op benchmarks (see the table
-    contract), the second training (the first one's code with another option), test.py
-    and dist (thin command lines of tools with tests of their own)."""
+    """Every step's command line in a dry run, so that a step that cannot start
+    (a refused option, a moved tool) fails here and not on a lent GPU."""
     make_wheel(tmp_path / 'whl', 'pkg-a', requires=['numpy'])
     tests_dir = tmp_path / 'tests'
     tests_dir.mkdir()
     (tests_dir / 'test_device.py').write_text(
         'import pytest\n\ndef test_on_cpu():\n    assert sum([1, 2]) == 3\n\n\n'
         "@pytest.mark.skip(reason='needs cuda')\ndef test_on_gpu():\n    pass\n")
-    layout = dataclasses.replace(load_tool('gpu_check').LAYOUT, wheel_dir=str(tmp_path / 'whl'),
+    tool = load_tool('gpu_check')
+    layout = dataclasses.replace(tool.LAYOUT, wheel_dir=str(tmp_path / 'whl'),
                                  tests_dir=str(tests_dir), base_config=tiny_config)
-    steps = ['device', 'wheels', 'build', 'cuda-tests', 'synthetic-data', 'train-fp16',
-             'coco-step', 'inference']
     out = tmp_path / 'out'
-    status = main(layout, ['--dry-run', '--steps', *steps, '--work-dir', str(tmp_path / 'work'),
-                           '--out', str(out), '--wheel-python', sys.executable])
+    status = main(layout, ['--dry-run', '--work-dir', str(tmp_path / 'work'), '--out', str(out),
+                           '--wheel-python', sys.executable],
+                  op_dry_run_args=tool.OP_DRY_RUN_ARGS)
     printed = capsys.readouterr().out
     rows = summary_rows(out)
     assert status == 0, printed[-3000:]
-    assert list(rows) == steps and all(r['status'] == 'passed' for r in rows.values())
+    assert list(rows) == [s.name for s in STEPS]
+    assert all(r['status'] == 'passed' for r in rows.values())
     assert (tmp_path / 'work' / 'site' / 'pkg_a' / '__init__.py').is_file()
     assert 'passed: 1; skipped: 1' in rows['cuda-tests']['figures']
-    assert re.search(r'iters: 2; loss: [\d.]+ -> [\d.]+', rows['train-fp16']['figures'])
+    shape = tool.OP_DRY_RUN_ARGS[-1]
+    assert re.search(rf'{re.escape(shape)}: fwd [\d.]+ ms', rows['op-fp32']['figures'])
+    assert "op-fp32's run" in rows['op-fp16']['note']
+    assert re.search(r'fwd\+bwd [\d.]+ ms = [\d.]+x the default',
+                     rows['op-deterministic']['figures'])
+    for precision in ('fp16', 'bf16'):  # bf16: --amp --cfg-options optim_wrapper.dtype=...
+        assert re.search(r'iters: 2; loss: [\d.]+ -> [\d.]+', rows[f'train-{precision}']['figures'])
+    assert re.search(r'mAP: [\d.]+', rows['test-fp16']['figures'])
     assert re.search(r'fp32 \(float32\): \d+ ms/iter.*amp \(bfloat16\)',
                      rows['coco-step']['figures'])
+    assert 'processes: 1; iters: 2' in rows['dist']['figures']
     for variant in ('fp32', 'bf16', 'compile'):
         assert re.search(rf'{variant}: [\d.]+ images/s', rows['inference']['figures'])
-    assert '==== inference' in (out / 'gpu_check.log').read_text()
+    log = (out / 'gpu_check.log').read_text()
+    assert '==== inference' in log and log.count('benchmark_op.py') == 2
 
 
 def test_a_failed_step_does_not_stop_the_check(tmp_path, capsys):
