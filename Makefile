@@ -9,6 +9,8 @@ export PIP_CONSTRAINT := $(CONSTRAINTS)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test` (2: the CI machine's cores; 0: one process)
+PYTEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 .PHONY: env build test lint cuda-check demo clean test-hf-latest
@@ -34,7 +36,7 @@ lint: env
 	$(VENV)/bin/ruff check .
 
 test: build lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The HuggingFace tests against the newest transformers (the pins above test 4.57.6): a second
 # virtualenv, .venv-hf, with the same pins except transformers and its hub/tokenizers packages.
