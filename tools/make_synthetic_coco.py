@@ -2,7 +2,7 @@
 
 Usage: python tools/make_synthetic_coco.py OUT_DIR [--num-train N] [--num-val N]
        [--image-size S] [--seed K] [--ext png|jpg] [--max-objects M]
-       [--min-object-size PX] [--max-object-fraction F]
+       [--min-object-size PX] [--max-object-fraction F] [--size-class-fractions S M L]
 """
 import argparse
 import time
@@ -24,12 +24,17 @@ def main(argv: Optional[List[str]] = None) -> dict:
                         help='smallest object side in pixels')
     parser.add_argument('--max-object-fraction', type=float, default=0.5,
                         help='largest object side as a fraction of the image side')
+    parser.add_argument('--size-class-fractions', type=float, nargs=3, default=None,
+                        metavar=('SMALL', 'MEDIUM', 'LARGE'),
+                        help='draw each object\'s COCO size class first with these shares '
+                             '(e.g. 0.41 0.34 0.25); default: uniform sides')
     args = parser.parse_args(argv)
     start = time.perf_counter()
     summary = make_synthetic_coco(args.out_dir, args.num_train, args.num_val, args.image_size,
                                   args.seed, args.ext, min_object_size=args.min_object_size,
                                   max_object_fraction=args.max_object_fraction,
-                                  max_objects=args.max_objects)
+                                  max_objects=args.max_objects,
+                                  size_class_fractions=args.size_class_fractions)
     print(f'\nwrote {args.out_dir} in {time.perf_counter() - start:.1f} s')
     for split, stats in summary.items():
         print(f'  {split}: {stats}')

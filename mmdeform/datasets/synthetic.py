@@ -14,11 +14,22 @@ Layout written under ``out_dir``: ``train.json``, ``val.json`` and the
 images ``train/000001.png``, ``val/000001.png``, ... (``file_name`` in the
 json is relative to the split folder). The same arguments give
 byte-identical json and images.
+
+With ``size_class_fractions=(small, medium, large)`` (e.g. COCO's
+``(0.41, 0.34, 0.25)``), each object's COCO size class (by area: small
+below 32 * 32, medium below 96 * 96, large above) is drawn first with those
+probabilities, then its side within that class for its shape (a triangle
+fills half its box, a square all of it); the large objects of an image are
+placed first, so the overlap rule refuses the small ones rather than the
+large ones. Occlusion by later objects can move an object down a class, so
+the achieved fractions, returned by :func:`make_synthetic_coco`, are a little
+below the target for large objects. Without it (the default) the side is
+uniform and the draw is that of the earlier versions, byte for byte.
 """
 import json
 import math
 import os.path as osp
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -37,6 +48,11 @@ _MAX_COVER = 0.25
 _PLACEMENT_TRIES = 30
 _MIN_COLOUR_DISTANCE = 150  # L1 distance over B, G, R between object and background colour
 _NOISE_STD = 8.0
+# COCO's area thresholds of the size classes (small, medium, large), in pixels
+_CLASS_AREAS = ((0.0, 32.0**2), (32.0**2, 96.0**2), (96.0**2, math.inf))
+# Share of its box that each shape of SYNTHETIC_CLASSES fills (circle, square, triangle, cross:
+# two bars a third thick overlap in a ninth)
+_FILL = (math.pi / 4, 1.0, 0.5, 5 / 9)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -90,6 +106,23 @@ def _sample_box(rng: np.random.Generator, size: int, min_size: float,
     return x, y, w, h
 
 
+def _side_range(size_class: int, label: int, min_size: float,
+                max_size: float) -> Tuple[float, float]:
+    """Sides (in [min_size, max_size]) whose shape ``label`` has an area in ``size_class``.
+
+    Raises:
+        ValueError: no side in [min_size, max_size] gives that class.
+    """
+    low_area, high_area = _CLASS_AREAS[size_class]
+    low = max(min_size, math.sqrt(low_area / _FILL[label]))
+    high = min(max_size, math.sqrt(high_area / _FILL[label]))
+    if low >= high:
+        raise ValueError(f'no object side in [{min_size}, {max_size}] px gives a '
+                         f'{SYNTHETIC_CLASSES[label]} of COCO size class {size_class} '
+                         '(0 small, 1 medium, 2 large)')
+    return low, high
+
+
 def _pick_colour(rng: np.random.Generator, background_colour: np.ndarray) -> np.ndarray:
     """A random colour at least ``_MIN_COLOUR_DISTANCE`` from the background."""
     colour = rng.uniform(0, 255, size=3)
@@ -103,13 +136,24 @@ def _pick_colour(rng: np.random.Generator, background_colour: np.ndarray) -> np.
 
 
 def _place_objects(rng: np.random.Generator, size: int, num_objects: int, min_size: float,
-                   max_size: float) -> List[Tuple[int, np.ndarray]]:
-    """Labels and masks of objects that cover at most ``_MAX_COVER`` of each other."""
+                   max_size: float, size_class_fractions: Optional[Sequence[float]] = None
+                   ) -> List[Tuple[int, np.ndarray]]:
+    """Labels and masks of objects that cover at most ``_MAX_COVER`` of each other.
+
+    With ``size_class_fractions`` the size classes of all objects are drawn
+    first and the objects placed largest class first (module docstring).
+    """
+    classes: List[Optional[int]] = [None] * num_objects
+    if size_class_fractions is not None:
+        drawn = rng.choice(3, size=num_objects, p=np.asarray(size_class_fractions, float))
+        classes = sorted((int(c) for c in drawn), reverse=True)
     objects: List[Tuple[int, np.ndarray]] = []
-    for _ in range(num_objects):
+    for size_class in classes:
         for _ in range(_PLACEMENT_TRIES):
             label = int(rng.integers(len(SYNTHETIC_CLASSES)))
-            mask = _shape_mask(label, _sample_box(rng, size, min_size, max_size), size, rng)
+            sides = (min_size, max_size) if size_class is None else \
+                _side_range(size_class, label, min_size, max_size)
+            mask = _shape_mask(label, _sample_box(rng, size, *sides), size, rng)
             area = mask.sum()
             if all((mask & other).sum() <= _MAX_COVER * min(area, other.sum())
                    for _, other in objects):
@@ -119,8 +163,9 @@ def _place_objects(rng: np.random.Generator, size: int, num_objects: int, min_si
 
 
 def render_image(rng: np.random.Generator, size: int, max_objects: int, min_size: float,
-                 max_size: float) -> Tuple[np.ndarray, List[dict]]:
-    """Draw one image.
+                 max_size: float, size_class_fractions: Optional[Sequence[float]] = None
+                 ) -> Tuple[np.ndarray, List[dict]]:
+    """Draw one image (``size_class_fractions``: see the module docstring).
 
     Returns:
         tuple: (size, size, 3) uint8 BGR image and its objects as
@@ -128,7 +173,7 @@ def render_image(rng: np.random.Generator, size: int, max_objects: int, min_size
     """
     img = _background(rng, size)
     objects = _place_objects(rng, size, int(rng.integers(1, max_objects + 1)), min_size,
-                             max_size)
+                             max_size, size_class_fractions)
     visible = [mask.copy() for _, mask in objects]
     for i, (_, mask) in enumerate(objects):
         ys, xs = np.nonzero(mask)
@@ -146,14 +191,14 @@ def render_image(rng: np.random.Generator, size: int, max_objects: int, min_size
 
 
 def _make_split(out_dir: str, split: str, num_images: int, seed: int, image_size: int,
-                ext: str, object_sizes: Tuple[float, float], max_objects: int,
-                progress: bool) -> dict:
+                ext: str, draw: dict, progress: bool) -> dict:
+    """Render and write one split; ``draw``: the keyword arguments of :func:`render_image`."""
     mkdir_or_exist(osp.join(out_dir, split))
     images, annotations = [], []
     bar = ProgressBar(num_images) if progress else None
     for index in range(num_images):
         rng = np.random.default_rng([seed, _SPLITS.index(split), index])
-        img, objects = render_image(rng, image_size, max_objects, *object_sizes)
+        img, objects = render_image(rng, image_size, **draw)
         file_name = f'{index + 1:06d}.{ext}'
         if not cv2.imwrite(osp.join(out_dir, split, file_name), img):
             raise OSError(f'could not write {osp.join(out_dir, split, file_name)}')
@@ -167,9 +212,10 @@ def _make_split(out_dir: str, split: str, num_images: int, seed: int, image_size
             bar.update()
     categories = [dict(id=i + 1, name=name, supercategory='shape')
                   for i, name in enumerate(SYNTHETIC_CLASSES)]
-    content = dict(info=dict(description=SYNTHETIC_DESCRIPTION, seed=seed,
-                             image_size=image_size),
-                   images=images, annotations=annotations, categories=categories)
+    info = dict(description=SYNTHETIC_DESCRIPTION, seed=seed, image_size=image_size)
+    if draw['size_class_fractions'] is not None:
+        info['size_class_fractions'] = list(draw['size_class_fractions'])
+    content = dict(info=info, images=images, annotations=annotations, categories=categories)
     with open(osp.join(out_dir, f'{split}.json'), 'w') as f:
         json.dump(content, f, separators=(',', ':'))
     return content
@@ -178,7 +224,9 @@ def _make_split(out_dir: str, split: str, num_images: int, seed: int, image_size
 def make_synthetic_coco(out_dir: str, num_train: int = 2000, num_val: int = 200,
                         image_size: int = 128, seed: int = 0, ext: str = 'png',
                         min_object_size: float = 8, max_object_fraction: float = 0.5,
-                        max_objects: int = 5, progress: bool = True) -> dict:
+                        max_objects: int = 5,
+                        size_class_fractions: Optional[Sequence[float]] = None,
+                        progress: bool = True) -> dict:
     """Write the synthetic shapes dataset (see the module docstring).
 
     Args:
@@ -194,11 +242,15 @@ def make_synthetic_coco(out_dir: str, num_train: int = 2000, num_val: int = 200,
             ``image_size``.
         max_objects (int): Each image holds 1..max_objects objects (fewer when
             placement fails).
+        size_class_fractions (Sequence[float], optional): Probabilities of
+            the COCO size classes (small, medium, large) of every object
+            (module docstring); None: uniform sides, the earlier draw.
         progress (bool): Show a progress bar.
 
     Returns:
-        dict: per split, ``num_images``, ``num_objects`` and the number of
-        COCO ``small`` / ``medium`` / ``large`` objects.
+        dict: per split, ``num_images``, ``num_objects``, the number of
+        COCO ``small`` / ``medium`` / ``large`` objects (by area) and their
+        shares ``fractions`` (small, medium, large).
     """
     if ext not in ('png', 'jpg'):
         raise ValueError(f'ext must be "png" or "jpg", got {ext!r}')
@@ -208,16 +260,39 @@ def make_synthetic_coco(out_dir: str, num_train: int = 2000, num_val: int = 200,
                          f'* image_size ({max_size}) <= image_size ({image_size})')
     if max_objects < 1:
         raise ValueError(f'max_objects must be >= 1, got {max_objects}')
+    if size_class_fractions is not None:
+        _check_fractions(size_class_fractions, min_object_size, max_size)
+    draw = dict(max_objects=max_objects, min_size=min_object_size, max_size=max_size,
+                size_class_fractions=size_class_fractions)
     summary = {}
     for split, num_images in zip(_SPLITS, (num_train, num_val)):
-        content = _make_split(out_dir, split, num_images, seed, image_size, ext,
-                              (min_object_size, max_size), max_objects, progress)
-        areas = np.array([ann['area'] for ann in content['annotations']])
-        summary[split] = dict(num_images=num_images, num_objects=len(areas),
-                              small=int((areas < 32**2).sum()),
-                              medium=int(((areas >= 32**2) & (areas < 96**2)).sum()),
-                              large=int((areas >= 96**2).sum()))
+        content = _make_split(out_dir, split, num_images, seed, image_size, ext, draw,
+                              progress)
+        summary[split] = size_class_summary([a['area'] for a in content['annotations']])
+        summary[split]['num_images'] = num_images
     return summary
+
+
+def size_class_summary(areas: Sequence[float]) -> dict:
+    """``num_objects``, COCO ``small`` / ``medium`` / ``large`` counts and their
+    ``fractions`` (small, medium, large; zeros without objects) of object areas."""
+    areas = np.asarray(areas, dtype=float)
+    counts = [int(((areas >= low) & (areas < high)).sum()) for low, high in _CLASS_AREAS]
+    total = max(len(areas), 1)
+    return dict(num_objects=len(areas), small=counts[0], medium=counts[1], large=counts[2],
+                fractions=[round(c / total, 4) for c in counts])
+
+
+def _check_fractions(fractions: Sequence[float], min_size: float, max_size: float) -> None:
+    """Three non-negative shares summing to 1, each drawable with these sides."""
+    values = list(fractions)
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+        raise ValueError('size_class_fractions must be 3 non-negative shares (small, medium, '
+                         f'large) summing to 1, got {fractions}')
+    for size_class, share in enumerate(values):
+        if share > 0:
+            for label in range(len(SYNTHETIC_CLASSES)):
+                _side_range(size_class, label, min_size, max_size)
 
 
 def _check_not_foreign(data_root: str) -> None:

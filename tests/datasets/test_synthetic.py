@@ -1,4 +1,5 @@
 """The synthetic shapes dataset generator."""
+import hashlib
 import json
 
 import cv2
@@ -100,3 +101,58 @@ def test_objects_contrast_with_background(tmp_path):
     for image in content['images']:
         img = cv2.imread(str(tmp_path / 'train' / image['file_name'])).astype(np.float32)
         assert img.std() > 5  # noise and gradient make a textured background
+
+
+def test_default_draw_is_unchanged():
+    """The draw without ``size_class_fractions`` is the one of the earlier versions: digests
+    of the rendered pixels and objects recorded before the option existed."""
+    digest = hashlib.sha256()
+    for index in range(20):
+        img, objects = synthetic.render_image(np.random.default_rng([0, 0, index]), 128, 5, 8,
+                                              64)
+        digest.update(img.tobytes())
+        digest.update(json.dumps(objects).encode())
+    assert digest.hexdigest() == \
+        '3840254b69f3334d2cd96ee6b31f2c2ee97133c90127143b7e6fc83d50543f6a'
+
+
+def test_size_classes_drawn_first_reach_the_target_shares():
+    areas = []
+    for index in range(80):
+        rng = np.random.default_rng([5, 0, index])
+        _, objects = synthetic.render_image(rng, 256, 8, 8, 224, (0.41, 0.34, 0.25))
+        areas += [obj['area'] for obj in objects]
+    summary = synthetic.size_class_summary(areas)
+    small, medium, large = summary['fractions']
+    # occlusion moves some large objects down a class; every class is well populated
+    assert abs(small - 0.41) < 0.07 and abs(medium - 0.34) < 0.07 and 0.12 < large <= 0.27
+    assert summary['small'] + summary['medium'] + summary['large'] == len(areas)
+
+
+def test_large_objects_are_placed_first():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        objects = synthetic._place_objects(rng, 256, 6, 8, 224, (0.3, 0.3, 0.4))
+        areas = [int(mask.sum()) for _, mask in objects]
+        large = [area >= 96**2 for area in areas]
+        assert large == sorted(large, reverse=True)  # no large object after a smaller one
+
+
+@pytest.mark.parametrize('fractions,match', [
+    ((0.5, 0.5), '3 non-negative shares'),
+    ((0.5, 0.6, -0.1), '3 non-negative shares'),
+    ((0.5, 0.3, 0.3), 'summing to 1'),
+    ((0.4, 0.3, 0.3), 'gives a .* of COCO size class'),  # 64 px: sides <= 32, nothing large
+])
+def test_bad_size_class_fractions(tmp_path, fractions, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tmp_path, size_class_fractions=fractions)
+
+
+def test_size_class_fractions_are_recorded(tmp_path):
+    summary = generate(tmp_path, num_train=4, num_val=0, image_size=256,
+                       max_object_fraction=0.875, size_class_fractions=(0.41, 0.34, 0.25))
+    content = json.loads((tmp_path / 'train.json').read_text())
+    assert content['info']['size_class_fractions'] == [0.41, 0.34, 0.25]
+    assert summary['train']['num_objects'] == len(content['annotations'])
+    assert sum(summary['train']['fractions']) == pytest.approx(1.0, abs=1e-3)

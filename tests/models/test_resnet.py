@@ -106,6 +106,21 @@ def test_channels_strides_and_parameter_count(depth):
         (1, c, -(-40 // s), -(-33 // s)) for c, s in zip(model.out_channels, model.out_strides)]
 
 
+@pytest.mark.parametrize('depth', [18, 50])
+def test_base_channels_scales_every_stage(depth):
+    """MMDetection's ``base_channels``: 32 halves every width; 64 is the default."""
+    assert ResNet(depth=depth).base_channels == 64
+    half = ResNet(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=-1, base_channels=32)
+    full = ResNet(depth=depth, out_indices=(0, 1, 2, 3), frozen_stages=-1)
+    assert half.out_channels == [c // 2 for c in full.out_channels]
+    assert half.out_strides == full.out_strides
+    assert half.conv1.out_channels == 32
+    assert list(half.state_dict()) == list(full.state_dict())  # same names, thinner tensors
+    with torch.no_grad():
+        outs = half(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == half.out_channels
+
+
 def test_default_out_indices_give_c3_c4_c5_with_ceil_sizes():
     model = MODELS.build(dict(type='ResNet', depth=50))
     assert model.out_channels == [512, 1024, 2048] and model.out_strides == [8, 16, 32]
@@ -224,6 +239,7 @@ def test_dc5_rejects_basic_blocks_and_missing_last_stage():
     (dict(out_indices=(2, 1)), 'out_indices'),
     (dict(out_indices=(1, 4)), 'out_indices'),
     (dict(frozen_stages=5), 'frozen_stages'),
+    (dict(base_channels=0), 'base_channels'),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

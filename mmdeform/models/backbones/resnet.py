@@ -156,6 +156,10 @@ class ResNet(BaseModule):
         norm_eval (bool): Keep BN/SyncBN layers in eval mode (running
             statistics used and not updated) while the model trains, as
             MMDetection's ``norm_eval``. No effect on FrozenBN and GN.
+        base_channels (int): Channels of the stem and of the first stage's
+            inner convs; stage ``i`` has ``base_channels * 2**i`` (times 4
+            for Bottleneck outputs). MMDetection's key; 64 is torchvision's
+            ResNet (and loads its checkpoints), 32 a half-width one.
         init_cfg (dict | list[dict], optional): mmengine init config.
             ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``
             loads a torchvision-format checkpoint strictly (see
@@ -170,10 +174,12 @@ class ResNet(BaseModule):
     def __init__(self, depth: int = 50, out_indices: Sequence[int] = (1, 2, 3),
                  frozen_stages: int = 1, dilate_last_stage: bool = False,
                  norm_cfg: Optional[dict] = None, norm_eval: bool = True,
-                 init_cfg: Union[dict, List[dict], None] = None):
+                 base_channels: int = 64, init_cfg: Union[dict, List[dict], None] = None):
         super().__init__(init_cfg=init_cfg)
         norm_cfg = dict(_DEFAULT_NORM_CFG) if norm_cfg is None else norm_cfg
         self._check_args(depth, out_indices, frozen_stages, dilate_last_stage)
+        if base_channels < 1:
+            raise ValueError(f'ResNet: base_channels must be >= 1, got {base_channels}')
         check_norm_cfg(norm_cfg)
         norm_cfg = dict(norm_cfg)
         block, stage_blocks = _ARCHS[depth]
@@ -183,14 +189,15 @@ class ResNet(BaseModule):
         self.norm_cfg = norm_cfg
         self.norm_eval = norm_eval
         self.num_stages = self.out_indices[-1] + 1
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = build_norm_layer(norm_cfg, 64)
+        self.base_channels = base_channels
+        self.conv1 = nn.Conv2d(3, base_channels, 7, stride=2, padding=3, bias=False)
+        self.bn1 = build_norm_layer(norm_cfg, base_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_channels, stride_total = 64, 4
+        in_channels, stride_total = base_channels, 4
         stage_channels, stage_strides = [], []
         for i in range(self.num_stages):
-            planes = 64 * 2 ** i
+            planes = base_channels * 2 ** i
             stride = 1 if i == 0 else 2
             dilation = 1
             if i == 3 and dilate_last_stage:
@@ -307,7 +314,7 @@ class ResNet(BaseModule):
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'ResNet: expected images (B, 3, H, W), got {tuple(x.shape)}')
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, base_channels, H/4, W/4)
         outs = []
         for i in range(self.num_stages):
             x = getattr(self, f'layer{i + 1}')(x)
