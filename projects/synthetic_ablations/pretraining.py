@@ -201,16 +201,7 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters, eta_min=lr / 100)
     val_x = _normalize(val_images, preprocessor)
     val_y = torch.from_numpy(val_counts)
-
-    def evaluate(prefix: str) -> Dict[str, float]:
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(x) for x in val_x.split(64)])
-        model.train()
-        return {f'val_mse{prefix}': float(F.mse_loss(pred, val_y)),
-                f'val_exact{prefix}': float((pred.round() == val_y).all(1).float().mean())}
-
-    result = evaluate('_init')
+    result = _evaluate(model, val_x, val_y, '_init')
     result['curve'] = []
     generator = np.random.default_rng(seed)
     model.train()
@@ -225,7 +216,7 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
         optimizer.step()
         scheduler.step()
         if (step + 1) % EVAL_INTERVAL == 0 or step + 1 == iters:
-            point = evaluate('')
+            point = _evaluate(model, val_x, val_y)
             result['curve'].append(dict(step=step + 1, **point))
             print_log(f'pretrain_backbone: step {step + 1}/{iters} loss {loss.item():.4f}, '
                       f'validation count MSE {point["val_mse"]:.3f}, all counts right '
@@ -237,13 +228,30 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
               f'-> {100 * result["val_exact"]:.1f} % in {result["seconds"]:.0f} s',
               logger='current')
     if checkpoint is not None:
-        state_dict = dict(backbone.state_dict())
-        state_dict.update({f'fc.{k}': v for k, v in model.fc.state_dict().items()})
-        mkdir_or_exist(osp.dirname(osp.abspath(checkpoint)))
-        torch_save_atomic(dict(state_dict=state_dict, meta=dict(
-            task='per-class shape counts', iters=iters, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, seed=seed, data_root=data_root, **result)), checkpoint)
+        _save(checkpoint, model, dict(iters=iters, batch_size=batch_size, lr=lr,
+                                      weight_decay=weight_decay, seed=seed,
+                                      data_root=data_root, **result))
     return result
+
+
+def _evaluate(model: CountingClassifier, val_x: torch.Tensor, val_y: torch.Tensor,
+              suffix: str = '') -> Dict[str, float]:
+    """``val_mse<suffix>`` and ``val_exact<suffix>`` (share of images with every count right)."""
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x) for x in val_x.split(64)])
+    model.train()
+    return {f'val_mse{suffix}': float(F.mse_loss(pred, val_y)),
+            f'val_exact{suffix}': float((pred.round() == val_y).all(1).float().mean())}
+
+
+def _save(checkpoint: str, model: CountingClassifier, meta: dict) -> None:
+    """The backbone's state dict with the ``fc.*`` head, and ``meta``, written atomically."""
+    state_dict = dict(model.backbone.state_dict())
+    state_dict.update({f'fc.{k}': v for k, v in model.fc.state_dict().items()})
+    mkdir_or_exist(osp.dirname(osp.abspath(checkpoint)))
+    torch_save_atomic(dict(state_dict=state_dict,
+                           meta=dict(task='per-class shape counts', **meta)), checkpoint)
 
 
 def checkpoint_option(config: str, checkpoint: str) -> dict:

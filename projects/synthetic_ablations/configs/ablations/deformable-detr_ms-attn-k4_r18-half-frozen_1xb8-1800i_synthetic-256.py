@@ -45,20 +45,21 @@ model = dict(
     decoder=dict(type='DeformableDecoder', num_layers=3, layer_cfg=layer_cfg),
     test_cfg=dict(max_per_img=100))
 
-# ---- optimizer: AdamW, the paper's 0.1 multipliers on the sampling offsets and the reference
-# points (MMDetection's custom_keys; the frozen backbone gets no gradient), clipping at 0.1 ------
+# ---- optimizer: AdamW at 2e-3, the paper's 0.1 multipliers on the sampling offsets and the
+# reference points (MMDetection's custom_keys; the frozen backbone gets no gradient), clipping at
+# 0.1. Calibration (one seed, 1200 iterations): ms-attn-k4 38.2 AP at 2e-3, 34.8 at 1e-3 ---------
 optim_wrapper = dict(
-    optimizer=dict(lr=1e-3),
+    optimizer=dict(lr=2e-3),
     paramwise_cfg=dict(custom_keys={'sampling_offsets': dict(lr_mult=0.1),
                                     'reference_points': dict(lr_mult=0.1)}))
 
-# ---- schedule: 1200 iterations of 8 images, 50-iteration linear warm-up, x0.1 at 80 %;
+# ---- schedule: 1800 iterations of 8 images, 50-iteration linear warm-up, x0.1 at 80 %;
 # evaluations every 20 %, then every 10 % after the decay (6 in all) ----------------------------
-train_cfg = dict(max_iters=1200, val_interval=240,
-                 dynamic_intervals=[(960, 120)])
+train_cfg = dict(max_iters=1800, val_interval=360,
+                 dynamic_intervals=[(1440, 180)])
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', by_epoch=False, begin=0, end=1200, milestones=[960],
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=1800, milestones=[1440],
          gamma=0.1),
 ]
-default_hooks = dict(checkpoint=dict(interval=1200))
+default_hooks = dict(checkpoint=dict(interval=1800))
