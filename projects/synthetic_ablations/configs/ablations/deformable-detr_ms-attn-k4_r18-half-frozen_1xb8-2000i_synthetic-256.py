@@ -53,13 +53,13 @@ optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'sampling_offsets': dict(lr_mult=0.1),
                                     'reference_points': dict(lr_mult=0.1)}))
 
-# ---- schedule: 1800 iterations of 8 images, 50-iteration linear warm-up, x0.1 at 80 %;
+# ---- schedule: 2000 iterations of 8 images, 50-iteration linear warm-up, x0.1 at 80 %;
 # evaluations every 20 %, then every 10 % after the decay (6 in all) ----------------------------
-train_cfg = dict(max_iters=1800, val_interval=360,
-                 dynamic_intervals=[(1440, 180)])
+train_cfg = dict(max_iters=2000, val_interval=400,
+                 dynamic_intervals=[(1600, 200)])
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', by_epoch=False, begin=0, end=1800, milestones=[1440],
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=2000, milestones=[1600],
          gamma=0.1),
 ]
-default_hooks = dict(checkpoint=dict(interval=1800))
+default_hooks = dict(checkpoint=dict(interval=2000))
