@@ -1,7 +1,10 @@
 """Train the ablation rows of Deformable DETR for the same budget and compare them.
 
-Writes ``results.md`` (table, the paper's orderings checked, every run) and
-``curves.png`` (AP / AP_S against iteration) under ``--work-dir``. See
+Pretrains the shared backbone once (unless its file is there), trains every
+row with every seed (finished runs are read back, not retrained: a stopped
+table goes on where it was), prints the measured wall time and writes
+``results.md`` (table, plateau gates, the paper's orderings judged, every run)
+and ``curves.png`` (AP / AP_S against iteration) under ``--work-dir``. See
 :mod:`projects.synthetic_ablations.ablations` and ``python tools/run_ablations.py --help``.
 """
 import argparse
@@ -17,12 +20,8 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from projects.synthetic_ablations import ABLATION_DIR  # noqa: E402
-from projects.synthetic_ablations.ablations import (  # noqa: E402
-    add_run_arguments,
-    find_rows,
-    run_ablations,
-    synthetic_overrides,
-)
+from projects.synthetic_ablations.ablations import find_rows, run_ablations  # noqa: E402
+from projects.synthetic_ablations.runs import add_run_arguments, synthetic_overrides  # noqa: E402
 
 DEFAULT_CONFIG_DIR = str(ABLATION_DIR)
 
@@ -37,8 +36,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='only these rows (name or variant, e.g. ss-k1 ms-attn-k4)')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0])
     add_run_arguments(parser, 'work_dirs/ablations',
-                      "evaluation interval (default: the configs', or a quarter of "
-                      '--max-iters when it is given)')
+                      "one evaluation interval for the whole run (default: the configs' "
+                      'evaluation points, scaled with --max-iters)')
     return parser.parse_args(argv)
 
 
@@ -46,8 +45,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     return run_ablations(find_rows(args.config_dir, args.rows), args.seeds, args.work_dir,
                          args.data_root, args.max_iters, args.val_interval,
-                         synthetic_overrides(args), args.threads, args.resume, not args.no_progress,
-                         args.jobs)
+                         synthetic_overrides(args), args.threads, not args.retrain,
+                         not args.no_progress, args.jobs, args.pretrained_dir,
+                         args.pretrain_iters)
 
 
 if __name__ == '__main__':

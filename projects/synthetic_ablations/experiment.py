@@ -50,7 +50,8 @@ def build_synthetic_config(config: str, work_dir: str, data_root: str, seed: int
         seed (int): Training seed (``randomness.seed``).
         max_iters (int, optional): Overrides the training iterations; the
             schedulers' ``end`` and the checkpoint interval follow.
-        val_interval (int, optional): Overrides the validation interval.
+        val_interval (int, optional): Overrides the validation interval
+            (and drops the loop's ``dynamic_intervals``).
         synthetic_overrides (dict, optional): Updates ``synthetic_data``.
 
     Returns:
@@ -80,29 +81,42 @@ def build_synthetic_config(config: str, work_dir: str, data_root: str, seed: int
     cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
     if max_iters is not None:
         _set_max_iters(cfg, max_iters)
-    if val_interval is not None:
+    if val_interval is not None:  # one fixed interval replaces the config's evaluation points
         cfg.train_cfg.val_interval = val_interval
+        cfg.train_cfg.pop('dynamic_intervals', None)
     # validation scalars at the iteration they were computed at (for the curves)
     cfg.default_hooks.logger.log_metric_by_epoch = False
     return cfg
 
 
 def _set_max_iters(cfg: Config, max_iters: int) -> None:
-    """Rescale the schedule to ``max_iters``: loop, schedulers and checkpoint interval.
+    """Rescale the schedule to ``max_iters``: loop, evaluations, schedulers, checkpoint.
 
-    Every scheduler's ``begin`` / ``end`` is scaled by ``max_iters / old``
-    (keeping ``end > begin``); the validation interval is capped at ``max_iters``.
+    Every scheduler's ``begin`` / ``end`` and ``milestones`` are scaled by
+    ``max_iters / old`` (keeping ``end > begin``); so are the validation
+    interval and the loop's ``dynamic_intervals`` (each at least 1, at most
+    ``max_iters``).
     """
     if max_iters < 1:
         raise ValueError(f'max_iters must be >= 1, got {max_iters}')
     ratio = max_iters / cfg.train_cfg.max_iters
     cfg.train_cfg.max_iters = max_iters
-    cfg.train_cfg.val_interval = min(cfg.train_cfg.get('val_interval', max_iters), max_iters)
+
+    def scaled(value: int) -> int:
+        return min(max(round(value * ratio), 1), max_iters)
+
+    cfg.train_cfg.val_interval = scaled(cfg.train_cfg.get('val_interval', max_iters))
+    if cfg.train_cfg.get('dynamic_intervals'):
+        cfg.train_cfg.dynamic_intervals = [(scaled(milestone), scaled(interval))
+                                           for milestone, interval
+                                           in cfg.train_cfg.dynamic_intervals]
     for scheduler in cfg.get('param_scheduler', []):
         begin = round(scheduler.get('begin', 0) * ratio)
         scheduler.begin = begin
         if scheduler.get('end') is not None:
             scheduler.end = max(round(scheduler.end * ratio), begin + 1)
+        if scheduler.get('milestones') is not None:
+            scheduler.milestones = [round(m * ratio) for m in scheduler.milestones]
     checkpoint = cfg.default_hooks.get('checkpoint')
     if checkpoint is not None:
         checkpoint.interval = max_iters

@@ -10,6 +10,12 @@ with global average pooling of the last output map and one linear layer
 task says nothing about where objects are, so it favours neither detector;
 like ImageNet features, the result is a backbone that already sees shapes.
 
+The backbone trained is the detector's (unwrapped from
+``FeatureCachedBackbone`` when the config caches its features) with every
+layer trainable and batch norm that learns (:func:`trainable_backbone_cfg`):
+the detector may then freeze it (``frozen_stages=4``, frozen BN, as the
+synthetic Table 2 rows do), the way a detector freezes an ImageNet backbone.
+
 The checkpoint is a plain ResNet state dict with the ``fc.*`` head, the
 layout of an ImageNet classifier: ``ResNet(init_cfg=dict(type='Pretrained',
 checkpoint=...))`` loads it strictly and ignores ``fc.*``. It is written
@@ -42,6 +48,28 @@ from mmdeform.fileio import torch_save_atomic
 from mmdeform.registry import MODELS
 
 PRETRAINING_KEYS = ('checkpoint', 'iters', 'batch_size', 'lr', 'weight_decay', 'seed')
+WRAPPER = 'FeatureCachedBackbone'
+# validation counting accuracy is logged (and recorded) every this many steps
+EVAL_INTERVAL = 100
+
+
+def detector_backbone_cfg(backbone_cfg: dict) -> dict:
+    """The backbone inside ``FeatureCachedBackbone`` (the config itself otherwise)."""
+    backbone_cfg = dict(backbone_cfg)
+    return dict(backbone_cfg['backbone']) if backbone_cfg.get('type') == WRAPPER else backbone_cfg
+
+
+def trainable_backbone_cfg(backbone_cfg: dict) -> dict:
+    """The backbone to pretrain: the detector's, from scratch, everything trainable.
+
+    Unwraps ``FeatureCachedBackbone``; sets ``init_cfg=None``,
+    ``frozen_stages=-1``, ``norm_cfg=dict(type='BN', requires_grad=True)`` and
+    ``norm_eval=False`` (from scratch, a ResNet learns only with batch norm
+    that trains; frozen BN would be the identity). Sizes (depth, widths,
+    stages) stay the detector's, so the checkpoint loads into it strictly.
+    """
+    return dict(detector_backbone_cfg(backbone_cfg), init_cfg=None, frozen_stages=-1,
+                norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False)
 
 
 def load_count_targets(data_root: str, split: str, num_classes: int):
@@ -120,9 +148,9 @@ def pretraining_settings(cfg: Config) -> Optional[dict]:
     if unknown or missing:
         raise KeyError(f'backbone_pretraining: unknown keys {unknown}, missing keys {missing}; '
                        f'expected {list(PRETRAINING_KEYS)}')
-    init_cfg = cfg.model.backbone.get('init_cfg') or {}
+    init_cfg = detector_backbone_cfg(cfg.model.backbone).get('init_cfg') or {}
     if init_cfg.get('type') != 'Pretrained' or init_cfg.get('checkpoint') != settings['checkpoint']:
-        raise KeyError(f'backbone_pretraining: model.backbone.init_cfg must be '
+        raise KeyError(f'backbone_pretraining: the backbone init_cfg must be '
                        f"dict(type='Pretrained', checkpoint={settings['checkpoint']!r}), "
                        f'got {init_cfg}')
     return settings
@@ -135,8 +163,8 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
     """Train ``cfg.model.backbone`` from scratch to count shapes; save it (module docstring).
 
     Args:
-        cfg (Config): Detector config: ``model.backbone`` (its ``init_cfg``
-            is ignored: training starts from scratch), ``model.bbox_head.
+        cfg (Config): Detector config: ``model.backbone`` (made trainable by
+            :func:`trainable_backbone_cfg`), ``model.bbox_head.
             num_classes`` and ``model.data_preprocessor`` (which
             normalizes the images as for the detector) are used.
         data_root (str): Synthetic dataset folder (``train.json``,
@@ -152,7 +180,8 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
     Returns:
         dict: ``val_mse`` and ``val_exact`` (share of validation images whose
         rounded counts are all right) before and after training (``*_init``),
-        ``seconds``.
+        ``curve`` (both every ``EVAL_INTERVAL`` steps: ``step``, ``val_mse``,
+        ``val_exact``) and ``seconds`` (evaluations included).
     """
     if iters < 1 or batch_size < 1:
         raise ValueError(f'pretrain_backbone: iters and batch_size must be >= 1, got '
@@ -165,24 +194,15 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
     train_images, train_counts = load_count_targets(data_root, 'train', num_classes)
     val_images, val_counts = load_count_targets(data_root, 'val', num_classes)
     torch.manual_seed(seed)
-    backbone_cfg = dict(cfg.model.backbone, init_cfg=None)
-    backbone = MODELS.build(backbone_cfg)
+    backbone = MODELS.build(trainable_backbone_cfg(cfg.model.backbone))
     backbone.init_weights()
     model = CountingClassifier(backbone, backbone.out_channels[-1], num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters, eta_min=lr / 100)
     val_x = _normalize(val_images, preprocessor)
     val_y = torch.from_numpy(val_counts)
-
-    def evaluate(prefix: str) -> Dict[str, float]:
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(x) for x in val_x.split(64)])
-        model.train()
-        return {f'val_mse{prefix}': float(F.mse_loss(pred, val_y)),
-                f'val_exact{prefix}': float((pred.round() == val_y).all(1).float().mean())}
-
-    result = evaluate('_init')
+    result = _evaluate(model, val_x, val_y, '_init')
+    result['curve'] = []
     generator = np.random.default_rng(seed)
     model.train()
     for step in range(iters):
@@ -195,20 +215,125 @@ def pretrain_backbone(cfg: Config, data_root: str, checkpoint: Optional[str] = N
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if (step + 1) % 100 == 0 or step + 1 == iters:
-            print_log(f'pretrain_backbone: step {step + 1}/{iters} loss {loss.item():.4f}',
-                      logger='current')
-    result.update(evaluate(''))
+        if (step + 1) % EVAL_INTERVAL == 0 or step + 1 == iters:
+            point = _evaluate(model, val_x, val_y)
+            result['curve'].append(dict(step=step + 1, **point))
+            print_log(f'pretrain_backbone: step {step + 1}/{iters} loss {loss.item():.4f}, '
+                      f'validation count MSE {point["val_mse"]:.3f}, all counts right '
+                      f'{100 * point["val_exact"]:.1f} %', logger='current')
+    result.update({k: v for k, v in result['curve'][-1].items() if k != 'step'})
     result['seconds'] = time.perf_counter() - start
     print_log(f'pretrain_backbone: validation count MSE {result["val_mse_init"]:.3f} -> '
               f'{result["val_mse"]:.3f}, all counts right {100 * result["val_exact_init"]:.1f} '
               f'-> {100 * result["val_exact"]:.1f} % in {result["seconds"]:.0f} s',
               logger='current')
     if checkpoint is not None:
-        state_dict = dict(backbone.state_dict())
-        state_dict.update({f'fc.{k}': v for k, v in model.fc.state_dict().items()})
-        mkdir_or_exist(osp.dirname(osp.abspath(checkpoint)))
-        torch_save_atomic(dict(state_dict=state_dict, meta=dict(
-            task='per-class shape counts', iters=iters, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, seed=seed, data_root=data_root, **result)), checkpoint)
+        _save(checkpoint, model, dict(iters=iters, batch_size=batch_size, lr=lr,
+                                      weight_decay=weight_decay, seed=seed,
+                                      data_root=data_root, **result))
     return result
+
+
+def _evaluate(model: CountingClassifier, val_x: torch.Tensor, val_y: torch.Tensor,
+              suffix: str = '') -> Dict[str, float]:
+    """``val_mse<suffix>`` and ``val_exact<suffix>`` (share of images with every count right)."""
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x) for x in val_x.split(64)])
+    model.train()
+    return {f'val_mse{suffix}': float(F.mse_loss(pred, val_y)),
+            f'val_exact{suffix}': float((pred.round() == val_y).all(1).float().mean())}
+
+
+def _save(checkpoint: str, model: CountingClassifier, meta: dict) -> None:
+    """The backbone's state dict with the ``fc.*`` head, and ``meta``, written atomically."""
+    state_dict = dict(model.backbone.state_dict())
+    state_dict.update({f'fc.{k}': v for k, v in model.fc.state_dict().items()})
+    mkdir_or_exist(osp.dirname(osp.abspath(checkpoint)))
+    torch_save_atomic(dict(state_dict=state_dict,
+                           meta=dict(task='per-class shape counts', **meta)), checkpoint)
+
+
+def checkpoint_option(config: str, checkpoint: str) -> dict:
+    """The ``cfg_options`` entry that points ``config``'s backbone at ``checkpoint``
+    (inside ``FeatureCachedBackbone`` when the config caches its features)."""
+    backbone = Config.fromfile(config).model.backbone
+    prefix = 'model.backbone.backbone' if backbone.get('type') == WRAPPER else 'model.backbone'
+    return {f'{prefix}.init_cfg.checkpoint': checkpoint}
+
+
+def pretrained_matches(path: str, settings: dict, data_root: str) -> bool:
+    """Whether ``path`` holds a backbone pretrained with ``settings`` on ``data_root``."""
+    if not osp.isfile(path):
+        return False
+    try:
+        meta = torch.load(path, map_location='cpu', weights_only=True).get('meta', {})
+    except Exception as error:  # a truncated or foreign file: train it again
+        print_log(f'pretraining: cannot read {path} ({type(error).__name__}: {error}); '
+                  'pretraining again', logger='current')
+        return False
+    wanted = {k: v for k, v in settings.items() if k != 'checkpoint'}
+    return (all(meta.get(k) == v for k, v in wanted.items())
+            and osp.abspath(meta.get('data_root', '')) == osp.abspath(data_root))
+
+
+def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
+                                 checkpoint_dir: Optional[str] = None,
+                                 pretrain_iters: Optional[int] = None,
+                                 num_threads: Optional[int] = None) -> Dict[str, dict]:
+    """Train the backbone checkpoints the configs start from, unless already there.
+
+    A config with ``backbone_pretraining`` (:func:`pretraining_settings`)
+    starts from a backbone pretrained by shape counting on ``data_root``. The
+    file is the config's ``checkpoint`` (or its file name under
+    ``checkpoint_dir``), shared by every tool and row that names it, and
+    reused while its recorded settings and data folder match; otherwise it
+    is trained again. Configs naming the same file must give the same
+    settings.
+
+    Args:
+        configs (dict[str, str]): row name -> config.
+        data_root (str): Dataset folder.
+        checkpoint_dir (str, optional): Where the checkpoints are kept
+            (default: the paths the configs name).
+        pretrain_iters (int, optional): Overrides the settings' ``iters``.
+        num_threads (int, optional): Torch threads of the pretraining.
+
+    Returns:
+        dict: row name -> settings with ``checkpoint`` set to the file used,
+        and ``seconds`` (0.0 when the file was reused) and ``curve`` of its
+        pretraining (rows without pretraining are absent).
+
+    Raises:
+        ValueError: two configs name one file with different settings.
+    """
+    by_row, by_file = {}, {}
+    for name, config in configs.items():
+        cfg = Config.fromfile(config)
+        settings = pretraining_settings(cfg)
+        if settings is None:
+            continue
+        if pretrain_iters is not None:
+            settings['iters'] = pretrain_iters
+        if checkpoint_dir is not None:
+            settings['checkpoint'] = osp.join(checkpoint_dir,
+                                              osp.basename(settings['checkpoint']))
+        known = by_file.setdefault(settings['checkpoint'], (settings, cfg))[0]
+        if known != settings:
+            raise ValueError(f'pretraining: {config} pretrains {settings["checkpoint"]} with '
+                             f'{settings}, another config with {known}')
+        by_row[name] = settings
+    done = {}
+    for path, (settings, cfg) in by_file.items():
+        if pretrained_matches(path, settings, data_root):
+            print(f'pretraining: reusing the pretrained backbone {path}', flush=True)
+            meta = torch.load(path, map_location='cpu', weights_only=True)['meta']
+            done[path] = dict(seconds=0.0, curve=meta.get('curve', []))
+            continue
+        print(f'pretraining: the backbone into {path} ({settings["iters"]} iterations of '
+              'shape counting)', flush=True)
+        result = pretrain_backbone(cfg, data_root, num_threads=num_threads, **settings)
+        print(f'pretraining: {path} in {result["seconds"]:.0f} s', flush=True)
+        done[path] = dict(seconds=result['seconds'], curve=result['curve'])
+    return {name: dict(settings, **done[settings['checkpoint']])
+            for name, settings in by_row.items()}

@@ -1,4 +1,4 @@
-"""The ablation runner (projects.synthetic_ablations.ablations) and its report."""
+"""The ablation runner (projects.synthetic_ablations.ablations, .runs) and its report."""
 import json
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from projects.synthetic_ablations import ABLATION_DIR, ablations, report
+from projects.synthetic_ablations import ABLATION_DIR, ablations, plots, pretraining, report, runs
 from projects.synthetic_ablations import CONVERGENCE_DIR as CONVERGENCE
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
@@ -18,29 +18,37 @@ CONVERGENCE_DIR = str(CONVERGENCE)
 
 def fake_run(row: str, seed: int, ap: float, ap_s: float = 0.1, curve=None) -> dict:
     metrics = dict(AP=ap, AP50=min(1.0, 2 * ap), AP_S=ap_s, AP_M=ap, AP_L=-1.0)
-    curve = curve or [dict(iter=10, AP=ap / 2, AP_S=ap_s / 2), dict(iter=20, AP=ap, AP_S=ap_s)]
+    curve = curve or [dict(iter=10, AP=ap - 0.005, AP_S=ap_s / 2), dict(iter=20, AP=ap, AP_S=ap_s)]
     return dict(row=row, seed=seed, iters=20, metrics=metrics, curve=curve,
                 train_seconds=10.0 + 2 * seed, total_seconds=15.0, params=1_000_000,
-                description=dict(levels='4', attention='multi-scale', K='4', neck='FPN'))
+                description=dict(levels='4', attention='multi-scale', K='4', neck='FPN'),
+                decay_iter=None)
 
 
 def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
     rows = ablations.find_rows(ROW_DIR, patterns=TWO_ROWS)
     assert list(rows) == ['deformable-detr_ss-k1', 'deformable-detr_ms-attn-k4']
     work_dir = tmp_path / 'work'
+    pretrained = tmp_path / 'pretrained'
     result = ablations.run_ablations(rows, seeds=[0], work_dir=str(work_dir),
                                      data_root=str(tmp_path / 'data'), max_iters=2,
                                      synthetic_overrides=TINY_DATA, num_threads=1,
-                                     progress=False, jobs=2)  # side by side, order kept
+                                     progress=False, jobs=2,  # side by side, order kept
+                                     pretrained_dir=str(pretrained), pretrain_iters=2)
     out = capsys.readouterr().out
     assert [r['row'] for r in result['runs']] == list(rows)
     for run in result['runs']:
         assert run['iters'] == 2 and run['seed'] == 0
-        assert [p['iter'] for p in run['curve']] == [1, 2]  # max_iters // 4 -> every iteration
+        # the evaluation points (20 %, ..., 80 %, 90 %, 100 %) scaled to 2 iterations
+        assert [p['iter'] for p in run['curve']] == [1, 2]
         assert set(run['metrics']) == set(report.TABLE_METRICS)
         assert 0 < run['train_seconds'] < run['total_seconds']
-        assert run['params'] > 1_000_000
+        assert run['params'] > 1_000_000 and run['decay_iter'] == 2
+        # the frozen backbone's features were cached: 4 training and 4 validation images
+        assert run['cache']['misses'] >= 8 and run['cache']['entries'] >= 8
         assert (work_dir / run['row'] / 'seed0' / 'result.json').is_file()
+        log = next(Path(run['log_dir']).glob('*.log')).read_text()
+        assert f'ResNet: loaded 100 tensors from {pretrained}' in log
     assert result['runs'][1]['description']['attention'] == 'multi-scale'
     text = (work_dir / 'results.md').read_text()
     table_lines = result['table'].splitlines()[2:]
@@ -50,17 +58,24 @@ def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
     # the only claim with both rows present is judged, the others say what is missing
     assert '| deformable-detr_ms-attn-k4 vs deformable-detr_ss-k1 | AP |' in text
     assert 'not run (deformable-detr_ms-inputs-k1 missing)' in text
+    assert 'ablations: 2 runs trained, 0 read back; wall time' in out
+    assert 'Times: ablations: 2 runs trained' in text
     saved = json.loads((work_dir / 'results.json').read_text())
     assert saved['budget']['max_iters'] == 2 and saved['budget']['synthetic_data']['num_val'] == 4
     image = cv2.imread(str(work_dir / 'curves.png'))
     assert image is not None and min(image.shape[:2]) > 200
-    # resume: the finished runs are read back, nothing is trained
-    monkeypatch.setattr(ablations, 'run_in_process',
-                        lambda *args: pytest.fail('resume retrained a finished run'))
+    # run again: the finished runs and the backbone are read back, nothing is trained
+    monkeypatch.setattr(runs, 'run_in_process',
+                        lambda *args: pytest.fail('a finished run was trained again'))
+    monkeypatch.setattr(pretraining, 'pretrain_backbone',
+                        lambda *a, **k: pytest.fail('the pretrained backbone was not reused'))
     again = ablations.run_ablations(rows, seeds=[0], work_dir=str(work_dir),
                                     data_root=str(tmp_path / 'data'), max_iters=2,
-                                    synthetic_overrides=TINY_DATA, resume=True, progress=False)
+                                    synthetic_overrides=TINY_DATA, progress=False,
+                                    pretrained_dir=str(pretrained), pretrain_iters=2)
     assert [r['metrics'] for r in again['runs']] == [r['metrics'] for r in result['runs']]
+    assert all(r['reused'] for r in again['runs'])
+    assert 'ablations: 0 runs trained, 2 read back' in again['times']
 
 
 def test_jobs_must_be_positive(tmp_path):
@@ -72,10 +87,10 @@ def test_jobs_must_be_positive(tmp_path):
 
 
 def test_row_names_and_selection():
-    assert ablations.row_name('a/deformable-detr_ss-k1_r18_1xb8-360i_synthetic.py') == \
+    assert runs.row_name('a/deformable-detr_ss-k1_r18_1xb8-360i_synthetic.py') == \
         'deformable-detr_ss-k1'
     with pytest.raises(ValueError, match='not named'):
-        ablations.row_name('base.py')
+        runs.row_name('base.py')
     rows = ablations.find_rows(ROW_DIR)
     assert list(rows) == list(ablations.ROW_ORDER)  # the table follows the paper's order
     assert set(report.claims_rows()) <= set(rows)
@@ -89,14 +104,16 @@ def test_row_names_and_selection():
 def test_describe_row():
     rows = ablations.find_rows(
         ROW_DIR, patterns=['ms-inputs-k1', 'ss-k4', 'ms-attn-k4-fpn'])
-    rows.update(ablations.find_rows(CONVERGENCE_DIR, patterns=['dense-detr_ss']))
+    rows.update(ablations.find_rows(CONVERGENCE_DIR, patterns=['detr_ss']))
     described = {name: ablations.describe_config(path) for name, path in rows.items()}
     assert described['deformable-detr_ms-inputs-k1'] == dict(
-        levels='4', attention='within-level', K='1', neck='MultiScaleProjection')
+        levels='4', attention='within-level', K='1', decoder='DeformableDecoder',
+        neck='MultiScaleProjection')
     assert described['deformable-detr_ss-k4'] == dict(
-        levels='1', attention='single-level', K='4', neck='MultiScaleProjection')
-    assert described['dense-detr_ss']['attention'] == 'dense'
-    assert described['dense-detr_ss']['K'] == '-'
+        levels='1', attention='single-level', K='4', decoder='DeformableDecoder',
+        neck='MultiScaleProjection')
+    assert described['detr_ss'] == dict(levels='1', attention='dense', K='-',
+                                        decoder='DetrDecoder', neck='MultiScaleProjection')
     assert described['deformable-detr_ms-attn-k4-fpn']['neck'] == 'FPN'
 
 
@@ -105,32 +122,35 @@ def test_rows_must_share_the_budget(tmp_path):
     other = tmp_path / 'deformable-detr_other_r18_synthetic.py'
     other.write_text(f'_base_ = {base!r}\ntrain_cfg = dict(max_iters=7)\n')
     rows = {'a': base, 'b': str(other)}
-    with pytest.raises(ValueError, match='max_iters is 500 in .* and 7 in'):
-        ablations.check_same_budget(rows)
-    assert ablations.check_same_budget(rows, max_iters=5)['max_iters'] == 5
+    with pytest.raises(ValueError, match=r'max_iters is \d+ in .* and 7 in'):
+        runs.check_same_budget(rows)
+    assert runs.check_same_budget(rows, max_iters=5)['max_iters'] == 5
     other.write_text(f'_base_ = {base!r}\nsynthetic_data = dict(num_val=3)\n')
     with pytest.raises(ValueError, match='synthetic_data'):
-        ablations.check_same_budget(rows, max_iters=5)
+        runs.check_same_budget(rows, max_iters=5)
     coco_rows = ablations.find_rows(str(CONFIGS / 'ablations'), ['ss-k1'])
     with pytest.raises(KeyError, match='has no "synthetic_data"'):
-        ablations.check_same_budget(coco_rows)
+        runs.check_same_budget(coco_rows)
 
 
 def test_summary_and_table():
-    runs = [fake_run('a', 0, 0.30), fake_run('a', 1, 0.34), fake_run('b', 0, 0.20)]
-    summary = report.summarize(runs)
+    records = [fake_run('a', 0, 0.30), fake_run('a', 1, 0.34), fake_run('b', 0, 0.20)]
+    summary = report.summarize(records)
     assert summary['a']['seeds'] == [0, 1]
     np.testing.assert_allclose(summary['a']['values']['AP'], [30.0, 34.0])
     assert np.isnan(summary['a']['values']['AP_L']).all()  # COCO's -1: no large object
     lines = report.format_table(summary).splitlines()
-    # two seeds (30, 34): t(0.975, 1) * s.d. / sqrt(2) = 12.706 * 2.83 / 1.41 = 25.4
-    assert lines[2].startswith('| a | 4 | multi-scale | 4 | FPN | 32.0 ± 25.4 | 64.0 ± 50.8 |')
-    assert '| n/a | 11 | 1.00 M | 2 |' in lines[2]
+    # two seeds (30, 34): t(0.975, 1) * s.d. / sqrt(2) = 12.706 * 2.83 / 1.41 = 25.4; AP50's
+    # interval (64 +- 50.8) is cut at 100
+    assert lines[2].startswith('| a | 4 | multi-scale | 4 | FPN | 32.0 [6.6, 57.4] | '
+                               '64.0 [13.2, 100.0] |')
+    # both curves end flat (no decay: the last two evaluations): the plateau gate holds
+    assert '| n/a | yes (2/2) | 11 | 1.00 M | 2 |' in lines[2]
     assert lines[3].startswith('| b | 4 | multi-scale | 4 | FPN | 20.0 | 40.0 |')
 
 
 def test_plot_with_seed_bands(tmp_path):
-    runs = [fake_run('a', 0, 0.3), fake_run('a', 1, 0.4), fake_run(report.DENSE_ROW, 0, 0.1)]
-    counts = report.plot_ablation_curves(runs, str(tmp_path / 'c.png'))
-    assert counts == {'a': 2, report.DENSE_ROW: 2}
+    records = [fake_run('a', 0, 0.3), fake_run('a', 1, 0.4), fake_run('detr_ss', 0, 0.1)]
+    counts = plots.plot_ablation_curves(records, str(tmp_path / 'c.png'))
+    assert counts == {'a': 2, 'detr_ss': 2}
     assert cv2.imread(str(tmp_path / 'c.png')) is not None

@@ -82,6 +82,23 @@ def test_build_synthetic_config_rescales_schedule(tmp_path):
     assert cfg.default_hooks.checkpoint.interval == 40
 
 
+def test_rescaling_keeps_the_decay_and_evaluation_points_in_proportion(tmp_path):
+    path = tmp_path / 'steps.py'
+    path.write_text(f'_base_ = {DEMO_CONFIG!r}\n'
+                    'train_cfg = dict(max_iters=1000, val_interval=200, '
+                    'dynamic_intervals=[(800, 100)])\n'
+                    "param_scheduler = [dict(type='MultiStepLR', by_epoch=False, begin=0, "
+                    'end=1000, milestones=[800], gamma=0.1)]\n')
+    cfg = experiment.build_synthetic_config(str(path), str(tmp_path / 'w'),
+                                            str(tmp_path / 'd'), max_iters=500)
+    assert (cfg.train_cfg.val_interval, cfg.train_cfg.dynamic_intervals) == (100, [(400, 50)])
+    assert cfg.param_scheduler[0].milestones == [400] and cfg.param_scheduler[0].end == 500
+    # one fixed interval replaces the evaluation points
+    cfg = experiment.build_synthetic_config(str(path), str(tmp_path / 'w'),
+                                            str(tmp_path / 'd'), val_interval=7)
+    assert cfg.train_cfg.val_interval == 7 and 'dynamic_intervals' not in cfg.train_cfg
+
+
 def test_build_synthetic_config_needs_iteration_loop(tmp_path):
     path = tmp_path / 'epochs.py'
     path.write_text(f'_base_ = {DEMO_CONFIG!r}\n'

@@ -11,7 +11,7 @@ from mmdeform.datasets.synthetic import make_synthetic_coco
 from mmdeform.registry import MODELS
 from projects.synthetic_ablations import ABLATION_DIR, pretraining
 
-ROW = ABLATION_DIR / 'deformable-detr_ss-k4_r18_1xb8-500i_synthetic.py'
+(ROW, ) = ABLATION_DIR.glob('deformable-detr_ss-k4_*.py')
 
 
 @pytest.fixture(scope='module')
@@ -33,23 +33,38 @@ def test_counts_match_the_annotations(data_root):
     assert counts[0].tolist() == [float(first.count(i)) for i in ids]
 
 
+def test_the_pretrained_backbone_is_the_rows_made_trainable():
+    cfg = Config.fromfile(str(ROW))
+    trainable = pretraining.trainable_backbone_cfg(cfg.model.backbone)
+    resnet = cfg.model.backbone.backbone  # unwrapped from FeatureCachedBackbone
+    assert trainable == dict(resnet, init_cfg=None, frozen_stages=-1,
+                             norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False)
+    plain = dict(type='ResNet', depth=18, init_cfg=dict(type='Pretrained', checkpoint='a'))
+    assert pretraining.trainable_backbone_cfg(plain)['depth'] == 18
+    assert pretraining.checkpoint_option(str(ROW), 'x.pth') == {
+        'model.backbone.backbone.init_cfg.checkpoint': 'x.pth'}
+
+
 def test_pretrained_checkpoint_loads_strictly_into_the_row_backbone(data_root, tmp_path):
     cfg = Config.fromfile(str(ROW))
     out = tmp_path / 'ckpt' / 'backbone.pth'
     result = pretraining.pretrain_backbone(cfg, data_root, str(out), iters=4, batch_size=4,
                                            lr=1e-3, num_threads=1)
-    assert set(result) == {'val_mse_init', 'val_exact_init', 'val_mse', 'val_exact',
+    assert set(result) == {'val_mse_init', 'val_exact_init', 'val_mse', 'val_exact', 'curve',
                            'seconds'}
+    assert [point['step'] for point in result['curve']] == [4]
     assert result['val_mse'] != result['val_mse_init']  # the weights did move
     assert [p.name for p in out.parent.iterdir()] == ['backbone.pth']  # no temporary left
     saved = torch.load(out, weights_only=True)
     assert saved['meta']['iters'] == 4 and 'fc.weight' in saved['state_dict']
-    backbone = MODELS.build(dict(cfg.model.backbone, init_cfg=dict(type='Pretrained',
-                                                                   checkpoint=str(out))))
-    backbone.init_weights()
-    for key, value in backbone.state_dict().items():
-        if not key.endswith('num_batches_tracked'):
-            torch.testing.assert_close(value, saved['state_dict'][key], rtol=0, atol=0)
+    # into the row's frozen backbone (FrozenBN, inside the feature cache)
+    resnet = dict(cfg.model.backbone.backbone, init_cfg=dict(type='Pretrained',
+                                                             checkpoint=str(out)))
+    wrapper = MODELS.build(dict(cfg.model.backbone, backbone=resnet))
+    wrapper.init_weights()
+    for key, value in wrapper.backbone.state_dict().items():
+        torch.testing.assert_close(value, saved['state_dict'][key], rtol=0, atol=0)
+    assert not any(p.requires_grad for p in wrapper.parameters())
     # same seed, same result: the counting run is deterministic
     again = pretraining.pretrain_backbone(cfg, data_root, None, iters=4, batch_size=4,
                                           lr=1e-3, num_threads=1)
@@ -80,7 +95,7 @@ def test_settings_must_match_the_backbone_init_cfg():
     cfg.backbone_pretraining = settings
     assert pretraining.pretraining_settings(cfg) == settings
     cfg.backbone_pretraining = dict(settings, checkpoint='b.pth')
-    with pytest.raises(KeyError, match="init_cfg must be .*'b.pth'"):
+    with pytest.raises(KeyError, match="the backbone init_cfg must be .*'b.pth'"):
         pretraining.pretraining_settings(cfg)
     cfg.backbone_pretraining = dict(settings, epochs=3)
     with pytest.raises(KeyError, match=r"unknown keys \['epochs'\]"):

@@ -1,0 +1,10 @@
+# The DETR of the convergence run: DETR's dense transformer (encoder self-attention over every
+# token, DenseEncoder) and DETR's own decoder (DetrDecoder: content queries from zero, the learned
+# queries as positions, boxes sigmoid(MLP) with no reference point) on the single-scale input of
+# the deformable model beside it, with its layers, widths, queries, losses, frozen pretrained
+# backbone and schedule, at the paper's learning-rate ratio: DETR 1e-4 against Deformable DETR's
+# 2e-4, so half the deformable model's rate here.
+_base_ = './deformable-detr_ss-k4_r18-half-frozen_1xb8-12000i_synthetic-256.py'
+
+model = dict(encoder=dict(type='DenseEncoder'), decoder=dict(type='DetrDecoder'))
+optim_wrapper = dict(optimizer=dict(lr=5e-4))
