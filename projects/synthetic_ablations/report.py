@@ -146,18 +146,19 @@ def format_table(summary: Dict[str, dict]) -> str:
 
 
 def _claim_difference(claim: Claim, summary: Dict[str, dict]):
-    """(Difference, None) for a claim that can be judged, else (None, the reason)."""
+    """(Difference, None) for a claim that can be judged, else (None or the
+    difference of an unconverged pair, the reason)."""
     missing = [r for r in (claim.higher, claim.lower) if r not in summary]
     if missing:
         return None, f'not run ({", ".join(missing)} missing)'
-    unconverged = [r for r in (claim.higher, claim.lower) if not summary[r]['converged']]
-    if unconverged:
-        return None, f'not judged: {", ".join(unconverged)} not converged'
     higher, lower = summary[claim.higher], summary[claim.lower]
     diff = difference(dict(zip(higher['seeds'], higher['values'][claim.metric])),
                       dict(zip(lower['seeds'], lower['values'][claim.metric])))
     if diff is None:
         return None, f'not measurable ({claim.metric} undefined)'
+    unconverged = [r for r in (claim.higher, claim.lower) if not summary[r]['converged']]
+    if unconverged:
+        return diff, f'not judged: {", ".join(unconverged)} not converged'
     return diff, None
 
 
@@ -165,8 +166,10 @@ def check_claims(claims: Sequence[Claim], summary: Dict[str, dict]) -> Tuple[Lis
     """Judge the claims together: tests, Holm's adjustment over them, verdicts.
 
     A claim whose rows are missing or not converged is not tested and is
-    left out of the family. Orderings: two-sided t-test of "no
-    difference"; equivalence: TOST within ± ``EQUIVALENCE_MARGIN``.
+    left out of the family (for an unconverged pair the difference of the
+    means is shown, marked "mean only", without interval or verdict).
+    Orderings: two-sided t-test of "no difference"; equivalence: TOST
+    within ± ``EQUIVALENCE_MARGIN``.
 
     Returns:
         tuple[list[dict], int]: per claim ``difference`` (``mean [low,
@@ -175,16 +178,18 @@ def check_claims(claims: Sequence[Claim], summary: Dict[str, dict]) -> Tuple[Lis
         tested (the family of the correction).
     """
     diffs = [_claim_difference(claim, summary) for claim in claims]
-    raw = [None if diff is None else
+    raw = [None if diff is None or reason is not None else
            (diff.tost_p_value(EQUIVALENCE_MARGIN) if claim.no_gain else diff.p_value())
-           for claim, (diff, _) in zip(claims, diffs)]
+           for claim, (diff, reason) in zip(claims, diffs)]
     m = sum(p is not None for p in raw)
     adjusted = holm(raw)
     confidence = 1 - (1 - CONFIDENCE) / max(m, 1)  # Bonferroni-simultaneous intervals
     results = []
     for claim, (diff, reason), p, p_adj in zip(claims, diffs, raw, adjusted):
-        if diff is None:
-            results.append(dict(difference='-', method='-', p=None, p_holm=None, verdict=reason))
+        if reason is not None:  # not tested; an unconverged pair's mean difference is shown
+            shown = '-' if diff is None else f'{diff.mean:+.1f} (mean only)'
+            results.append(dict(difference=shown, method='-', p=None, p_holm=None,
+                                verdict=reason))
             continue
         judged = equivalence_verdict(diff, p_adj, confidence) if claim.no_gain else \
             ordering_verdict(diff, p_adj)

@@ -157,6 +157,9 @@ def test_an_unconverged_row_is_not_judged():
     results, m = report.check_claims(report.CLAIMS, summary)
     assert m == 0
     assert results[3]['verdict'] == f'not judged: {report.DEFORMABLE_ROW} not converged'
+    # the means' difference is shown (21 - 30 points), with no interval, p or verdict
+    assert results[3]['difference'] == '-9.0 (mean only)'
+    assert results[3]['p'] is None and results[3]['p_holm'] is None
     assert '| no (0/3) |' in report.format_table(summary)
     # the peak-rate trend (before the decay at 200) is reported, not gated
     assert summary[report.DEFORMABLE_ROW]['trends'][0] == (False, '100: 10.0 -> 200: 15.0')
