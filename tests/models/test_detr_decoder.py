@@ -83,7 +83,11 @@ def test_refuses_bad_inputs_and_configs():
     decoder = build()
     query, query_pos, refs = queries()
     enc = encoder_output()
+    memory_pos = enc.memory_pos
     enc.memory_pos = None
+    with pytest.raises(ValueError, match='DetrDecoder: encoder_output.memory_pos is None'):
+        decoder(query, query_pos, refs, enc)
+    enc.memory_pos = memory_pos[:, :-1]
     with pytest.raises(ValueError, match='memory_pos must have the shape'):
         decoder(query, query_pos, refs, enc)
     with pytest.raises(ValueError, match='num_levels=1'):

@@ -12,6 +12,31 @@ from ..stage_outputs import DecoderOutput, EncoderOutput
 from .deformable_decoder import check_decoder_inputs
 
 
+def check_dense_decoder_inputs(owner: str, decoder: nn.Module, query: torch.Tensor,
+                               query_pos: torch.Tensor, reference_points: torch.Tensor,
+                               encoder_output: EncoderOutput) -> None:
+    """Input checks of the decoders with dense cross-attention (``DenseDecoder``,
+    ``DetrDecoder``): the shared decoder checks, a memory_pos shaped like the memory
+    (the keys are memory + memory_pos) and ``decoder.num_levels`` levels.
+
+    Raises:
+        ValueError: naming ``owner`` and the offending input.
+    """
+    memory, memory_pos = encoder_output.memory, encoder_output.memory_pos
+    check_decoder_inputs(owner, decoder.embed_dims, query, query_pos, reference_points, memory)
+    if memory_pos is None:
+        raise ValueError(f'{owner}: encoder_output.memory_pos is None; the dense '
+                         'cross-attention needs the position encoding of the memory '
+                         '(filled by DeformableEncoder and DenseEncoder)')
+    if memory_pos.shape != memory.shape:
+        raise ValueError(f'{owner}: encoder_output.memory_pos must have the shape of '
+                         f'memory {tuple(memory.shape)}, got {tuple(memory_pos.shape)}')
+    if encoder_output.spatial_shapes.shape[0] != decoder.num_levels:
+        raise ValueError(f'{owner}: built for num_levels={decoder.num_levels} but '
+                         f'encoder_output.spatial_shapes has '
+                         f'{encoder_output.spatial_shapes.shape[0]} rows')
+
+
 @MODELS.register_module()
 class DenseDecoder(BaseModule):
     """Post-norm DETR decoder with the interface of ``DeformableDecoder``.
@@ -59,23 +84,6 @@ class DenseDecoder(BaseModule):
         init_dense_transformer(self)
         super().init_weights()
 
-    def _check_inputs(self, query: torch.Tensor, query_pos: torch.Tensor,
-                      reference_points: torch.Tensor, encoder_output: EncoderOutput) -> None:
-        memory, memory_pos = encoder_output.memory, encoder_output.memory_pos
-        check_decoder_inputs('DenseDecoder', self.embed_dims, query, query_pos,
-                             reference_points, memory)
-        if memory_pos is None:
-            raise ValueError('DenseDecoder: encoder_output.memory_pos is None; the dense '
-                             'cross-attention needs the position encoding of the memory '
-                             '(filled by DeformableEncoder and DenseEncoder)')
-        if memory_pos.shape != memory.shape:
-            raise ValueError(f'DenseDecoder: encoder_output.memory_pos must have the shape of '
-                             f'memory {tuple(memory.shape)}, got {tuple(memory_pos.shape)}')
-        if encoder_output.spatial_shapes.shape[0] != self.num_levels:
-            raise ValueError(f'DenseDecoder: built for num_levels={self.num_levels} but '
-                             f'encoder_output.spatial_shapes has '
-                             f'{encoder_output.spatial_shapes.shape[0]} rows')
-
     def forward(self, query: torch.Tensor, query_pos: torch.Tensor,
                 reference_points: torch.Tensor, encoder_output: EncoderOutput,
                 reg_branches: Optional[nn.ModuleList] = None) -> DecoderOutput:
@@ -98,7 +106,8 @@ class DenseDecoder(BaseModule):
             DecoderOutput: hidden_states (num_layers, B, Q, C) and references,
             num_layers times the input ``reference_points``.
         """
-        self._check_inputs(query, query_pos, reference_points, encoder_output)
+        check_dense_decoder_inputs('DenseDecoder', self, query, query_pos, reference_points,
+                                   encoder_output)
         hidden_states = []
         output = query
         for layer in self.layers:

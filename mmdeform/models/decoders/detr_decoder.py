@@ -9,7 +9,7 @@ from mmdeform.registry import MODELS
 
 from ..layers import DenseDecoderLayer, check_dense_layer_cfg, init_dense_transformer
 from ..stage_outputs import DecoderOutput, EncoderOutput
-from .deformable_decoder import check_decoder_inputs
+from .dense_decoder import check_dense_decoder_inputs
 
 # The reference whose inverse sigmoid is 0: boxes_from_reference(delta, 0.5) = sigmoid(delta).
 NEUTRAL_REFERENCE = 0.5
@@ -72,20 +72,6 @@ class DetrDecoder(BaseModule):
         init_dense_transformer(self)
         super().init_weights()
 
-    def _check_inputs(self, query: torch.Tensor, query_pos: torch.Tensor,
-                      reference_points: torch.Tensor, encoder_output: EncoderOutput) -> None:
-        memory, memory_pos = encoder_output.memory, encoder_output.memory_pos
-        check_decoder_inputs('DetrDecoder', self.embed_dims, query, query_pos,
-                             reference_points, memory)
-        if memory_pos is None or memory_pos.shape != memory.shape:
-            raise ValueError(f'DetrDecoder: encoder_output.memory_pos must have the shape of '
-                             f'memory {tuple(memory.shape)} (the keys are memory + memory_pos), '
-                             f'got {None if memory_pos is None else tuple(memory_pos.shape)}')
-        if encoder_output.spatial_shapes.shape[0] != self.num_levels:
-            raise ValueError(f'DetrDecoder: built for num_levels={self.num_levels} but '
-                             f'encoder_output.spatial_shapes has '
-                             f'{encoder_output.spatial_shapes.shape[0]} rows')
-
     def forward(self, query: torch.Tensor, query_pos: torch.Tensor,
                 reference_points: torch.Tensor, encoder_output: EncoderOutput,
                 reg_branches: Optional[nn.ModuleList] = None) -> DecoderOutput:
@@ -107,7 +93,8 @@ class DetrDecoder(BaseModule):
             output after the shared norm, and references: num_layers
             tensors shaped like ``reference_points``, filled with 0.5.
         """
-        self._check_inputs(query, query_pos, reference_points, encoder_output)
+        check_dense_decoder_inputs('DetrDecoder', self, query, query_pos, reference_points,
+                                   encoder_output)
         output = torch.zeros_like(query)
         hidden_states = []
         for layer in self.layers:
