@@ -44,7 +44,7 @@ from mmengine.logging import print_log
 from mmengine.utils import mkdir_or_exist
 from torch import nn
 
-from mmdeform.fileio import torch_save_atomic
+from mmdeform.fileio import load_weights_only, torch_save_atomic
 from mmdeform.registry import MODELS
 
 PRETRAINING_KEYS = ('checkpoint', 'iters', 'batch_size', 'lr', 'weight_decay', 'seed')
@@ -262,19 +262,21 @@ def checkpoint_option(config: str, checkpoint: str) -> dict:
     return {f'{prefix}.init_cfg.checkpoint': checkpoint}
 
 
-def pretrained_matches(path: str, settings: dict, data_root: str) -> bool:
-    """Whether ``path`` holds a backbone pretrained with ``settings`` on ``data_root``."""
+def pretrained_meta(path: str, settings: dict, data_root: str) -> Optional[dict]:
+    """The ``meta`` of ``path`` if it holds a backbone pretrained with ``settings`` on
+    ``data_root`` (read once, weights-only), else None."""
     if not osp.isfile(path):
-        return False
+        return None
     try:
-        meta = torch.load(path, map_location='cpu', weights_only=True).get('meta', {})
+        meta = load_weights_only(path, map_location='cpu').get('meta', {})
     except Exception as error:  # a truncated or foreign file: train it again
         print_log(f'pretraining: cannot read {path} ({type(error).__name__}: {error}); '
                   'pretraining again', logger='current')
-        return False
+        return None
     wanted = {k: v for k, v in settings.items() if k != 'checkpoint'}
-    return (all(meta.get(k) == v for k, v in wanted.items())
-            and osp.abspath(meta.get('data_root', '')) == osp.abspath(data_root))
+    matches = (all(meta.get(k) == v for k, v in wanted.items())
+               and osp.abspath(meta.get('data_root', '')) == osp.abspath(data_root))
+    return meta if matches else None
 
 
 def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
@@ -325,9 +327,9 @@ def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
         by_row[name] = settings
     done = {}
     for path, (settings, cfg) in by_file.items():
-        if pretrained_matches(path, settings, data_root):
+        meta = pretrained_meta(path, settings, data_root)
+        if meta is not None:
             print(f'pretraining: reusing the pretrained backbone {path}', flush=True)
-            meta = torch.load(path, map_location='cpu', weights_only=True)['meta']
             done[path] = dict(seconds=0.0, curve=meta.get('curve', []))
             continue
         print(f'pretraining: the backbone into {path} ({settings["iters"]} iterations of '

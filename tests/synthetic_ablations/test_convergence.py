@@ -127,14 +127,14 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
 def test_pretrained_backbone_is_reused_only_with_the_same_settings(tmp_path):
     settings = dict(checkpoint=str(tmp_path / 'b.pth'), iters=3, batch_size=4, lr=1e-3,
                     weight_decay=1e-4, seed=0)
-    assert not pretraining.pretrained_matches(settings['checkpoint'], settings, 'data/x')
+    assert not pretraining.pretrained_meta(settings['checkpoint'], settings, 'data/x')
     meta = dict(settings, data_root='data/x', val_mse=0.5)
     del meta['checkpoint']
     torch.save(dict(state_dict={}, meta=meta), settings['checkpoint'])
-    assert pretraining.pretrained_matches(settings['checkpoint'], settings, 'data/x/')
-    assert not pretraining.pretrained_matches(settings['checkpoint'], settings, 'data/y')
-    assert not pretraining.pretrained_matches(settings['checkpoint'], dict(settings, lr=2e-3),
+    assert pretraining.pretrained_meta(settings['checkpoint'], settings, 'data/x/')
+    assert not pretraining.pretrained_meta(settings['checkpoint'], settings, 'data/y')
+    assert not pretraining.pretrained_meta(settings['checkpoint'], dict(settings, lr=2e-3),
                                               'data/x')
     with open(settings['checkpoint'], 'r+b') as f:  # truncated by a kill: trained again
         f.truncate(20)
-    assert not pretraining.pretrained_matches(settings['checkpoint'], settings, 'data/x')
+    assert not pretraining.pretrained_meta(settings['checkpoint'], settings, 'data/x')
