@@ -21,6 +21,7 @@ import numpy as np
 from mmengine.config import Config
 from mmengine.utils import mkdir_or_exist
 
+from mmdeform.fileio import write_text_atomic
 from mmdeform.visualization.curves import load_scalars
 from projects.synthetic_ablations.experiment import build_synthetic_config, train_and_evaluate
 
@@ -142,10 +143,10 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
 
 
 def _train_row_to_file(kwargs: dict, result_file: str) -> None:
-    """Child process body: :func:`train_row`, its result written as json."""
+    """Child process body: :func:`train_row`, its result written as json (atomically: the
+    file marks a finished run for the resume, so a kill never leaves half of it)."""
     result = train_row(**kwargs)
-    with open(result_file, 'w') as f:
-        json.dump(result, f, indent=1)
+    write_text_atomic(result_file, json.dumps(result, indent=1))
 
 
 def run_in_process(kwargs: dict, result_file: str) -> dict:
