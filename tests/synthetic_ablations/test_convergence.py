@@ -62,6 +62,9 @@ def test_equal_final_ap_comparison():
     compared = convergence.compare_seed(deformable, rising, 400)
     assert compared['gate']['detr'][0] is False
     assert compared['target'] == pytest.approx(0.9 * 9.0)
+    # a final AP that still moves is no final AP: no ratio, the text says why
+    assert compared['ratio'] is None and compared['iters']['detr'] is not None
+    assert compared['ratio_text'].startswith('not at equal final AP (detr not at a plateau)')
 
 
 def test_geometric_mean_of_ratios():
@@ -80,9 +83,23 @@ def test_report(tmp_path):
     assert [c['seed'] for c in compared] == [0, 1]
     assert '| 0 | 30.0, plateau (300: 29.5 -> 400: 30.5) | 20.0, plateau' in text
     assert 'DETR / deformable iterations at equal final AP: ' in text and '(2 seeds)' in text
+    assert '2 of 2 seeds measured' in text
     # milestones: 5 AP reached by both in every seed; 25 AP never by DETR
     assert '| 5 | 100 (2/2) | 183 (2/2) | 1.8x |' in text
     assert '| 25 | 194 (2/2) | not reached within 500 | - |' in text
+
+
+def test_report_leaves_an_unsettled_seed_out_of_the_ratio(tmp_path):
+    settled = (fake_run('deformable-detr_ss-k4', [10.0, 26.0, 29.5, 30.5], 0),
+               fake_run('detr_ss', [0.0, 6.0, 16.0, 19.8, 20.2], 0))
+    rising = (fake_run('deformable-detr_ss-k4', [10.0, 26.0, 29.5, 30.5], 1),
+              fake_run('detr_ss', [0.0, 6.0, 12.0, 16.0, 20.0], 1))  # +4 at the end
+    out, compared = convergence.write_convergence_report([settled, rising], 500,
+                                                         str(tmp_path / 'c.md'))
+    text = Path(out).read_text()
+    assert compared[0]['ratio'] is not None and compared[1]['ratio'] is None
+    assert '18.0, NOT at plateau (400: 16.0 -> 500: 20.0)' in text  # mean of the last two
+    assert '1 of 2 seeds measured' in text and '(1 seed)' in text
 
 
 def test_tool_end_to_end(tmp_path, monkeypatch):
