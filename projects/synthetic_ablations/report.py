@@ -203,7 +203,7 @@ def _p_text(p: Optional[float]) -> str:
 
 
 def _runs_table(summary: Dict[str, dict]) -> str:
-    head = ['row', 'seed', *TABLE_METRICS, 'AP at each evaluation (iteration: AP)',
+    head = ['row', 'seed', *TABLE_METRICS, 'iterations', 'AP at each evaluation (iteration: AP)',
             'plateau gate', 'peak-rate trend', 's/it', 'train s', 'total s', 'cache hits']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for name, row in summary.items():
@@ -216,7 +216,9 @@ def _runs_table(summary: Dict[str, dict]) -> str:
             hits = cache.get('hits', 0) / max(cache.get('hits', 0) + cache.get('misses', 0), 1)
             cells = [name, str(run['seed'])]
             cells += ['n/a' if np.isnan(v) else f'{v:.1f}' for v in values]
-            cells += [curve, f'{"pass" if holds else "FAIL"} ({words})',
+            extra = run['iters'] - run.get('scheduled_iters', run['iters'])
+            cells += [f'{run["iters"]}' + (f' (+{extra})' if extra else ''), curve,
+                      f'{"pass" if holds else "FAIL"} ({words})',
                       '-' if trend is None else
                       f'{"flat" if trend[0] else "rising or falling"} ({trend[1]})',
                       f'{run["train_seconds"] / max(run["iters"], 1):.3f}',
@@ -249,6 +251,17 @@ def _claims_section(summary: Dict[str, dict]) -> List[str]:
     return lines
 
 
+def _extension_text(runs: Sequence[dict]) -> str:
+    """What the runs' ``PlateauExtensionHook`` did, one sentence ('' without the hook)."""
+    if not any(r.get('extension') for r in runs):
+        return ''
+    extended = [r for r in runs if r['iters'] > r.get('scheduled_iters', r['iters'])]
+    return (f'A run whose gate failed at the end of the schedule trained on at the decayed '
+            f'rate, one evaluation interval at a time, until it held or 30 % more iterations '
+            f'were spent (PlateauExtensionHook): {len(extended)} of {len(runs)} runs were '
+            f'extended ("iterations" below). ')
+
+
 def write_report(runs: Sequence[dict], budget: dict, out_file: str,
                  times: Optional[str] = None) -> Tuple[str, str]:
     """Write ``results.md``: the table, the paper's orderings, every run, the times.
@@ -267,7 +280,8 @@ def write_report(runs: Sequence[dict], budget: dict, out_file: str,
     lines = [
         '# Deformable DETR ablations on synthetic shapes', '',
         f'Every run: {budget["max_iters"]} iterations x batch {budget["batch_size"]}, '
-        f'seeds {budget["seeds"]}; data: `{budget["synthetic_data"]}`. COCO bbox AP in points '
+        f'seeds {budget["seeds"]}; data: `{budget["synthetic_data"]}`. '
+        f'{_extension_text(runs)}COCO bbox AP in points '
         '(x 100) on the validation split, mean [95 % t-interval over seeds, clipped to '
         '[0, 100]] (the value alone for one seed); n/a: no object of that size. Plateau: '
         f'the last two evaluations within ±{PLATEAU_TOLERANCE:g} AP in every seed (passed / '

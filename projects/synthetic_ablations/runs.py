@@ -24,6 +24,8 @@ from mmengine.utils import mkdir_or_exist
 from mmdeform.fileio import write_text_atomic
 from mmdeform.visualization.curves import load_scalars
 from projects.synthetic_ablations.experiment import build_synthetic_config, train_and_evaluate
+from projects.synthetic_ablations.intervals import plateau_gate
+from projects.synthetic_ablations.plateau import PlateauExtensionHook
 
 # short name -> CocoMetric key
 METRICS = {'AP': 'coco/bbox_mAP', 'AP50': 'coco/bbox_mAP_50', 'AP_S': 'coco/bbox_mAP_s',
@@ -114,7 +116,11 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
         with data loading, validation excluded), ``seconds_per_iter``,
         ``total_seconds``, ``params``, ``cache`` (the feature cache's
         ``hits`` / ``misses`` / ``entries`` / ``bytes``, or None),
-        ``decay_iter`` (:func:`decay_iter`) and ``log_dir``.
+        ``decay_iter`` (:func:`decay_iter`), ``log_dir``,
+        ``scheduled_iters`` (the config's ``max_iters``; ``iters`` is larger
+        when the run was trained on to its plateau) and ``extension``
+        (:meth:`~projects.synthetic_ablations.plateau.PlateauExtensionHook.summary`,
+        None without the hook).
     """
     import torch
     if num_threads is not None:
@@ -132,7 +138,10 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
     # IterTimerHook's per-iteration times (data loading included), kept by the message hub
     train_seconds = float(np.sum(runner.message_hub.get_scalar('train/time').data[0]))
     backbone = runner.model.backbone
+    extension = next((hook.summary() for hook in runner.hooks
+                      if isinstance(hook, PlateauExtensionHook)), None)
     return dict(row=row_name(config), config=osp.abspath(config), seed=seed, iters=runner.iter,
+                scheduled_iters=int(cfg.train_cfg.max_iters), extension=extension,
                 metrics={k: float(metrics[v]) for k, v in METRICS.items() if v in metrics},
                 curve=_curve(runner.log_dir), train_seconds=train_seconds,
                 seconds_per_iter=train_seconds / max(runner.iter, 1),
@@ -168,14 +177,31 @@ def run_in_process(kwargs: dict, result_file: str) -> dict:
 
 
 def reusable_result(result_file: str, config: str, seed: int, max_iters: int) -> Optional[dict]:
-    """A finished run's result when it matches the config, seed and iterations."""
+    """A finished run's result when it matches the config, seed and scheduled iterations.
+
+    A run trained on to its plateau (``PlateauExtensionHook``) matches by its
+    ``scheduled_iters``. A result written without the hook's record while the
+    config now lists the hook is reused only if it passes the plateau gate:
+    the hook would not have touched that run, so it is the same run; one that
+    fails is trained again, with the hook.
+    """
     if not osp.isfile(result_file):
         return None
     with open(result_file) as f:
         result = json.load(f)
     same = (result.get('config') == osp.abspath(config) and result.get('seed') == seed
-            and result.get('iters') == max_iters)
-    return result if same else None
+            and result.get('scheduled_iters', result.get('iters')) == max_iters)
+    if not same:
+        return None
+    if result.get('extension') is None and _lists_plateau_hook(config) \
+            and not plateau_gate(result.get('curve', []))[0]:
+        return None
+    return result
+
+
+def _lists_plateau_hook(config: str) -> bool:
+    return any(hook.get('type') == 'PlateauExtensionHook'
+               for hook in Config.fromfile(config).get('custom_hooks', []))
 
 
 def train_or_reuse(kwargs: dict, resume: bool, max_iters: int, describe=None) -> dict:

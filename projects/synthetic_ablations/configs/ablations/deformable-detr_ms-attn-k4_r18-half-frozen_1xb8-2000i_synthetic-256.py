@@ -5,8 +5,9 @@
 # from the same frozen, pretrained backbone. Calibration: projects/synthetic_ablations/README.md.
 # The list form takes the demo's pipelines, loaders and runtime and replaces the rest.
 _base_ = ['../deformable-detr-refine-twostage_r18_1xb8-800i_synthetic.py']
-# registers FeatureCachedBackbone (the tools run from the checkout's root)
-custom_imports = dict(imports=['projects.synthetic_ablations.feature_cache'],
+# registers FeatureCachedBackbone and PlateauExtensionHook (the tools run from the checkout's root)
+custom_imports = dict(imports=['projects.synthetic_ablations.feature_cache',
+                               'projects.synthetic_ablations.plateau'],
                       allow_failed_imports=False)
 
 # ---- data: 256 px images with 1-8 shapes whose COCO size class (by area) is drawn first with
@@ -65,3 +66,7 @@ param_scheduler = [
          gamma=0.1),
 ]
 default_hooks = dict(checkpoint=dict(interval=2000))
+# rows are judged at a plateau: a run whose last two evaluations differ by more than 1.5 AP trains
+# on at the decayed rate, one evaluation interval (200) at a time, until they do or 600 extra
+# iterations are spent (projects/synthetic_ablations/plateau.py); a settled run is untouched
+custom_hooks = [dict(type='PlateauExtensionHook', max_extra_fraction=0.3)]
