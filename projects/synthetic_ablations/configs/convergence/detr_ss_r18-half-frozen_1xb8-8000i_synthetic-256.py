@@ -4,7 +4,7 @@
 # the deformable model beside it, with its layers, widths, queries, losses, frozen pretrained
 # backbone and schedule, at the paper's learning-rate ratio: DETR 1e-4 against Deformable DETR's
 # 2e-4, so half the deformable model's rate here.
-_base_ = './deformable-detr_ss-k4_r18-half-frozen_1xb8-12000i_synthetic-256.py'
+_base_ = './deformable-detr_ss-k4_r18-half-frozen_1xb8-8000i_synthetic-256.py'
 
 model = dict(encoder=dict(type='DenseEncoder'), decoder=dict(type='DetrDecoder'))
 optim_wrapper = dict(optimizer=dict(lr=5e-4))
