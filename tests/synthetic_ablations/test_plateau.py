@@ -58,7 +58,7 @@ def _train(tmp_path, aps, max_iters=10, **hook_args):
                     param_scheduler=dict(type='MultiStepLR', by_epoch=False, begin=0,
                                          end=max_iters, milestones=[5], gamma=0.1),
                     default_hooks=dict(checkpoint=None), custom_hooks=[hook],
-                    default_scope='mmengine')
+                    default_scope='mmdeform')
     runner.train()
     return runner, hook
 
