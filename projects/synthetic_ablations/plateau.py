@@ -35,7 +35,7 @@ class PlateauExtensionHook(Hook):
             of the scheduled ``max_iters`` (0.3: at most 600 after 2000).
 
     After training, :meth:`summary` gives ``scheduled_iters``,
-    ``extra_iters``, ``held`` (the gate at the last evaluation; None with
+    ``extra_iters``, ``max_extra_fraction``, ``held`` (the gate at the last evaluation; None with
     fewer than two) and ``gate`` (its words).
     """
 
@@ -93,4 +93,4 @@ class PlateauExtensionHook(Hook):
         """The extension of the finished run (class docstring)."""
         held, words = plateau_gate(self.curve, tolerance=self.tolerance)
         return dict(scheduled_iters=self.scheduled_iters, extra_iters=self.extra_iters,
-                    held=held, gate=words)
+                    max_extra_fraction=self.max_extra_fraction, held=held, gate=words)

@@ -216,7 +216,7 @@ def _runs_table(summary: Dict[str, dict]) -> str:
             hits = cache.get('hits', 0) / max(cache.get('hits', 0) + cache.get('misses', 0), 1)
             cells = [name, str(run['seed'])]
             cells += ['n/a' if np.isnan(v) else f'{v:.1f}' for v in values]
-            extra = run['iters'] - run.get('scheduled_iters', run['iters'])
+            extra = _extra_iters(run)
             cells += [f'{run["iters"]}' + (f' (+{extra})' if extra else ''), curve,
                       f'{"pass" if holds else "FAIL"} ({words})',
                       '-' if trend is None else
@@ -251,15 +251,24 @@ def _claims_section(summary: Dict[str, dict]) -> List[str]:
     return lines
 
 
+def _extra_iters(run: dict) -> int:
+    """Iterations a run trained beyond its schedule (PlateauExtensionHook)."""
+    return run['iters'] - run.get('scheduled_iters', run['iters'])
+
+
 def _extension_text(runs: Sequence[dict]) -> str:
     """What the runs' ``PlateauExtensionHook`` did, one sentence ('' without the hook)."""
-    if not any(r.get('extension') for r in runs):
+    records = [r['extension'] for r in runs if r.get('extension')]
+    if not records:
         return ''
-    extended = [r for r in runs if r['iters'] > r.get('scheduled_iters', r['iters'])]
+    # records written before the hook reported its budget lack the fraction
+    fractions = [r['max_extra_fraction'] for r in records if 'max_extra_fraction' in r]
+    budget = f'{100 * max(fractions):g} % more iterations' if fractions else 'its extra iterations'
+    extended = sum(_extra_iters(r) > 0 for r in runs)
     return (f'A run whose gate failed at the end of the schedule trained on at the decayed '
-            f'rate, one evaluation interval at a time, until it held or 30 % more iterations '
-            f'were spent (PlateauExtensionHook): {len(extended)} of {len(runs)} runs were '
-            f'extended ("iterations" below). ')
+            f'rate, one evaluation interval at a time, until it held or {budget} '
+            f'were spent (PlateauExtensionHook): {extended} of {len(runs)} runs were extended '
+            f'("iterations" below). ')
 
 
 def write_report(runs: Sequence[dict], budget: dict, out_file: str,

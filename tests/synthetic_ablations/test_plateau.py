@@ -66,8 +66,8 @@ def _train(tmp_path, aps, max_iters=10, **hook_args):
 def test_a_settled_run_is_not_extended(tmp_path):
     runner, hook = _train(tmp_path / 'a', [0.300, 0.310])
     assert runner.iter == 10
-    assert hook.summary() == dict(scheduled_iters=10, extra_iters=0, held=True,
-                                  gate='5: 30.0 -> 10: 31.0')
+    assert hook.summary() == dict(scheduled_iters=10, extra_iters=0, max_extra_fraction=0.3,
+                                  held=True, gate='5: 30.0 -> 10: 31.0')
 
 
 def test_a_rising_run_trains_on_until_the_gate_holds(tmp_path):
@@ -99,14 +99,16 @@ def test_report_says_which_runs_were_extended(tmp_path):
     settled = dict(row='a', seed=0, iters=20, scheduled_iters=20, metrics=dict(
         AP=0.3, AP50=0.6, AP_S=0.1, AP_M=0.3, AP_L=-1.0), curve=curve, train_seconds=10.0,
         total_seconds=15.0, params=1, description=dict(levels='4'), decay_iter=None,
-        extension=dict(scheduled_iters=20, extra_iters=0, held=True, gate=''))
+        extension=dict(scheduled_iters=20, extra_iters=0, max_extra_fraction=0.3,
+                       held=True, gate=''))
     extended = dict(settled, seed=1, iters=30, curve=curve + [dict(iter=30, AP=0.301, AP_S=0.1)],
-                    extension=dict(scheduled_iters=20, extra_iters=10, held=True, gate=''))
+                    extension=dict(scheduled_iters=20, extra_iters=10,
+                                   max_extra_fraction=0.3, held=True, gate=''))
     out, _ = report.write_report([settled, extended], dict(max_iters=20, batch_size=2,
                                                            seeds=[0, 1], synthetic_data={}),
                                  str(tmp_path / 'r.md'))
     text = Path(out).read_text()
-    assert '1 of 2 runs were extended' in text
+    assert 'or 30 % more iterations were spent' in text and '1 of 2 runs were extended' in text
     assert '| a | 1 | 30.0 | 60.0 | 10.0 | 30.0 | n/a | 30 (+10) | 10: 29.5' in text
     assert '| a | 0 | 30.0 | 60.0 | 10.0 | 30.0 | n/a | 20 | 10: 29.5' in text
 
