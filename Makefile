@@ -35,7 +35,11 @@ build: $(VENV)/.built
 lint: env
 	$(VENV)/bin/ruff check .
 
+# the import before pytest lets one process write yapf's grammar cache (mmengine's config imports
+# yapf; it pickles its grammar under the user's cache folder on first use): two xdist workers
+# writing and reading it at once made a fresh clone's collection fail with "Ran out of input"
 test: build lint
+	$(PY) -c "import mmengine.config"
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The HuggingFace tests against the newest transformers (the pins above test 4.57.6): a second
