@@ -3,7 +3,9 @@
 Trains the single-scale Deformable DETR and DETR (its own decoder, half the
 learning rate, as in the paper) on the same synthetic data from the same
 frozen, pretrained backbone, with every seed; finished runs are read back,
-not retrained. Prints the measured wall time and writes ``convergence.md``
+not retrained. ``--deformable-lrs`` / ``--detr-lrs`` with several rates sweep
+them first (first seed, ``--sweep-iters``, written to ``lr_sweep.md``) and
+compare each model at its best rate. Prints the measured wall time and writes ``convergence.md``
 (iterations to 90 % of the lower plateau AP, their ratio, fixed-AP milestones)
 and ``convergence.png`` under ``--work-dir``. See
 :mod:`projects.synthetic_ablations.convergence`.
@@ -42,6 +44,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--milestones', type=float, nargs='*', default=[5.0, 10.0, 20.0],
                         help='fixed APs (points) whose iterations are reported too')
+    parser.add_argument('--deformable-lrs', type=float, nargs='+', default=None,
+                        help="learning rate(s) of the deformable model (default: the config's); "
+                             'several are swept first with the first seed and the best is used')
+    parser.add_argument('--detr-lrs', type=float, nargs='+', default=None,
+                        help="learning rate(s) of DETR (default: the config's); several are "
+                             'swept first with the first seed and the best is used')
+    parser.add_argument('--sweep-iters', type=int, default=None,
+                        help='iterations of each learning-rate sweep run (default: --max-iters '
+                             "or the configs')")
     add_run_arguments(parser, 'work_dirs/convergence')
     return parser.parse_args(argv)
 
@@ -49,10 +60,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     configs = {row_name(path): path for path in (args.deformable_config, args.detr_config)}
+    if len(configs) != 2:
+        raise SystemExit('run_convergence: the deformable and DETR configs must be two rows')
+    lrs = {name: values for name, values in zip(configs, (args.deformable_lrs, args.detr_lrs))
+           if values}
     return run_convergence(configs, args.seeds, args.work_dir, args.data_root, args.max_iters,
                            args.val_interval, synthetic_overrides(args), args.threads,
                            not args.retrain, not args.no_progress, args.jobs,
-                           args.pretrained_dir, args.pretrain_iters, args.milestones)
+                           args.pretrained_dir, args.pretrain_iters, args.milestones,
+                           lrs, args.sweep_iters)
 
 
 if __name__ == '__main__':

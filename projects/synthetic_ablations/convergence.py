@@ -34,13 +34,19 @@ import numpy as np
 from mmengine.utils import mkdir_or_exist
 
 from mmdeform.datasets.synthetic import prepare_synthetic_data
-from projects.synthetic_ablations.intervals import plateau_gate, t_half_width
+from projects.synthetic_ablations.intervals import (
+    PLATEAU_RELATIVE_TOLERANCE,
+    PLATEAU_TOLERANCE,
+    plateau_gate,
+    t_half_width,
+)
 from projects.synthetic_ablations.plots import plot_ablation_curves
 from projects.synthetic_ablations.pretraining import (
     checkpoint_option,
     prepare_pretrained_backbones,
 )
 from projects.synthetic_ablations.runs import (
+    LR_KEY,
     check_same_budget,
     data_root_of,
     map_side_by_side,
@@ -183,27 +189,51 @@ def _milestone_lines(pairs: Sequence[Tuple[dict, dict]], max_iters: int,
     return lines + ['']
 
 
+def _length_text(runs: Sequence[dict], max_iters: int) -> str:
+    lengths = sorted({r.get('iters', max_iters) for r in runs})
+    if lengths == [max_iters]:
+        return f'{max_iters} iterations'
+    return (f'{max_iters} iterations scheduled, trained on to the plateau gate '
+            f'(PlateauExtensionHook): {", ".join(str(n) for n in lengths)}')
+
+
+def _lr_text(pairs: Sequence[Tuple[dict, dict]], sweep_file: Optional[str]) -> str:
+    if 'lr' not in pairs[0][0]:
+        return ''
+    rates = [f'{model} at lr {run["lr"]:g}'
+             for model, run in zip(('deformable', 'DETR'), pairs[0])]
+    source = (f' (chosen by the learning-rate sweep, `{osp.basename(sweep_file)}`)'
+              if sweep_file else '')
+    return f'{" and ".join(rates)}{source}. '
+
+
 def write_convergence_report(pairs: Sequence[Tuple[dict, dict]], max_iters: int, out_file: str,
-                             milestones: Sequence[float] = (5.0, 10.0, 20.0)
-                             ) -> Tuple[str, List[dict]]:
+                             milestones: Sequence[float] = (5.0, 10.0, 20.0),
+                             sweep_file: Optional[str] = None) -> Tuple[str, List[dict]]:
     """Write the markdown report of (deformable, DETR) run pairs, one pair per seed.
+
+    ``max_iters`` is the scheduled length; a run trained on to its plateau
+    (``iters`` larger) is reported with its own length. ``sweep_file``: the
+    learning-rate sweep the rates came from, named in the report.
 
     Returns:
         tuple: ``out_file`` and the per-seed comparisons (:func:`compare_seed`).
     """
-    compared = [compare_seed(a, b, max_iters) for a, b in pairs]
+    compared = [compare_seed(a, b, b.get('iters', max_iters)) for a, b in pairs]
     lines = [
         '# Convergence against DETR on synthetic shapes', '',
-        f'Both models: {max_iters} iterations at a constant learning rate after the warm-up, '
-        f'seeds {[c["seed"] for c in compared]}. Plateau AP: mean of the last two evaluations; '
-        'gate: those two within 1.5 AP. Equal final AP: each model\'s iterations to '
+        f'Both models: {_length_text([r for p in pairs for r in p], max_iters)}, at a '
+        f'constant learning rate after the warm-up, seeds {[c["seed"] for c in compared]}; '
+        f'{_lr_text(pairs, sweep_file)}Plateau AP: mean of the last two evaluations; '
+        f'gate: those two within {PLATEAU_TOLERANCE:g} AP and '
+        f'{100 * PLATEAU_RELATIVE_TOLERANCE:g} % of their mean. Equal final AP: each model\'s iterations to '
         f'{100 * PLATEAU_FRACTION:.0f} % of the lower plateau AP (first crossing, linearly '
         'interpolated between evaluations).', '',
         '| seed | deformable plateau | DETR plateau | target AP | deformable iterations | '
         'DETR iterations | DETR / deformable |', '|---|---|---|---|---|---|---|']
-    for c in compared:
-        its = [f'{v:.0f}' if v is not None else f'not reached within {max_iters}'
-               for v in c['iters'].values()]
+    for c, pair in zip(compared, pairs):
+        its = [f'{v:.0f}' if v is not None else f'not reached within {r.get("iters", max_iters)}'
+               for v, r in zip(c['iters'].values(), pair)]
         lines.append(f'| {c["seed"]} | {c["plateau"]["deformable"]:.1f}, '
                      f'{_gate_text(c["gate"]["deformable"])} | {c["plateau"]["detr"]:.1f}, '
                      f'{_gate_text(c["gate"]["detr"])} | {c["target"]:.1f} | {its[0]} | '
@@ -214,11 +244,32 @@ def write_convergence_report(pairs: Sequence[Tuple[dict, dict]], max_iters: int,
                   f'{len(ratios)} of {len(compared)} seeds measured (a seed counts when both '
                   'runs pass the plateau gate and both reach the target after their first '
                   'evaluation).', '']
-    lines += _milestone_lines(pairs, max_iters, milestones)
+    lines += _milestone_lines(pairs, max(r.get('iters', max_iters) for p in pairs for r in p),
+                              milestones)
     mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
     with open(out_file, 'w') as f:
         f.write('\n'.join(lines))
     return out_file, compared
+
+
+def lr_sweep_table(sweep: Dict[str, List[dict]], chosen: Dict[str, float]) -> List[str]:
+    """Markdown lines of a learning-rate sweep: per model and rate, AP at every evaluation,
+    the plateau AP (the mean of the last two, the sweep's criterion) and the rate chosen."""
+    lines = ['| model | lr | AP at each evaluation | plateau AP | chosen |', '|---|---|---|---|---|']
+    for name, runs in sweep.items():
+        for run in runs:
+            iters, aps = _points(run)
+            curve = ' / '.join(f'{ap:.1f}' for ap in aps)
+            lines.append(f'| {name} | {run["lr"]:g} | {curve} (at {iters[0]:g}..{iters[-1]:g}) | '
+                         f'{plateau_ap(run):.1f} | {"yes" if run["lr"] == chosen[name] else ""} |')
+    return lines
+
+
+def choose_lr(runs: Sequence[dict]) -> float:
+    """The learning rate of the run with the highest plateau AP (the lower rate on a tie)."""
+    if not runs:
+        raise ValueError('choose_lr: no run to choose from')
+    return min(runs, key=lambda r: (-round(plateau_ap(r), 6), r['lr']))['lr']
 
 
 def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
@@ -228,7 +279,9 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
                     num_threads: Optional[int] = None, resume: bool = True,
                     progress: bool = True, jobs: int = 1, pretrained_dir: Optional[str] = None,
                     pretrain_iters: Optional[int] = None,
-                    milestones: Sequence[float] = (5.0, 10.0, 20.0)) -> dict:
+                    milestones: Sequence[float] = (5.0, 10.0, 20.0),
+                    lrs: Optional[Dict[str, Sequence[float]]] = None,
+                    sweep_iters: Optional[int] = None) -> dict:
     """Train both models with every seed and write the convergence report (module docstring).
 
     Args:
@@ -241,20 +294,37 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
         val_interval (int, optional): Evaluation interval (default: the configs').
         synthetic_overrides (dict, optional): Updates ``synthetic_data``.
         num_threads (int, optional): Torch threads of each run.
-        resume (bool): Read back finished runs (same config, seed, iterations).
+        resume (bool): Read back finished runs (same config, seed, iterations
+            and learning rate).
         progress (bool): Progress bars of the data generation.
         jobs (int): Runs trained side by side, each in its own process.
         pretrained_dir (str, optional): Folder of the pretrained backbone
             (default: the path the configs name, shared with the table).
         pretrain_iters (int, optional): Overrides the pretraining iterations.
         milestones (Sequence[float]): Fixed APs (points) also reported.
+        lrs (dict[str, Sequence[float]], optional): row name -> learning
+            rates. One rate replaces the config's; several are swept first:
+            each is trained with the first seed for ``sweep_iters`` at a fixed
+            length (no plateau extension), the one with the highest plateau AP
+            (:func:`choose_lr`) is used for the comparison, and the sweep is
+            written to ``lr_sweep.md``. A row not named keeps its config's rate.
+        sweep_iters (int, optional): Iterations of each sweep run (default:
+            ``max_iters`` or the configs').
 
     Returns:
-        dict: ``runs``, ``compared`` (per seed), ``report``, ``curves`` and ``times``.
+        dict: ``runs``, ``compared`` (per seed), ``report``, ``curves``,
+        ``times``, ``lrs`` (row name -> the rate used; None: the config's) and
+        ``sweep`` (row name -> sweep runs; empty without a sweep).
     """
     if len(configs) != 2:
         raise ValueError(f'run_convergence: give two configs (deformable, DETR), got '
                          f'{list(configs)}')
+    lrs = {name: [float(lr) for lr in values] for name, values in (lrs or {}).items()}
+    unknown = sorted(set(lrs) - set(configs))
+    bad = [lr for values in lrs.values() for lr in values if not 0 < lr < 1]
+    if unknown or bad or any(not values for values in lrs.values()):
+        raise ValueError(f'run_convergence: learning rates must be given for {list(configs)} '
+                         f'as one or more values in (0, 1); got {lrs}')
     num_threads = threads_per_job(num_threads, jobs, 'run_convergence')
     budget = check_same_budget(configs, max_iters)
     budget['synthetic_data'].update(synthetic_overrides or {})
@@ -263,37 +333,65 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
     pretrained = prepare_pretrained_backbones(configs, data_root, pretrained_dir,
                                               pretrain_iters, num_threads and num_threads * jobs)
 
-    def run_one(seed: int, name: str, config: str) -> dict:
+    def run_one(seed: int, name: str, lr: Optional[float], sweep: bool = False) -> dict:
+        config = configs[name]
         options = checkpoint_option(config, pretrained[name]['checkpoint']) \
-            if name in pretrained else None
+            if name in pretrained else {}
+        folder = name if lr is None else f'{name}_lr{lr:g}'
+        if lr is not None:
+            options[LR_KEY] = lr
+        if sweep:  # a fixed length: the rates are compared at the same iteration
+            options['custom_hooks'] = []
+            folder = osp.join('lr_sweep', folder)
+        iters = (sweep_iters or max_iters) if sweep else max_iters
         result = train_or_reuse(
-            dict(config=config, work_dir=osp.join(work_dir, name, f'seed{seed}'),
-                 data_root=data_root, seed=seed, max_iters=max_iters,
+            dict(config=config, work_dir=osp.join(work_dir, folder, f'seed{seed}'),
+                 data_root=data_root, seed=seed, max_iters=iters,
                  val_interval=val_interval, synthetic_overrides=synthetic_overrides,
-                 num_threads=num_threads, cfg_options=options),
-            resume, budget['max_iters'])
-        print(f'convergence: {name} seed {seed}: last AP {100 * result["metrics"]["AP"]:.1f}, '
+                 num_threads=num_threads, cfg_options=options or None),
+            resume, iters or budget['max_iters'])
+        print(f'convergence{" sweep" if sweep else ""}: {name} lr {result["lr"]:g} seed {seed}: '
+              f'last AP {100 * result["metrics"]["AP"]:.1f} after {result["iters"]} iterations, '
               f'train {result["train_seconds"]:.0f} s ({result["seconds_per_iter"]:.3f} s/it)'
               f'{", read back" if result["reused"] else ""}', flush=True)
         return result
 
     start = time.perf_counter()
-    runs = map_side_by_side(run_one, [(s, n, c) for s in seeds for n, c in configs.items()],
-                            jobs)
-    times = (f'convergence: {sum(not r["reused"] for r in runs)} runs trained; wall time '
+    swept = [(seeds[0], name, lr, True) for name, values in lrs.items() if len(values) > 1
+             for lr in values]
+    sweep_runs = map_side_by_side(run_one, swept, jobs)
+    sweep = {name: [r for r, item in zip(sweep_runs, swept) if item[1] == name]
+             for name in configs if any(item[1] == name for item in swept)}
+    chosen = {name: (choose_lr(sweep[name]) if name in sweep else
+                     (lrs[name][0] if name in lrs else None)) for name in configs}
+    sweep_file = None
+    if sweep:
+        sweep_file = osp.join(work_dir, 'lr_sweep.md')
+        mkdir_or_exist(work_dir)
+        with open(sweep_file, 'w') as f:
+            f.write('\n'.join(
+                ['# Learning-rate sweep', '',
+                 f'Seed {seeds[0]}, {sweep_runs[0]["iters"]} iterations at a fixed length; the '
+                 'rate with the highest plateau AP (mean of the last two evaluations) is used '
+                 'for the comparison.', ''] + lr_sweep_table(sweep, chosen) + ['']))
+    runs = map_side_by_side(run_one, [(s, n, chosen[n]) for s in seeds for n in configs], jobs)
+    times = (f'convergence: {sum(not r["reused"] for r in sweep_runs + runs)} runs trained '
+             f'({len(sweep_runs)} in the learning-rate sweep); wall time '
              f'{(time.perf_counter() - start) / 60:.1f} min for the runs, backbone pretraining '
              f'{sum({s["checkpoint"]: s["seconds"] for s in pretrained.values()}.values()):.0f}'
              ' s (0 when reused)')
     print(times, flush=True)
     with open(osp.join(work_dir, 'convergence.json'), 'w') as f:
-        json.dump(dict(budget=budget, pretrained_backbones=pretrained, runs=runs, times=times),
-                  f, indent=1)
+        json.dump(dict(budget=budget, pretrained_backbones=pretrained, runs=runs, times=times,
+                       lrs=chosen, sweep=sweep), f, indent=1)
     pairs = [(runs[2 * i], runs[2 * i + 1]) for i in range(len(seeds))]
     report, compared = write_convergence_report(pairs, budget['max_iters'],
-                                                osp.join(work_dir, 'convergence.md'), milestones)
+                                                osp.join(work_dir, 'convergence.md'), milestones,
+                                                sweep_file)
     curves = osp.join(work_dir, 'convergence.png')
     plot_ablation_curves(runs, curves, metrics=('AP', ),
                          title=f'convergence: deformable vs DETR, seeds {list(seeds)}')
     with open(report) as f:
         print(f.read(), flush=True)
-    return dict(runs=runs, compared=compared, report=report, curves=curves, times=times)
+    return dict(runs=runs, compared=compared, report=report, curves=curves, times=times,
+                lrs=chosen, sweep=sweep)

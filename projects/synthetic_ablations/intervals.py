@@ -4,7 +4,10 @@ The unit of replication is a training run: a row trained with seed ``s``
 gives one value per metric.
 
 - **Plateau gate** (:func:`plateau_gate`): a run counts only if its last
-  two evaluations differ by at most :data:`PLATEAU_TOLERANCE` AP points. A
+  two evaluations differ by at most :data:`PLATEAU_TOLERANCE` AP points and
+  by at most :data:`PLATEAU_RELATIVE_TOLERANCE` of their mean (near zero AP
+  an absolute 1.5 points says nothing: 2.3 -> 2.6 is +13 %; from 15 AP up
+  the absolute bound is the tighter one and decides alone). A
   row is judged only if every one of its runs passes. After a x0.1 decay
   two close evaluations say less (the steps are ten times smaller whether
   or not the model had converged), so the report also gives each run's
@@ -41,6 +44,8 @@ CONFIDENCE = 0.95
 EQUIVALENCE_MARGIN = 1.5
 # a run is at its plateau when its last two evaluations differ by at most this (AP points)
 PLATEAU_TOLERANCE = 1.5
+# ... and by at most this share of their mean AP (the bound that decides below 15 AP)
+PLATEAU_RELATIVE_TOLERANCE = 0.1
 AP_RANGE = (0.0, 100.0)
 
 
@@ -162,7 +167,9 @@ def holm(p_values: Sequence[Optional[float]]) -> List[Optional[float]]:
 
 
 def plateau_gate(curve: Sequence[dict], decay_iter: Optional[int] = None,
-                 tolerance: float = PLATEAU_TOLERANCE) -> Tuple[Optional[bool], str]:
+                 tolerance: float = PLATEAU_TOLERANCE,
+                 relative_tolerance: float = PLATEAU_RELATIVE_TOLERANCE
+                 ) -> Tuple[Optional[bool], str]:
     """Whether a run's AP curve has reached its plateau (module docstring).
 
     Args:
@@ -172,6 +179,8 @@ def plateau_gate(curve: Sequence[dict], decay_iter: Optional[int] = None,
             before this iteration (the learning-rate decay: the peak-rate
             trend). None: the last two evaluations of the run (the gate).
         tolerance (float): Largest difference, in AP points.
+        relative_tolerance (float): Largest difference as a share of the
+            mean of the two evaluations (two evaluations at 0 AP pass).
 
     Returns:
         tuple[bool | None, str]: the verdict (None: fewer than two
@@ -184,7 +193,8 @@ def plateau_gate(curve: Sequence[dict], decay_iter: Optional[int] = None,
     first, last = points[-2], points[-1]
     delta = 100 * (last['AP'] - first['AP'])
     words = f'{first["iter"]}: {100 * first["AP"]:.1f} -> {last["iter"]}: {100 * last["AP"]:.1f}'
-    return abs(delta) <= tolerance, words
+    level = 50 * (last['AP'] + first['AP'])
+    return abs(delta) <= min(tolerance, relative_tolerance * abs(level)), words
 
 
 def ordering_verdict(diff: Difference, adjusted_p: Optional[float]) -> str:

@@ -2,7 +2,8 @@
 
 The Table 2 rows are judged only at a plateau: the last two evaluations
 within :data:`~projects.synthetic_ablations.intervals.PLATEAU_TOLERANCE` AP
-(:func:`~projects.synthetic_ablations.intervals.plateau_gate`, the report's
+and :data:`~projects.synthetic_ablations.intervals.PLATEAU_RELATIVE_TOLERANCE` of
+their mean (:func:`~projects.synthetic_ablations.intervals.plateau_gate`, the report's
 own rule). A run whose gate fails at the end of its schedule is trained on by
 one evaluation interval at a time, at the learning rate it ended with (the
 step schedule's ``end`` is behind it, so the rate stays at its decayed value),
@@ -19,7 +20,11 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from mmdeform.registry import HOOKS
-from projects.synthetic_ablations.intervals import PLATEAU_TOLERANCE, plateau_gate
+from projects.synthetic_ablations.intervals import (
+    PLATEAU_RELATIVE_TOLERANCE,
+    PLATEAU_TOLERANCE,
+    plateau_gate,
+)
 
 
 @HOOKS.register_module()
@@ -31,6 +36,8 @@ class PlateauExtensionHook(Hook):
             (``coco/bbox_mAP``).
         tolerance (float): The gate's largest difference between the last two
             evaluations, in AP points (the report's, by default).
+        relative_tolerance (float): The same as a share of their mean AP
+            (the report's, by default).
         max_extra_fraction (float): Extra iterations allowed, as a fraction
             of the scheduled ``max_iters`` (0.3: at most 600 after 2000).
 
@@ -42,14 +49,17 @@ class PlateauExtensionHook(Hook):
     priority = 'LOW'
 
     def __init__(self, metric: str = 'coco/bbox_mAP', tolerance: float = PLATEAU_TOLERANCE,
-                 max_extra_fraction: float = 0.3) -> None:
+                 max_extra_fraction: float = 0.3,
+                 relative_tolerance: float = PLATEAU_RELATIVE_TOLERANCE) -> None:
         if not 0 <= max_extra_fraction <= 10:
             raise ValueError(f'PlateauExtensionHook: max_extra_fraction must be in [0, 10], '
                              f'got {max_extra_fraction}')
-        if tolerance < 0:
-            raise ValueError(f'PlateauExtensionHook: tolerance must be >= 0, got {tolerance}')
+        if tolerance < 0 or relative_tolerance < 0:
+            raise ValueError(f'PlateauExtensionHook: tolerance and relative_tolerance must be '
+                             f'>= 0, got {tolerance} and {relative_tolerance}')
         self.metric = metric
         self.tolerance = tolerance
+        self.relative_tolerance = relative_tolerance
         self.max_extra_fraction = max_extra_fraction
         self.curve: List[dict] = []
         self.scheduled_iters: Optional[int] = None
@@ -74,7 +84,8 @@ class PlateauExtensionHook(Hook):
         self.curve.append(dict(iter=int(loop.iter), AP=float(metrics[self.metric])))
         if loop.iter < loop.max_iters:
             return
-        held, words = plateau_gate(self.curve, tolerance=self.tolerance)
+        held, words = plateau_gate(self.curve, tolerance=self.tolerance,
+                                    relative_tolerance=self.relative_tolerance)
         if held is not False:
             return
         step = int(loop.val_interval)
@@ -91,6 +102,7 @@ class PlateauExtensionHook(Hook):
 
     def summary(self) -> dict:
         """The extension of the finished run (class docstring)."""
-        held, words = plateau_gate(self.curve, tolerance=self.tolerance)
+        held, words = plateau_gate(self.curve, tolerance=self.tolerance,
+                                    relative_tolerance=self.relative_tolerance)
         return dict(scheduled_iters=self.scheduled_iters, extra_iters=self.extra_iters,
                     max_extra_fraction=self.max_extra_fraction, held=held, gate=words)

@@ -18,6 +18,7 @@ from projects.synthetic_ablations.intervals import (
     AP_RANGE,
     CONFIDENCE,
     EQUIVALENCE_MARGIN,
+    PLATEAU_RELATIVE_TOLERANCE,
     PLATEAU_TOLERANCE,
     clip,
     difference,
@@ -293,7 +294,8 @@ def write_report(runs: Sequence[dict], budget: dict, out_file: str,
         f'{_extension_text(runs)}COCO bbox AP in points '
         '(x 100) on the validation split, mean [95 % t-interval over seeds, clipped to '
         '[0, 100]] (the value alone for one seed); n/a: no object of that size. Plateau: '
-        f'the last two evaluations within ±{PLATEAU_TOLERANCE:g} AP in every seed (passed / '
+        f'the last two evaluations within ±{PLATEAU_TOLERANCE:g} AP and '
+        f'±{100 * PLATEAU_RELATIVE_TOLERANCE:g} % of their mean in every seed (passed / '
         'runs); a row that fails is not judged. "Every run" also gives the peak-rate trend, '
         'the same comparison on the last two evaluations before the learning-rate decay '
         '(not a gate: it says whether the rows were still climbing when the rate dropped). '

@@ -53,6 +53,10 @@ def _budget(config: str) -> dict:
                 batch_size=cfg.train_dataloader.batch_size)
 
 
+# the cfg_options key of the optimizer's learning rate (a learning-rate sweep sets it)
+LR_KEY = 'optim_wrapper.optimizer.lr'
+
+
 def check_same_budget(rows: dict, max_iters: Optional[int] = None) -> dict:
     """The budget shared by every row (``max_iters`` overrides the configs').
 
@@ -116,7 +120,8 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
         with data loading, validation excluded), ``seconds_per_iter``,
         ``total_seconds``, ``params``, ``cache`` (the feature cache's
         ``hits`` / ``misses`` / ``entries`` / ``bytes``, or None),
-        ``decay_iter`` (:func:`decay_iter`), ``log_dir``,
+        ``decay_iter`` (:func:`decay_iter`), ``log_dir``, ``lr`` (the
+        optimizer's base learning rate after ``cfg_options``),
         ``scheduled_iters`` (the config's ``max_iters``; ``iters`` is larger
         when the run was trained on to its plateau) and ``extension``
         (:meth:`~projects.synthetic_ablations.plateau.PlateauExtensionHook.summary`,
@@ -141,6 +146,7 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
     extension = next((hook.summary() for hook in runner.hooks
                       if isinstance(hook, PlateauExtensionHook)), None)
     return dict(row=row_name(config), config=osp.abspath(config), seed=seed, iters=runner.iter,
+                lr=float(cfg.optim_wrapper.optimizer.lr),
                 scheduled_iters=int(cfg.train_cfg.max_iters), extension=extension,
                 metrics={k: float(metrics[v]) for k, v in METRICS.items() if v in metrics},
                 curve=_curve(runner.log_dir), train_seconds=train_seconds,
@@ -176,8 +182,10 @@ def run_in_process(kwargs: dict, result_file: str) -> dict:
         return json.load(f)
 
 
-def reusable_result(result_file: str, config: str, seed: int, max_iters: int) -> Optional[dict]:
-    """A finished run's result when it matches the config, seed and scheduled iterations.
+def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
+                    lr: Optional[float] = None) -> Optional[dict]:
+    """A finished run's result when it matches the config, seed and scheduled iterations
+    (and ``lr``, the learning rate a ``cfg_options`` override asked for, when given).
 
     A run trained on to its plateau (``PlateauExtensionHook``) matches by its
     ``scheduled_iters``. A result written without the hook's record while the
@@ -190,7 +198,8 @@ def reusable_result(result_file: str, config: str, seed: int, max_iters: int) ->
     with open(result_file) as f:
         result = json.load(f)
     same = (result.get('config') == osp.abspath(config) and result.get('seed') == seed
-            and result.get('scheduled_iters', result.get('iters')) == max_iters)
+            and result.get('scheduled_iters', result.get('iters')) == max_iters
+            and (lr is None or result.get('lr') == lr))
     if not same:
         return None
     if result.get('extension') is None and _lists_plateau_hook(config) \
@@ -213,8 +222,9 @@ def train_or_reuse(kwargs: dict, resume: bool, max_iters: int, describe=None) ->
     record's ``description``.
     """
     result_file = osp.join(kwargs['work_dir'], RESULT_FILE)
-    result = reusable_result(result_file, kwargs['config'], kwargs['seed'],
-                             max_iters) if resume else None
+    lr = (kwargs.get('cfg_options') or {}).get(LR_KEY)
+    result = reusable_result(result_file, kwargs['config'], kwargs['seed'], max_iters,
+                             lr) if resume else None
     reused = result is not None
     if result is None:
         mkdir_or_exist(kwargs['work_dir'])

@@ -114,8 +114,11 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
             '--data-root', str(tmp_path / 'data'), '--no-progress']
     result = tool.main(args)
     assert [run['row'] for run in result['runs']] == list(convergence.DEFAULT_ROWS)
-    for run in result['runs']:  # no early stop: every evaluation of the full run
-        assert run['iters'] == 3 and [p['iter'] for p in run['curve']] == [1, 2, 3]
+    for run in result['runs']:  # no early stop; trained on (up to 2x) until the gate holds
+        assert 3 <= run['iters'] <= 6 and run['scheduled_iters'] == 3
+        assert [p['iter'] for p in run['curve']] == list(range(1, run['iters'] + 1))
+        assert run['extension']['extra_iters'] == run['iters'] - 3
+        assert run['extension']['held'] or run['iters'] == 6
     assert (work_dir / 'convergence.md').read_text().startswith('# Convergence against DETR')
     saved = json.loads((work_dir / 'convergence.json').read_text())
     # both models started from one backbone pretrained once, 2 iterations
@@ -139,6 +142,46 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     # ... but not with another length
     with pytest.raises(pytest.fail.Exception, match='trained again'):
         tool.main(args[2:] + ['--max-iters', '4'])
+    monkeypatch.undo()
+    # a learning-rate sweep of DETR: two rates with seed 0 at a fixed length, the better one
+    # compared; the deformable model (its config's rate) is read back
+    swept = tool.main(args + ['--detr-lrs', '1e-4', '3e-4', '--sweep-iters', '2'])
+    sweep = swept['sweep']['detr_ss']
+    assert [r['lr'] for r in sweep] == [1e-4, 3e-4] and list(swept['sweep']) == ['detr_ss']
+    assert all(r['iters'] == 2 and r['extension'] is None for r in sweep)  # no extension
+    chosen = swept['lrs']['detr_ss']
+    assert chosen == convergence.choose_lr(sweep) and swept['lrs']['deformable-detr_ss-k4'] is None
+    assert swept['runs'][1]['lr'] == chosen and not swept['runs'][1]['reused']
+    assert swept['runs'][0]['reused']
+    table = (work_dir / 'lr_sweep.md').read_text()
+    assert '| detr_ss | 0.0001 |' in table and '| detr_ss | 0.0003 |' in table
+    assert f'DETR at lr {chosen:g} (chosen by the learning-rate sweep' in \
+        (work_dir / 'convergence.md').read_text()
+
+
+def test_choose_lr_and_bad_rates(tmp_path):
+    runs_ = [dict(fake_run('detr_ss', [1.0, 4.0, 5.0]), lr=1e-4),
+             dict(fake_run('detr_ss', [2.0, 6.0, 6.5]), lr=3e-4),
+             dict(fake_run('detr_ss', [2.0, 6.5, 6.0]), lr=1e-3)]  # a tie at 6.25: the lower
+    assert convergence.choose_lr(runs_) == 3e-4
+    with pytest.raises(ValueError, match='no run'):
+        convergence.choose_lr([])
+    configs = dict(a='a.py', b='b.py')
+    for lrs in (dict(c=[1e-3]), dict(a=[0.0]), dict(a=[2.0]), dict(a=[])):
+        with pytest.raises(ValueError, match='learning rates must be given'):
+            convergence.run_convergence(configs, lrs=lrs)
+
+
+def test_a_run_at_another_rate_is_not_read_back(tmp_path):
+    result = dict(config=str(tmp_path / 'c.py'), seed=0, iters=10, scheduled_iters=10, lr=1e-3,
+                  curve=[], extension=dict(held=True))
+    (tmp_path / 'result.json').write_text(json.dumps(result))
+    found = runs.reusable_result(str(tmp_path / 'result.json'), str(tmp_path / 'c.py'), 0, 10)
+    assert found is not None  # no rate asked for: the config's, whatever it was
+    assert runs.reusable_result(str(tmp_path / 'result.json'), str(tmp_path / 'c.py'), 0, 10,
+                                lr=1e-3) is not None
+    assert runs.reusable_result(str(tmp_path / 'result.json'), str(tmp_path / 'c.py'), 0, 10,
+                                lr=2e-3) is None
 
 
 def test_pretrained_backbone_is_reused_only_with_the_same_settings(tmp_path):

@@ -90,6 +90,12 @@ def test_holm_step_down():
     # without a decay the last two evaluations are compared
     ([10.0, 20.0, 25.0, 30.0, 33.0, 33.2], None, True, '500: 33.0 -> 600: 33.2'),
     ([10.0], None, None, 'fewer than two evaluations'),
+    # near zero AP the relative bound decides: +0.3 is 13 % of 2.45, +0.2 is 4 % of 5.1
+    ([1.0, 2.3, 2.6], None, False, '200: 2.3 -> 300: 2.6'),
+    ([1.0, 5.0, 5.2], None, True, '200: 5.0 -> 300: 5.2'),
+    ([0.0, 0.0, 0.0], None, True, '200: 0.0 -> 300: 0.0'),  # flat at zero is flat
+    # from 15 AP up the absolute bound decides: 1.6 is under 10 % of 40 but over 1.5
+    ([30.0, 39.2, 40.8], None, False, '200: 39.2 -> 300: 40.8'),
 ])
 def test_plateau_gate(aps, decay, holds, words):
     curve = [dict(iter=100 * (i + 1), AP=ap / 100) for i, ap in enumerate(aps)]

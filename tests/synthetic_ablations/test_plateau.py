@@ -87,7 +87,19 @@ def test_the_extension_stops_at_its_budget(tmp_path):
     assert hook.summary()['held'] is False
 
 
-@pytest.mark.parametrize('kwargs', [dict(max_extra_fraction=-0.1), dict(tolerance=-1.0)])
+def test_near_zero_ap_the_relative_bound_extends(tmp_path):
+    # 2.0 -> 3.0 AP is within 1.5 points but 40 % of the level: one more interval; 3.0 -> 3.3
+    # is 9.5 % of it: settled
+    runner, hook = _train(tmp_path / 'd', [0.020, 0.030, 0.033], max_extra_fraction=1.0)
+    assert runner.iter == 15 and hook.extra_iters == 5
+    assert hook.summary()['held'] and hook.summary()['gate'] == '10: 3.0 -> 15: 3.3'
+    # with the relative bound switched off the absolute one alone passes it at once
+    runner, hook = _train(tmp_path / 'e', [0.020, 0.030], relative_tolerance=float('inf'))
+    assert runner.iter == 10 and hook.extra_iters == 0
+
+
+@pytest.mark.parametrize('kwargs', [dict(max_extra_fraction=-0.1), dict(tolerance=-1.0),
+                                    dict(relative_tolerance=-0.1)])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match='PlateauExtensionHook'):
         PlateauExtensionHook(**kwargs)
