@@ -226,9 +226,9 @@ def write_convergence_report(pairs: Sequence[Tuple[dict, dict]], max_iters: int,
         f'constant learning rate after the warm-up, seeds {[c["seed"] for c in compared]}; '
         f'{_lr_text(pairs, sweep_file)}Plateau AP: mean of the last two evaluations; '
         f'gate: those two within {PLATEAU_TOLERANCE:g} AP and '
-        f'{100 * PLATEAU_RELATIVE_TOLERANCE:g} % of their mean. Equal final AP: each model\'s iterations to '
-        f'{100 * PLATEAU_FRACTION:.0f} % of the lower plateau AP (first crossing, linearly '
-        'interpolated between evaluations).', '',
+        f'{100 * PLATEAU_RELATIVE_TOLERANCE:g} % of their mean. Equal final AP: each model\'s '
+        f'iterations to {100 * PLATEAU_FRACTION:.0f} % of the lower plateau AP (first crossing, '
+        'linearly interpolated between evaluations).', '',
         '| seed | deformable plateau | DETR plateau | target AP | deformable iterations | '
         'DETR iterations | DETR / deformable |', '|---|---|---|---|---|---|---|']
     for c, pair in zip(compared, pairs):
@@ -255,7 +255,8 @@ def write_convergence_report(pairs: Sequence[Tuple[dict, dict]], max_iters: int,
 def lr_sweep_table(sweep: Dict[str, List[dict]], chosen: Dict[str, float]) -> List[str]:
     """Markdown lines of a learning-rate sweep: per model and rate, AP at every evaluation,
     the plateau AP (the mean of the last two, the sweep's criterion) and the rate chosen."""
-    lines = ['| model | lr | AP at each evaluation | plateau AP | chosen |', '|---|---|---|---|---|']
+    lines = ['| model | lr | AP at each evaluation | plateau AP | chosen |',
+             '|---|---|---|---|---|']
     for name, runs in sweep.items():
         for run in runs:
             iters, aps = _points(run)
