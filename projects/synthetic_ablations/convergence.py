@@ -306,7 +306,8 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
         lrs (dict[str, Sequence[float]], optional): row name -> learning
             rates. One rate replaces the config's; several are swept first:
             each is trained with the first seed for ``sweep_iters`` at a fixed
-            length (no plateau extension), the one with the highest plateau AP
+            length (no plateau extension), evaluated every 5 % of it (or every
+            ``val_interval``), the one with the highest plateau AP
             (:func:`choose_lr`) is used for the comparison, and the sweep is
             written to ``lr_sweep.md``. A row not named keeps its config's rate.
         sweep_iters (int, optional): Iterations of each sweep run (default:
@@ -341,14 +342,18 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
         folder = name if lr is None else f'{name}_lr{lr:g}'
         if lr is not None:
             options[LR_KEY] = lr
+        iters, interval = max_iters, val_interval
         if sweep:  # a fixed length: the rates are compared at the same iteration
             options['custom_hooks'] = []
             folder = osp.join('lr_sweep', folder)
-        iters = (sweep_iters or max_iters) if sweep else max_iters
+            iters = sweep_iters or max_iters
+            # one interval, 5 % of the run, for every model: the sweep compares plateaus, not
+            # early crossings (a config's denser early evaluations are for those)
+            interval = val_interval or max((iters or budget['max_iters']) // 20, 1)
         result = train_or_reuse(
             dict(config=config, work_dir=osp.join(work_dir, folder, f'seed{seed}'),
                  data_root=data_root, seed=seed, max_iters=iters,
-                 val_interval=val_interval, synthetic_overrides=synthetic_overrides,
+                 val_interval=interval, synthetic_overrides=synthetic_overrides,
                  num_threads=num_threads, cfg_options=options or None),
             resume, iters or budget['max_iters'])
         print(f'convergence{" sweep" if sweep else ""}: {name} lr {result["lr"]:g} seed {seed}: '

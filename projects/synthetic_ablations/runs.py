@@ -183,15 +183,18 @@ def run_in_process(kwargs: dict, result_file: str) -> dict:
 
 
 def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
-                    lr: Optional[float] = None) -> Optional[dict]:
+                    lr: Optional[float] = None,
+                    custom_hooks: Optional[list] = None) -> Optional[dict]:
     """A finished run's result when it matches the config, seed and scheduled iterations
     (and ``lr``, the learning rate a ``cfg_options`` override asked for, when given).
 
     A run trained on to its plateau (``PlateauExtensionHook``) matches by its
     ``scheduled_iters``. A result written without the hook's record while the
-    config now lists the hook is reused only if it passes the plateau gate:
-    the hook would not have touched that run, so it is the same run; one that
-    fails is trained again, with the hook.
+    run's hooks list it is reused only if it passes the plateau gate: the hook
+    would not have touched that run, so it is the same run; one that fails is
+    trained again, with the hook. The run's hooks are ``custom_hooks`` when a
+    ``cfg_options`` override gives them (a learning-rate sweep runs without
+    the hook), else the config's.
     """
     if not osp.isfile(result_file):
         return None
@@ -202,15 +205,13 @@ def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
             and (lr is None or result.get('lr') == lr))
     if not same:
         return None
-    if result.get('extension') is None and _lists_plateau_hook(config) \
+    if custom_hooks is None:
+        custom_hooks = Config.fromfile(config).get('custom_hooks', [])
+    lists_hook = any(hook.get('type') == 'PlateauExtensionHook' for hook in custom_hooks)
+    if result.get('extension') is None and lists_hook \
             and not plateau_gate(result.get('curve', []))[0]:
         return None
     return result
-
-
-def _lists_plateau_hook(config: str) -> bool:
-    return any(hook.get('type') == 'PlateauExtensionHook'
-               for hook in Config.fromfile(config).get('custom_hooks', []))
 
 
 def train_or_reuse(kwargs: dict, resume: bool, max_iters: int, describe=None) -> dict:
@@ -222,9 +223,10 @@ def train_or_reuse(kwargs: dict, resume: bool, max_iters: int, describe=None) ->
     record's ``description``.
     """
     result_file = osp.join(kwargs['work_dir'], RESULT_FILE)
-    lr = (kwargs.get('cfg_options') or {}).get(LR_KEY)
+    options = kwargs.get('cfg_options') or {}
     result = reusable_result(result_file, kwargs['config'], kwargs['seed'], max_iters,
-                             lr) if resume else None
+                             options.get(LR_KEY), options.get('custom_hooks')) \
+        if resume else None
     reused = result is not None
     if result is None:
         mkdir_or_exist(kwargs['work_dir'])

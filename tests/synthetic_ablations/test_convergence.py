@@ -7,8 +7,11 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
+from mmengine.config import Config
+from mmengine.runner.utils import calc_dynamic_intervals
 
-from projects.synthetic_ablations import convergence, pretraining, runs
+from projects.synthetic_ablations import CONVERGENCE_DIR, convergence, pretraining, runs
+from projects.synthetic_ablations.ablations import find_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,10 +148,14 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     monkeypatch.undo()
     # a learning-rate sweep of DETR: two rates with seed 0 at a fixed length, the better one
     # compared; the deformable model (its config's rate) is read back
-    swept = tool.main(args + ['--detr-lrs', '1e-4', '3e-4', '--sweep-iters', '2'])
+    # (no --val-interval: the sweep evaluates every 5 % of its length, whatever the configs say)
+    at = args.index('--val-interval')
+    no_interval = args[:at] + args[at + 2:]
+    swept = tool.main(no_interval + ['--detr-lrs', '1e-4', '3e-4', '--sweep-iters', '40'])
     sweep = swept['sweep']['detr_ss']
     assert [r['lr'] for r in sweep] == [1e-4, 3e-4] and list(swept['sweep']) == ['detr_ss']
-    assert all(r['iters'] == 2 and r['extension'] is None for r in sweep)  # no extension
+    assert all(r['iters'] == 40 and r['extension'] is None for r in sweep)  # no extension
+    assert all([p['iter'] for p in r['curve']] == list(range(2, 41, 2)) for r in sweep)
     chosen = swept['lrs']['detr_ss']
     assert chosen == convergence.choose_lr(sweep) and swept['lrs']['deformable-detr_ss-k4'] is None
     assert swept['runs'][1]['lr'] == chosen and not swept['runs'][1]['reused']
@@ -157,6 +164,19 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     assert '| detr_ss | 0.0001 |' in table and '| detr_ss | 0.0003 |' in table
     assert f'DETR at lr {chosen:g} (chosen by the learning-rate sweep' in \
         (work_dir / 'convergence.md').read_text()
+
+
+def test_convergence_configs_evaluate_where_the_crossings_are():
+    # the deformable model passes DETR's few-AP plateau within its first 400 iterations: it is
+    # evaluated every 100 up to 800, then every 400 like DETR (a 5 % spacing) to the end
+    rows = find_rows(str(CONVERGENCE_DIR), convergence.DEFAULT_ROWS)
+    deformable, detr = (Config.fromfile(rows[name]) for name in convergence.DEFAULT_ROWS)
+    loops = [cfg.train_cfg for cfg in (deformable, detr)]
+    milestones, intervals = calc_dynamic_intervals(loops[0].val_interval,
+                                                   loops[0].get('dynamic_intervals'))
+    assert intervals[0] == 100 and milestones[1] == 800 and intervals[-1] == 400
+    assert loops[1].val_interval == 400 and not loops[1].get('dynamic_intervals')
+    assert loops[0].max_iters == loops[1].max_iters == 8000
 
 
 def test_choose_lr_and_bad_rates(tmp_path):

@@ -144,3 +144,9 @@ def test_a_result_from_before_the_hook_is_reused_only_if_it_settled(tmp_path):
     # written with the hook (trained on to 2200 and still failing): reused as it is
     assert write([0.18, 0.21], scheduled_iters=2000, extension=dict(held=False)) is not None
     assert runs.reusable_result(str(result_file), config, 0, 1000) is None  # another length
+    # a run whose cfg_options replaced the hooks (a learning-rate sweep: no extension) is judged
+    # by the hooks it ran with: unsettled, it is still the run asked for
+    write([0.18, 0.21])
+    assert runs.reusable_result(str(result_file), config, 0, 2000, custom_hooks=[]) is not None
+    hook = [dict(type='PlateauExtensionHook')]
+    assert runs.reusable_result(str(result_file), config, 0, 2000, custom_hooks=hook) is None

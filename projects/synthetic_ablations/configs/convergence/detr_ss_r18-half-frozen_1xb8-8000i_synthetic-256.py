@@ -8,3 +8,7 @@ _base_ = './deformable-detr_ss-k4_r18-half-frozen_1xb8-8000i_synthetic-256.py'
 
 model = dict(encoder=dict(type='DenseEncoder'), decoder=dict(type='DetrDecoder'))
 optim_wrapper = dict(optimizer=dict(lr=5e-4))
+# every 400 iterations (5 %) from the start: DETR crosses the equal-final-AP target late in its run,
+# where this spacing is fine enough (the deformable model's extra early evaluations are for its
+# crossing within the first 400 iterations)
+train_cfg = dict(max_iters=8000, val_interval=400, _delete_=True, type='IterBasedTrainLoop')
