@@ -4,6 +4,8 @@
 # the deformable model beside it, with its layers, widths, queries, losses, frozen pretrained
 # backbone and schedule, at the paper's learning-rate ratio: DETR 1e-4 against Deformable DETR's
 # 2e-4, so half the deformable model's rate here.
+# tools/run_convergence.py --detr-lrs sweeps it instead; the README's result uses the sweep's
+# choice, 2.5e-4 (projects/synthetic_ablations/convergence_lr_sweep.md).
 _base_ = './deformable-detr_ss-k4_r18-half-frozen_1xb8-8000i_synthetic-256.py'
 
 model = dict(encoder=dict(type='DenseEncoder'), decoder=dict(type='DetrDecoder'))
