@@ -205,13 +205,12 @@ def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
             and (lr is None or result.get('lr') == lr))
     if not same:
         return None
-    if custom_hooks is None:
+    if result.get('extension') is not None or plateau_gate(result.get('curve', []))[0]:
+        return result
+    if custom_hooks is None:  # read only when it decides: the config file may be gone
         custom_hooks = Config.fromfile(config).get('custom_hooks', [])
     lists_hook = any(hook.get('type') == 'PlateauExtensionHook' for hook in custom_hooks)
-    if result.get('extension') is None and lists_hook \
-            and not plateau_gate(result.get('curve', []))[0]:
-        return None
-    return result
+    return None if lists_hook else result
 
 
 def train_or_reuse(kwargs: dict, resume: bool, max_iters: int, describe=None) -> dict:
