@@ -7,11 +7,8 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.runner.utils import calc_dynamic_intervals
 
-from projects.synthetic_ablations import CONVERGENCE_DIR, convergence, pretraining, runs
-from projects.synthetic_ablations.ablations import find_rows
+from projects.synthetic_ablations import convergence, pretraining, runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,19 +161,6 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     assert '| detr_ss | 0.0001 |' in table and '| detr_ss | 0.0003 |' in table
     assert f'DETR at lr {chosen:g} (chosen by the learning-rate sweep' in \
         (work_dir / 'convergence.md').read_text()
-
-
-def test_convergence_configs_evaluate_where_the_crossings_are():
-    # the deformable model passes DETR's few-AP plateau within its first 400 iterations: it is
-    # evaluated every 100 up to 800, then every 400 like DETR (a 5 % spacing) to the end
-    rows = find_rows(str(CONVERGENCE_DIR), convergence.DEFAULT_ROWS)
-    deformable, detr = (Config.fromfile(rows[name]) for name in convergence.DEFAULT_ROWS)
-    loops = [cfg.train_cfg for cfg in (deformable, detr)]
-    milestones, intervals = calc_dynamic_intervals(loops[0].val_interval,
-                                                   loops[0].get('dynamic_intervals'))
-    assert intervals[0] == 100 and milestones[1] == 800 and intervals[-1] == 400
-    assert loops[1].val_interval == 400 and not loops[1].get('dynamic_intervals')
-    assert loops[0].max_iters == loops[1].max_iters == 8000
 
 
 def test_choose_lr_and_bad_rates(tmp_path):
