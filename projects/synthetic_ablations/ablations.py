@@ -206,7 +206,10 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
         return result
 
     start = time.perf_counter()
-    runs = map_side_by_side(run_one, plan, jobs)
+    # the multi-scale rows (3-4x the single-scale rows' time per iteration) start first, so
+    # the last runs to start are short ones and no job idles through a long tail
+    levels = {name: int(describe_config(config)['levels']) for name, config in rows.items()}
+    runs = map_side_by_side(run_one, plan, jobs, cost=lambda seed, name, config: levels[name])
     times = _print_times(runs, pretrained, data_seconds, time.perf_counter() - start)
     mkdir_or_exist(work_dir)
     with open(osp.join(work_dir, 'results.json'), 'w') as f:

@@ -189,12 +189,26 @@ def _milestone_lines(pairs: Sequence[Tuple[dict, dict]], max_iters: int,
     return lines + ['']
 
 
-def _length_text(runs: Sequence[dict], max_iters: int) -> str:
-    lengths = sorted({r.get('iters', max_iters) for r in runs})
-    if lengths == [max_iters]:
-        return f'{max_iters} iterations'
-    return (f'{max_iters} iterations scheduled, trained on to the plateau gate '
-            f'(PlateauExtensionHook): {", ".join(str(n) for n in lengths)}')
+def _length_text(pairs: Sequence[Tuple[dict, dict]], max_iters: int) -> str:
+    """The models' scheduled and trained lengths in words."""
+    scheduled = [sorted({pair[index].get('scheduled_iters', max_iters) for pair in pairs})
+                 for index in (0, 1)]
+    trained = [sorted({pair[index].get('iters', max_iters) for pair in pairs})
+               for index in (0, 1)]
+
+    def numbers(values: Sequence[int]) -> str:
+        return ', '.join(str(v) for v in values)
+
+    if scheduled[0] == scheduled[1]:
+        lengths = sorted(set(trained[0]) | set(trained[1]))
+        if lengths == scheduled[0]:
+            return f'Both models: {numbers(lengths)} iterations'
+        return (f'Both models: {numbers(scheduled[0])} iterations scheduled, trained on to the '
+                f'plateau gate (PlateauExtensionHook): {numbers(lengths)}')
+    return ('Deformable model: {} iterations scheduled (trained: {}); DETR: {} scheduled '
+            '(trained: {}); a run trains on to the plateau gate (PlateauExtensionHook)'
+            .format(numbers(scheduled[0]), numbers(trained[0]), numbers(scheduled[1]),
+                    numbers(trained[1])))
 
 
 def _lr_text(pairs: Sequence[Tuple[dict, dict]], sweep_file: Optional[str]) -> str:
@@ -212,8 +226,9 @@ def write_convergence_report(pairs: Sequence[Tuple[dict, dict]], max_iters: int,
                              sweep_file: Optional[str] = None) -> Tuple[str, List[dict]]:
     """Write the markdown report of (deformable, DETR) run pairs, one pair per seed.
 
-    ``max_iters`` is the scheduled length; a run trained on to its plateau
-    (``iters`` larger) is reported with its own length. ``sweep_file``: the
+    Each run is reported with its own scheduled and trained lengths
+    (``scheduled_iters``, ``iters``); ``max_iters`` stands in for a run record
+    without them. ``sweep_file``: the
     learning-rate sweep the rates came from, named in the report.
 
     Returns:
@@ -222,7 +237,7 @@ def write_convergence_report(pairs: Sequence[Tuple[dict, dict]], max_iters: int,
     compared = [compare_seed(a, b, b.get('iters', max_iters)) for a, b in pairs]
     lines = [
         '# Convergence against DETR on synthetic shapes', '',
-        f'Both models: {_length_text([r for p in pairs for r in p], max_iters)}, at a '
+        f'{_length_text(pairs, max_iters)}, at a '
         f'constant learning rate after the warm-up, seeds {[c["seed"] for c in compared]}; '
         f'{_lr_text(pairs, sweep_file)}Plateau AP: mean of the last two evaluations; '
         f'gate: those two within {PLATEAU_TOLERANCE:g} AP and '
@@ -328,7 +343,10 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
         raise ValueError(f'run_convergence: learning rates must be given for {list(configs)} '
                          f'as one or more values in (0, 1); got {lrs}')
     num_threads = threads_per_job(num_threads, jobs, 'run_convergence')
-    budget = check_same_budget(configs, max_iters)
+    # the lengths may differ: at a constant rate the schedule only says where a run stops
+    budget = check_same_budget(configs, max_iters, same_length=False)
+    scheduled = budget['max_iters'] if isinstance(budget['max_iters'], dict) else \
+        {name: budget['max_iters'] for name in configs}
     budget['synthetic_data'].update(synthetic_overrides or {})
     data_root = data_root_of(next(iter(configs.values())), data_root)
     prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)
@@ -349,13 +367,13 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
             iters = sweep_iters or max_iters
             # one interval, 5 % of the run, for every model: the sweep compares plateaus, not
             # early crossings (a config's denser early evaluations are for those)
-            interval = val_interval or max((iters or budget['max_iters']) // 20, 1)
+            interval = val_interval or max((iters or scheduled[name]) // 20, 1)
         result = train_or_reuse(
             dict(config=config, work_dir=osp.join(work_dir, folder, f'seed{seed}'),
                  data_root=data_root, seed=seed, max_iters=iters,
                  val_interval=interval, synthetic_overrides=synthetic_overrides,
                  num_threads=num_threads, cfg_options=options or None),
-            resume, iters or budget['max_iters'])
+            resume, iters or scheduled[name])
         print(f'convergence{" sweep" if sweep else ""}: {name} lr {result["lr"]:g} seed {seed}: '
               f'last AP {100 * result["metrics"]["AP"]:.1f} after {result["iters"]} iterations, '
               f'train {result["train_seconds"]:.0f} s ({result["seconds_per_iter"]:.3f} s/it)'
@@ -365,7 +383,11 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
     start = time.perf_counter()
     swept = [(seeds[0], name, lr, True) for name, values in lrs.items() if len(values) > 1
              for lr in values]
-    sweep_runs = map_side_by_side(run_one, swept, jobs)
+    def length(seed: int, name: str, lr: Optional[float], sweep: bool = False) -> int:
+        return (sweep_iters or max_iters or scheduled[name]) if sweep else scheduled[name]
+
+    # the longest runs start first (map_side_by_side): no job idles at the end
+    sweep_runs = map_side_by_side(run_one, swept, jobs, cost=length)
     sweep = {name: [r for r, item in zip(sweep_runs, swept) if item[1] == name]
              for name in configs if any(item[1] == name for item in swept)}
     chosen = {name: (choose_lr(sweep[name]) if name in sweep else
@@ -380,7 +402,8 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
                  f'Seed {seeds[0]}, {sweep_runs[0]["iters"]} iterations at a fixed length; the '
                  'rate with the highest plateau AP (mean of the last two evaluations) is used '
                  'for the comparison.', ''] + lr_sweep_table(sweep, chosen) + ['']))
-    runs = map_side_by_side(run_one, [(s, n, chosen[n]) for s in seeds for n in configs], jobs)
+    runs = map_side_by_side(run_one, [(s, n, chosen[n]) for s in seeds for n in configs], jobs,
+                            cost=length)
     times = (f'convergence: {sum(not r["reused"] for r in sweep_runs + runs)} runs trained '
              f'({len(sweep_runs)} in the learning-rate sweep); wall time '
              f'{(time.perf_counter() - start) / 60:.1f} min for the runs, backbone pretraining '
@@ -391,7 +414,7 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
         json.dump(dict(budget=budget, pretrained_backbones=pretrained, runs=runs, times=times,
                        lrs=chosen, sweep=sweep), f, indent=1)
     pairs = [(runs[2 * i], runs[2 * i + 1]) for i in range(len(seeds))]
-    report, compared = write_convergence_report(pairs, budget['max_iters'],
+    report, compared = write_convergence_report(pairs, max(scheduled.values()),
                                                 osp.join(work_dir, 'convergence.md'), milestones,
                                                 sweep_file)
     curves = osp.join(work_dir, 'convergence.png')

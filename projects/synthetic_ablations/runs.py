@@ -15,7 +15,7 @@ import os.path as osp
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from mmengine.config import Config
@@ -57,17 +57,26 @@ def _budget(config: str) -> dict:
 LR_KEY = 'optim_wrapper.optimizer.lr'
 
 
-def check_same_budget(rows: dict, max_iters: Optional[int] = None) -> dict:
+def check_same_budget(rows: dict, max_iters: Optional[int] = None,
+                      same_length: bool = True) -> dict:
     """The budget shared by every row (``max_iters`` overrides the configs').
+
+    With ``same_length=False`` the rows may be scheduled for different
+    iterations (without ``max_iters``): ``max_iters`` of the result is then a
+    dict, row name -> the config's iterations.
 
     Raises:
         ValueError: two rows differ in data, batch size or (without
-            ``max_iters``) iterations; the message names both configs.
+            ``max_iters`` and with ``same_length``) iterations; the message
+            names both configs.
     """
     budgets = {name: _budget(path) for name, path in rows.items()}
-    if max_iters is not None:
-        for budget in budgets.values():
+    lengths = {name: budget['max_iters'] for name, budget in budgets.items()}
+    for budget in budgets.values():
+        if max_iters is not None:
             budget['max_iters'] = max_iters
+        elif not same_length:
+            budget['max_iters'] = lengths
     first_name, first = next(iter(budgets.items()))
     for name, budget in budgets.items():
         for key, value in budget.items():
@@ -250,13 +259,24 @@ def threads_per_job(num_threads: Optional[int], jobs: int, owner: str) -> Option
     return num_threads
 
 
-def map_side_by_side(function, items: Sequence[tuple], jobs: int) -> list:
-    """``[function(*item) for item in items]`` with ``jobs`` calls at a time, in order.
+def map_side_by_side(function, items: Sequence[tuple], jobs: int,
+                     cost: Optional[Callable[..., float]] = None) -> list:
+    """``[function(*item) for item in items]`` with ``jobs`` calls at a time.
 
-    Each call only waits on the training process it spawns, so threads suffice.
+    The results come back in the order of ``items``. With ``cost`` (called
+    with an item's fields, like ``function``) the calls start in decreasing
+    cost, ties in the order given: the longest runs first, so the last ones to
+    start are short and no job idles through a long tail (longest processing
+    time first). Each call only waits on the training process it spawns, so
+    threads suffice.
     """
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda item: function(*item), items))
+    order = list(range(len(items)))
+    if cost is not None:
+        costs = [cost(*item) for item in items]
+        order.sort(key=lambda index: -costs[index])
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # its queue starts calls in submit order
+        futures = {index: pool.submit(function, *items[index]) for index in order}
+        return [futures[index].result() for index in range(len(items))]
 
 
 def add_run_arguments(parser, work_dir: str,

@@ -136,13 +136,18 @@ def test_convergence_pair_differs_in_attention_and_learning_rate_only():
     deformable = flatten(Config.fromfile(deformable_path).to_dict())
     detr = flatten(Config.fromfile(detr_path).to_dict())
     # besides the evaluation points (the deformable model's denser first 800 iterations, for its
-    # early crossing of DETR's plateau level), only the attention and the rate differ
-    evaluation = {'train_cfg.val_interval', 'train_cfg.dynamic_intervals'}
+    # early crossing of DETR's plateau level) and the length (where a constant-rate run stops),
+    # only the attention and the rate differ
+    schedule = {'train_cfg.val_interval', 'train_cfg.dynamic_intervals', 'train_cfg.max_iters',
+                'default_hooks.checkpoint.interval'}
     assert deformable.keys() - detr.keys() == {'train_cfg.dynamic_intervals'}
     assert detr.keys() - deformable.keys() == set()
-    assert {key for key in detr if detr[key] != deformable[key]} - evaluation == {
+    assert {key for key in detr if detr[key] != deformable[key]} - schedule == {
         'model.encoder.type', 'model.decoder.type', 'optim_wrapper.optimizer.lr'}
-    assert detr['train_cfg.max_iters'] == deformable['train_cfg.max_iters'] == 8000
+    # DETR is scheduled for twice the deformable model's iterations, each checkpointed at its end
+    assert (detr['train_cfg.max_iters'], deformable['train_cfg.max_iters']) == (8000, 4000)
+    for cfg in (detr, deformable):
+        assert cfg['default_hooks.checkpoint.interval'] == cfg['train_cfg.max_iters']
     assert (detr['model.encoder.type'], detr['model.decoder.type']) == ('DenseEncoder',
                                                                         'DetrDecoder')
     # the paper's ratio: DETR 1e-4, Deformable DETR 2e-4

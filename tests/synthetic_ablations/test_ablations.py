@@ -1,5 +1,6 @@
 """The ablation runner (projects.synthetic_ablations.ablations, .runs) and its report."""
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -125,12 +126,43 @@ def test_rows_must_share_the_budget(tmp_path):
     with pytest.raises(ValueError, match=r'max_iters is \d+ in .* and 7 in'):
         runs.check_same_budget(rows)
     assert runs.check_same_budget(rows, max_iters=5)['max_iters'] == 5
+    # lengths allowed to differ: each row's own, by name (data and batch still checked)
+    base_iters = runs._budget(base)['max_iters']
+    assert runs.check_same_budget(rows, same_length=False)['max_iters'] == dict(a=base_iters,
+                                                                                 b=7)
     other.write_text(f'_base_ = {base!r}\nsynthetic_data = dict(num_val=3)\n')
     with pytest.raises(ValueError, match='synthetic_data'):
         runs.check_same_budget(rows, max_iters=5)
+    with pytest.raises(ValueError, match='synthetic_data'):
+        runs.check_same_budget(rows, same_length=False)
     coco_rows = ablations.find_rows(str(CONFIGS / 'ablations'), ['ss-k1'])
     with pytest.raises(KeyError, match='has no "synthetic_data"'):
         runs.check_same_budget(coco_rows)
+
+
+def test_side_by_side_starts_the_costliest_first_and_keeps_the_order():
+    started = []
+    lock = threading.Lock()
+
+    def work(name, cost):
+        with lock:
+            started.append(name)
+        if name == 'boom':
+            raise RuntimeError('run boom failed')
+        return name.upper()
+
+    items = [('a', 1), ('b', 4), ('c', 2), ('d', 4)]
+    # one job: the start order is the schedule itself
+    assert runs.map_side_by_side(work, items, 1, cost=lambda n, c: c) == ['A', 'B', 'C', 'D']
+    assert started == ['b', 'd', 'c', 'a']  # decreasing cost, ties in the given order
+    started.clear()
+    assert runs.map_side_by_side(work, items, 1) == ['A', 'B', 'C', 'D']
+    assert started == ['a', 'b', 'c', 'd']
+    started.clear()
+    assert runs.map_side_by_side(work, items, 2, cost=lambda n, c: c) == ['A', 'B', 'C', 'D']
+    assert sorted(started) == ['a', 'b', 'c', 'd']
+    with pytest.raises(RuntimeError, match='run boom failed'):  # a failure is not swallowed
+        runs.map_side_by_side(work, items + [('boom', 3)], 2, cost=lambda n, c: c)
 
 
 def test_summary_and_table():

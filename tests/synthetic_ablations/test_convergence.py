@@ -89,6 +89,27 @@ def test_report(tmp_path):
     assert '| 25 | 194 (2/2) | not reached within 500 | - |' in text
 
 
+def test_report_names_each_models_schedule(tmp_path):
+    def scheduled(run, length):
+        return dict(run, scheduled_iters=length)
+
+    # the deformable model scheduled for 300 (one run trained on to 400), DETR for 500
+    pairs = [(scheduled(fake_run('deformable-detr_ss-k4', [10.0, 26.0, 29.5], 0), 300),
+              scheduled(fake_run('detr_ss', [0.0, 6.0, 16.0, 19.8, 20.2], 0), 500)),
+             (scheduled(fake_run('deformable-detr_ss-k4', [10.0, 22.0, 27.0, 28.0], 1), 300),
+              scheduled(fake_run('detr_ss', [0.0, 6.0, 16.0, 19.8, 20.2], 1), 500))]
+    out, compared = convergence.write_convergence_report(pairs, 500, str(tmp_path / 'c.md'))
+    text = Path(out).read_text()
+    assert ('Deformable model: 300 iterations scheduled (trained: 300, 400); DETR: 500 '
+            'scheduled (trained: 500)') in text
+    # the target is 90 % of the lower plateau (DETR's) whatever the deformable model's length
+    assert [c['target'] for c in compared] == [pytest.approx(18.0)] * 2
+    same = [(scheduled(a, 500), b) for a, b in pairs]
+    text = Path(convergence.write_convergence_report(same, 500, str(tmp_path / 'd.md'))[0]
+                ).read_text()
+    assert 'Both models: 500 iterations scheduled, trained on to the plateau gate' in text
+
+
 def test_report_leaves_an_unsettled_seed_out_of_the_ratio(tmp_path):
     settled = (fake_run('deformable-detr_ss-k4', [10.0, 26.0, 29.5, 30.5], 0),
                fake_run('detr_ss', [0.0, 6.0, 16.0, 19.8, 20.2], 0))
