@@ -205,10 +205,10 @@ def _length_text(pairs: Sequence[Tuple[dict, dict]], max_iters: int) -> str:
             return f'Both models: {numbers(lengths)} iterations'
         return (f'Both models: {numbers(scheduled[0])} iterations scheduled, trained on to the '
                 f'plateau gate (PlateauExtensionHook): {numbers(lengths)}')
-    return ('Deformable model: {} iterations scheduled (trained: {}); DETR: {} scheduled '
-            '(trained: {}); a run trains on to the plateau gate (PlateauExtensionHook)'
-            .format(numbers(scheduled[0]), numbers(trained[0]), numbers(scheduled[1]),
-                    numbers(trained[1])))
+    deformable, detr = (f'{numbers(scheduled[i])} iterations scheduled (trained: '
+                        f'{numbers(trained[i])})' for i in (0, 1))
+    return (f'Deformable model: {deformable}; DETR: {detr}; a run trains on to the plateau gate '
+            '(PlateauExtensionHook)')
 
 
 def _lr_text(pairs: Sequence[Tuple[dict, dict]], sweep_file: Optional[str]) -> str:
@@ -346,7 +346,7 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
     # the lengths may differ: at a constant rate the schedule only says where a run stops
     budget = check_same_budget(configs, max_iters, same_length=False)
     scheduled = budget['max_iters'] if isinstance(budget['max_iters'], dict) else \
-        {name: budget['max_iters'] for name in configs}
+        dict.fromkeys(configs, budget['max_iters'])
     budget['synthetic_data'].update(synthetic_overrides or {})
     data_root = data_root_of(next(iter(configs.values())), data_root)
     prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)

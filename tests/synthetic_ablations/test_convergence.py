@@ -101,7 +101,7 @@ def test_report_names_each_models_schedule(tmp_path):
     out, compared = convergence.write_convergence_report(pairs, 500, str(tmp_path / 'c.md'))
     text = Path(out).read_text()
     assert ('Deformable model: 300 iterations scheduled (trained: 300, 400); DETR: 500 '
-            'scheduled (trained: 500)') in text
+            'iterations scheduled (trained: 500)') in text
     # the target is 90 % of the lower plateau (DETR's) whatever the deformable model's length
     assert [c['target'] for c in compared] == [pytest.approx(18.0)] * 2
     same = [(scheduled(a, 500), b) for a, b in pairs]
