@@ -8,6 +8,7 @@ runs it in a fresh process unless ``result.json`` of the same config, seed
 and iterations is already there, so a table or convergence run that was
 stopped goes on where it was (finished runs are not trained again).
 """
+import hashlib
 import json
 import multiprocessing
 import os
@@ -40,6 +41,14 @@ def row_name(config: str) -> str:
     if len(parts) < 3:
         raise ValueError(f'row_name: {config} is not named <algorithm>_<variant>_<rest>.py')
     return f'{parts[0]}_{parts[1]}'
+
+
+def config_digest(config: str) -> str:
+    """A fingerprint of what ``config`` sets, its ``_base_`` files included: the first 16 hex
+    digits of the SHA-256 of its keys and values (sorted JSON). Editing a config, or a
+    config it inherits from, changes it; comments and formatting do not."""
+    content = json.dumps(Config.fromfile(config).to_dict(), sort_keys=True, default=repr)
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
 def _budget(config: str) -> dict:
@@ -123,7 +132,8 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
             last (``Config.merge_from_dict``), e.g. a checkpoint path.
 
     Returns:
-        dict: ``row``, ``config``, ``seed``, ``iters``, ``metrics`` (short
+        dict: ``row``, ``config``, ``config_digest`` (:func:`config_digest`),
+        ``seed``, ``iters``, ``metrics`` (short
         names of :data:`METRICS`), ``curve`` (one dict per validation:
         ``iter`` and the metrics), ``train_seconds`` (training iterations
         with data loading, validation excluded), ``seconds_per_iter``,
@@ -154,7 +164,8 @@ def train_row(config: str, work_dir: str, data_root: str, seed: int,
     backbone = runner.model.backbone
     extension = next((hook.summary() for hook in runner.hooks
                       if isinstance(hook, PlateauExtensionHook)), None)
-    return dict(row=row_name(config), config=osp.abspath(config), seed=seed, iters=runner.iter,
+    return dict(row=row_name(config), config=osp.abspath(config),
+                config_digest=config_digest(config), seed=seed, iters=runner.iter,
                 lr=float(cfg.optim_wrapper.optimizer.lr),
                 scheduled_iters=int(cfg.train_cfg.max_iters), extension=extension,
                 metrics={k: float(metrics[v]) for k, v in METRICS.items() if v in metrics},
@@ -197,6 +208,12 @@ def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
     """A finished run's result when it matches the config, seed and scheduled iterations
     (and ``lr``, the learning rate a ``cfg_options`` override asked for, when given).
 
+    The config must also be what it was: a run whose recorded
+    :func:`config_digest` differs from the config file's now is trained
+    again (the line printed says so). A result written before runs recorded
+    the digest is read back with a printed warning; a config file that is gone
+    cannot be compared.
+
     A run trained on to its plateau (``PlateauExtensionHook``) matches by its
     ``scheduled_iters``. A result written without the hook's record while the
     run's hooks list it is reused only if it passes the plateau gate: the hook
@@ -213,6 +230,15 @@ def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
             and result.get('scheduled_iters', result.get('iters')) == max_iters
             and (lr is None or result.get('lr') == lr))
     if not same:
+        return None
+    recorded = result.get('config_digest')
+    if recorded is None:
+        print(f'{result_file}: written before runs recorded their config\'s digest; read back '
+              f'without checking that {config} is unchanged (--retrain trains it again)',
+              flush=True)
+    elif osp.isfile(config) and config_digest(config) != recorded:
+        print(f'{result_file}: {config} changed since this run (config digest {recorded}, now '
+              f'{config_digest(config)}): trained again', flush=True)
         return None
     if result.get('extension') is not None or plateau_gate(result.get('curve', []))[0]:
         return result

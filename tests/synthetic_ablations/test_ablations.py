@@ -140,6 +140,38 @@ def test_rows_must_share_the_budget(tmp_path):
         runs.check_same_budget(coco_rows)
 
 
+def test_a_run_of_an_edited_config_is_trained_again(tmp_path, capsys):
+    base = tmp_path / 'base.py'
+    base.write_text('model = dict(depth=2)\nlr = 1e-3\n')
+    config = tmp_path / 'deformable-detr_x_r18_synthetic.py'
+    config.write_text("_base_ = './base.py'\nmodel = dict(width=8)\n")
+    result_file = tmp_path / 'result.json'
+
+    def write(**extra):
+        record = dict(config=str(config), seed=0, iters=10, scheduled_iters=10, curve=[],
+                      extension=dict(held=True), **extra)
+        result_file.write_text(json.dumps(record))
+
+    def found():
+        return runs.reusable_result(str(result_file), str(config), 0, 10)
+
+    write(config_digest=runs.config_digest(str(config)))
+    assert found() is not None
+    config.write_text("# a comment\n_base_ = './base.py'\nmodel = dict(width=8)  # same\n")
+    assert found() is not None  # comments and layout are not the content
+    base.write_text('model = dict(depth=3)\nlr = 1e-3\n')  # an inherited value changed
+    assert found() is None
+    assert 'changed since this run' in capsys.readouterr().out
+    base.write_text('model = dict(depth=2)\nlr = 1e-3\n')
+    assert found() is not None
+    config.write_text("_base_ = './base.py'\nmodel = dict(width=16)\n")
+    assert found() is None
+    # a result from before the digest: read back, but not silently
+    write()
+    assert found() is not None
+    assert 'without checking that' in capsys.readouterr().out
+
+
 def test_side_by_side_starts_the_costliest_first_and_keeps_the_order():
     started = []
     lock = threading.Lock()
