@@ -13,7 +13,7 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3))
 # 4000 iterations scheduled, half of DETR's: the target is 90 % of the *lower* plateau, DETR's, so
 # this model's plateau only has to be reached (the gate below) and to lie above DETR's; at a
 # constant rate the curve up to 4000 is that of the 8000-iteration runs (31.8-34.0 AP at 8000, 3
-# seeds; about 27 here), and the comparison fits its 60-minute budget
+# seeds; 26.4-29.1 here), and the comparison fits its 60-minute budget (52 min, README)
 train_cfg = dict(max_iters=4000, val_interval=100, dynamic_intervals=[(800, 400)], _delete_=True,
                  type='IterBasedTrainLoop')
 param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50)]
