@@ -43,6 +43,7 @@ from projects.synthetic_ablations.intervals import (
 from projects.synthetic_ablations.plots import plot_ablation_curves
 from projects.synthetic_ablations.pretraining import (
     checkpoint_option,
+    describe_backbones,
     prepare_pretrained_backbones,
 )
 from projects.synthetic_ablations.runs import (
@@ -223,13 +224,17 @@ def _lr_text(pairs: Sequence[Tuple[dict, dict]], sweep_file: Optional[str]) -> s
 
 def write_convergence_report(pairs: Sequence[Tuple[dict, dict]], max_iters: int, out_file: str,
                              milestones: Sequence[float] = (5.0, 10.0, 20.0),
-                             sweep_file: Optional[str] = None) -> Tuple[str, List[dict]]:
+                             sweep_file: Optional[str] = None,
+                             pretrained: Optional[Dict[str, dict]] = None
+                             ) -> Tuple[str, List[dict]]:
     """Write the markdown report of (deformable, DETR) run pairs, one pair per seed.
 
     Each run is reported with its own scheduled and trained lengths
     (``scheduled_iters``, ``iters``); ``max_iters`` stands in for a run record
     without them. ``sweep_file``: the
-    learning-rate sweep the rates came from, named in the report.
+    learning-rate sweep the rates came from, named in the report. ``pretrained``:
+    the backbones of :func:`prepare_pretrained_backbones`, named with their
+    checksum.
 
     Returns:
         tuple: ``out_file`` and the per-seed comparisons (:func:`compare_seed`).
@@ -261,6 +266,9 @@ def write_convergence_report(pairs: Sequence[Tuple[dict, dict]], max_iters: int,
                   'evaluation).', '']
     lines += _milestone_lines(pairs, max(r.get('iters', max_iters) for p in pairs for r in p),
                               milestones)
+    backbones = describe_backbones(pretrained or {})
+    if backbones:
+        lines += [backbones, '']
     mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
     with open(out_file, 'w') as f:
         f.write('\n'.join(lines))
@@ -416,7 +424,7 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
     pairs = [(runs[2 * i], runs[2 * i + 1]) for i in range(len(seeds))]
     report, compared = write_convergence_report(pairs, max(scheduled.values()),
                                                 osp.join(work_dir, 'convergence.md'), milestones,
-                                                sweep_file)
+                                                sweep_file, pretrained)
     curves = osp.join(work_dir, 'convergence.png')
     plot_ablation_curves(runs, curves, metrics=('AP', ),
                          title=f'convergence: deformable vs DETR, seeds {list(seeds)}')

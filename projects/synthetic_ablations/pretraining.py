@@ -30,6 +30,7 @@ registered dataset, sampler and model (a ``BaseModel`` with a loss dict) for
 this one image-level task, and a different draw of batches would change the
 recorded checkpoint and with it the convergence figures of the README.
 """
+import hashlib
 import json
 import os.path as osp
 import time
@@ -279,6 +280,27 @@ def pretrained_meta(path: str, settings: dict, data_root: str) -> Optional[dict]
     return meta if matches else None
 
 
+def file_digest(path: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's bytes: which backbone a run used
+    (pretraining on another machine gives other weights, and other results)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def describe_backbones(pretrained: Dict[str, dict]) -> str:
+    """``backbone_x.pth (sha256 0123...)`` for each pretrained file of
+    :func:`prepare_pretrained_backbones`' result, one sentence ('' without any)."""
+    files = {s['checkpoint']: s.get('sha256', 'unknown') for s in pretrained.values()}
+    if not files:
+        return ''
+    return ('Pretrained backbone: ' + ', '.join(f'`{osp.basename(path)}` (sha256 {digest})'
+                                               for path, digest in files.items()) +
+            '; a backbone pretrained on another machine differs, and so do the APs.')
+
+
 def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
                                  checkpoint_dir: Optional[str] = None,
                                  pretrain_iters: Optional[int] = None,
@@ -303,8 +325,9 @@ def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
 
     Returns:
         dict: row name -> settings with ``checkpoint`` set to the file used,
-        and ``seconds`` (0.0 when the file was reused) and ``curve`` of its
-        pretraining (rows without pretraining are absent).
+        and ``seconds`` (0.0 when the file was reused), ``curve`` of its
+        pretraining and ``sha256`` (:func:`file_digest` of the file; rows
+        without pretraining are absent).
 
     Raises:
         ValueError: two configs name one file with different settings.
@@ -330,12 +353,13 @@ def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
         meta = pretrained_meta(path, settings, data_root)
         if meta is not None:
             print(f'pretraining: reusing the pretrained backbone {path}', flush=True)
-            done[path] = dict(seconds=0.0, curve=meta.get('curve', []))
+            done[path] = dict(seconds=0.0, curve=meta.get('curve', []), sha256=file_digest(path))
             continue
         print(f'pretraining: the backbone into {path} ({settings["iters"]} iterations of '
               'shape counting)', flush=True)
         result = pretrain_backbone(cfg, data_root, num_threads=num_threads, **settings)
         print(f'pretraining: {path} in {result["seconds"]:.0f} s', flush=True)
-        done[path] = dict(seconds=result['seconds'], curve=result['curve'])
+        done[path] = dict(seconds=result['seconds'], curve=result['curve'],
+                          sha256=file_digest(path))
     return {name: dict(settings, **done[settings['checkpoint']])
             for name, settings in by_row.items()}

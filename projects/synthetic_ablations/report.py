@@ -28,6 +28,7 @@ from projects.synthetic_ablations.intervals import (
     plateau_gate,
     t_half_width,
 )
+from projects.synthetic_ablations.pretraining import describe_backbones
 
 TABLE_METRICS = ('AP', 'AP50', 'AP_S', 'AP_M', 'AP_L')
 DEFORMABLE_ROW = 'deformable-detr_ms-attn-k4'
@@ -303,6 +304,9 @@ def write_report(runs: Sequence[dict], budget: dict, out_file: str,
         'excluded), mean over seeds.', '', table, '']
     lines += _claims_section(summary)
     lines += ['', '## Every run', '', _runs_table(summary), '']
+    backbones = describe_backbones(budget.get('pretrained_backbones', {}))
+    if backbones:
+        lines += [backbones, '']
     if times:
         lines += [f'Times: {times}', '']
     mkdir_or_exist(osp.dirname(osp.abspath(out_file)))
