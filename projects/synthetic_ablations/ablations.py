@@ -190,6 +190,8 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
                                               num_threads and num_threads * jobs)
     budget['pretrained_backbones'] = pretrained
     plan = [(seed, name, config) for seed in seeds for name, config in rows.items()]
+    # each row's model described once (a model build), for every seed's record and the order
+    descriptions = {config: describe_config(config) for config in rows.values()}
 
     def run_one(seed: int, name: str, config: str) -> dict:
         options = checkpoint_option(config, pretrained[name]['checkpoint']) \
@@ -199,7 +201,7 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
                  data_root=data_root, seed=seed, max_iters=max_iters,
                  val_interval=val_interval, synthetic_overrides=synthetic_overrides,
                  num_threads=num_threads, cfg_options=options),
-            resume, budget['max_iters'], describe_config)
+            resume, budget['max_iters'], descriptions.__getitem__)
         print(f'ablations {name} seed {seed}: AP {100 * result["metrics"]["AP"]:.1f}, '
               f'train {result["train_seconds"]:.0f} s ({result["seconds_per_iter"]:.3f} s/it)'
               f'{", read back" if result["reused"] else ""}', flush=True)
@@ -208,8 +210,8 @@ def run_ablations(rows: Dict[str, str], seeds: Sequence[int] = (0, ),
     start = time.perf_counter()
     # the multi-scale rows (3-4x the single-scale rows' time per iteration) start first, so
     # the last runs to start are short ones and no job idles through a long tail
-    levels = {name: int(describe_config(config)['levels']) for name, config in rows.items()}
-    runs = map_side_by_side(run_one, plan, jobs, cost=lambda seed, name, config: levels[name])
+    runs = map_side_by_side(run_one, plan, jobs,
+                            cost=lambda seed, name, config: int(descriptions[config]['levels']))
     times = _print_times(runs, pretrained, data_seconds, time.perf_counter() - start)
     mkdir_or_exist(work_dir)
     with open(osp.join(work_dir, 'results.json'), 'w') as f:

@@ -353,8 +353,7 @@ def run_convergence(configs: Dict[str, str], seeds: Sequence[int] = (0, 1, 2),
     num_threads = threads_per_job(num_threads, jobs, 'run_convergence')
     # the lengths may differ: at a constant rate the schedule only says where a run stops
     budget = check_same_budget(configs, max_iters, same_length=False)
-    scheduled = budget['max_iters'] if isinstance(budget['max_iters'], dict) else \
-        dict.fromkeys(configs, budget['max_iters'])
+    scheduled = budget['max_iters']  # row name -> iterations
     budget['synthetic_data'].update(synthetic_overrides or {})
     data_root = data_root_of(next(iter(configs.values())), data_root)
     prepare_synthetic_data(osp.join(data_root, ''), budget['synthetic_data'], progress=progress)

@@ -71,8 +71,8 @@ def check_same_budget(rows: dict, max_iters: Optional[int] = None,
     """The budget shared by every row (``max_iters`` overrides the configs').
 
     With ``same_length=False`` the rows may be scheduled for different
-    iterations (without ``max_iters``): ``max_iters`` of the result is then a
-    dict, row name -> the config's iterations.
+    iterations: ``max_iters`` of the result is then a dict, row name -> its
+    iterations (``max_iters`` when given, else the config's).
 
     Raises:
         ValueError: two rows differ in data, batch size or (without
@@ -80,11 +80,12 @@ def check_same_budget(rows: dict, max_iters: Optional[int] = None,
             names both configs.
     """
     budgets = {name: _budget(path) for name, path in rows.items()}
-    lengths = {name: budget['max_iters'] for name, budget in budgets.items()}
-    for budget in budgets.values():
-        if max_iters is not None:
+    if max_iters is not None:
+        for budget in budgets.values():
             budget['max_iters'] = max_iters
-        elif not same_length:
+    if not same_length:  # one dict of every row's length: equal in every budget
+        lengths = {name: budget['max_iters'] for name, budget in budgets.items()}
+        for budget in budgets.values():
             budget['max_iters'] = lengths
     first_name, first = next(iter(budgets.items()))
     for name, budget in budgets.items():
@@ -232,13 +233,14 @@ def reusable_result(result_file: str, config: str, seed: int, max_iters: int,
     if not same:
         return None
     recorded = result.get('config_digest')
+    now = config_digest(config) if recorded is not None and osp.isfile(config) else recorded
     if recorded is None:
         print(f'{result_file}: written before runs recorded their config\'s digest; read back '
               f'without checking that {config} is unchanged (--retrain trains it again)',
               flush=True)
-    elif osp.isfile(config) and config_digest(config) != recorded:
+    elif now != recorded:
         print(f'{result_file}: {config} changed since this run (config digest {recorded}, now '
-              f'{config_digest(config)}): trained again', flush=True)
+              f'{now}): trained again', flush=True)
         return None
     if result.get('extension') is not None or plateau_gate(result.get('curve', []))[0]:
         return result
