@@ -130,7 +130,7 @@ def test_a_result_from_before_the_hook_is_reused_only_if_it_settled(tmp_path):
 
     from projects.synthetic_ablations import runs
     config = str(runs.osp.join(runs.osp.dirname(runs.__file__), 'configs', 'ablations',
-                               'deformable-detr_ss-k1_r18-half-frozen_1xb8-2000i_synthetic-256.py'))
+                               'deformable-detr_ss-k1_r18-half-frozen_1xb8-1500i_synthetic-256.py'))
     result_file = tmp_path / 'result.json'
 
     def write(aps, **extra):

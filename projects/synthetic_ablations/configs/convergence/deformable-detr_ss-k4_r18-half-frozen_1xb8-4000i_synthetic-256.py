@@ -2,7 +2,7 @@
 # (C5, 8x8 tokens, K=4, the frozen pretrained backbone every row shares) at a constant learning
 # rate after the warm-up; detr_ss_* is DETR on the same input. The learning rate does not depend
 # on the run's length, so the curve up to any iteration is that of a run stopped there.
-_base_ = '../ablations/deformable-detr_ss-k4_r18-half-frozen_1xb8-2000i_synthetic-256.py'
+_base_ = '../ablations/deformable-detr_ss-k4_r18-half-frozen_1xb8-1500i_synthetic-256.py'
 
 # a constant rate: 1e-3, the rate the single-scale row was calibrated at (the table's 2e-3 comes
 # with a x0.1 decay and was chosen for the multi-scale rows)

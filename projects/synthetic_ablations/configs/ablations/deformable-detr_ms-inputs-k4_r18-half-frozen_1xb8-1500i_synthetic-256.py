@@ -3,6 +3,6 @@
 # multi-scale deformable attention: a decoder that averages the levels with fixed weights 1/L
 # (PerLevelDeformAttn) would take 3/4 of its signal from the coarser levels, a handicap the
 # paper does not describe (projects/synthetic_ablations/README.md, "Within-level rows").
-_base_ = './deformable-detr_ms-attn-k4_r18-half-frozen_1xb8-2000i_synthetic-256.py'
+_base_ = './deformable-detr_ms-attn-k4_r18-half-frozen_1xb8-1500i_synthetic-256.py'
 
 model = dict(encoder=dict(layer_cfg=dict(self_attn_cfg=dict(type='SameLevelDeformAttn'))))
