@@ -85,11 +85,16 @@ demo: build
 GPU_PYTHON ?= python3
 DRY_RUN ?=
 GPU_CHECK_ARGS ?=
-.PHONY: gpu-check
-gpu-check: $(if $(filter 1,$(DRY_RUN)),build)
+.PHONY: gpu-check gpu-wheels
+gpu-check: $(if $(filter 1,$(DRY_RUN)),build gpu-wheels)
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} \
 	$(if $(filter 1,$(DRY_RUN)),$(PY) .dev_scripts/run_gpu_check.py --dry-run,$(GPU_PYTHON) .dev_scripts/run_gpu_check.py) \
 	$(GPU_CHECK_ARGS)
+
+# .whl/ for the GPU machine, downloaded where pip reaches an index, only when it holds no wheel
+# (a dry run on a clean clone fetches them itself; the GPU machine reaches no index: carry .whl)
+gpu-wheels:
+	@ls .whl/*.whl >/dev/null 2>&1 || bash .dev_scripts/gpu_wheels.sh
 
 clean:
 	rm -rf build *.egg-info mmdeform/_C*.so .cache $(VENV)/.built $(HF_VENV)/.built
