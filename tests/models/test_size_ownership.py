@@ -130,3 +130,40 @@ def test_every_variant_is_one_or_two_model_keys(path):
     changed = {key for key in mine.keys() | theirs.keys()
                if mine.get(key, '<absent>') != theirs.get(key, '<absent>')}
     assert len(changed) <= 2, f'{path.name} changes {sorted(changed)} of {base.name}'
+
+
+def readme_variant_table() -> dict:
+    """configs/README.md's "What each variant changes": config -> (base, count, keys named)."""
+    rows = {}
+    for line in (CONFIG_ROOT / 'README.md').read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip('|').split('|')]
+        if len(cells) != 4 or not cells[0].startswith('`'):
+            continue
+
+        def resolve(cell):
+            name = cell.strip('`')
+            if name.startswith('<synthetic>/'):
+                return (CONFIG_DIR / name[len('<synthetic>/'):]).resolve()
+            return (CONFIG_ROOT / name).resolve()
+
+        keys = {'model.' + key for key in cells[3].split('`')[1::2]}
+        rows[resolve(cells[0])] = (resolve(cells[1]), int(cells[2]), keys)
+    return rows
+
+
+def test_configs_readme_lists_every_variant_with_its_base_and_keys():
+    table = readme_variant_table()
+    listed, derived = set(table), {p.resolve() for p in DERIVED}
+    assert not listed - derived, f'configs/README.md lists configs that are not derived: ' \
+                                 f'{sorted(p.name for p in listed - derived)}'
+    demo = {p for p in derived if 'synthetic_ablations/configs/' in str(p)
+            and p.parent.name not in ('ablations', 'convergence')}
+    assert not derived - listed - demo, f'configs/README.md misses ' \
+                                        f'{sorted(p.name for p in derived - listed - demo)}'
+    for path, (base, count, keys) in table.items():
+        assert base == single_base(path), f'{path.name}: README says it inherits {base.name}'
+        mine, theirs = flat_model_keys(path), flat_model_keys(base)
+        changed = {key for key in mine.keys() | theirs.keys()
+                   if mine.get(key, '<absent>') != theirs.get(key, '<absent>')}
+        assert count == len(changed), f'{path.name}: README says {count} keys, {sorted(changed)}'
+        assert keys == changed, f'{path.name}: README names {sorted(keys)}, {sorted(changed)}'
