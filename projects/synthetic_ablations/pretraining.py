@@ -280,25 +280,37 @@ def pretrained_meta(path: str, settings: dict, data_root: str) -> Optional[dict]
     return meta if matches else None
 
 
-def file_digest(path: str) -> str:
-    """The first 16 hex digits of the SHA-256 of a file's bytes: which backbone a run used
-    (pretraining on another machine gives other weights, and other results)."""
+def weights_digest(path: str) -> str:
+    """The first 16 hex digits of a SHA-256 over the checkpoint's weights: each tensor's name,
+    dtype, shape and bytes, in name order. Which backbone a run used: pretraining on another
+    CPU gives other weights (and other results), while the file's own bytes also hold the
+    pretraining's ``meta`` (its seconds among them), so the same weights saved twice differ
+    as files but not here."""
+    state_dict = load_weights_only(path, map_location='cpu')
+    state_dict = state_dict.get('state_dict', state_dict)
     digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f'{path}: state_dict[{name!r}] is a {type(tensor).__name__}, '
+                             'not a tensor')
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b'')
     return digest.hexdigest()[:16]
 
 
 def describe_backbones(pretrained: Dict[str, dict]) -> str:
-    """``backbone_x.pth (sha256 0123...)`` for each pretrained file of
+    """``backbone_x.pth (weights sha256 0123...)`` for each pretrained file of
     :func:`prepare_pretrained_backbones`' result, one sentence ('' without any)."""
-    files = {s['checkpoint']: s.get('sha256', 'unknown') for s in pretrained.values()}
+    files = {s['checkpoint']: s.get('weights_sha256', 'unknown') for s in pretrained.values()}
     if not files:
         return ''
-    return ('Pretrained backbone: ' + ', '.join(f'`{osp.basename(path)}` (sha256 {digest})'
-                                               for path, digest in files.items()) +
-            '; a backbone pretrained on another machine differs, and so do the APs.')
+    named = ', '.join(f'`{osp.basename(path)}` (weights sha256 {digest})'
+                      for path, digest in files.items())
+    return (f'Pretrained backbone: {named}; a backbone pretrained on another CPU has other '
+            'weights, and the APs differ with them.')
 
 
 def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
@@ -326,7 +338,7 @@ def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
     Returns:
         dict: row name -> settings with ``checkpoint`` set to the file used,
         and ``seconds`` (0.0 when the file was reused), ``curve`` of its
-        pretraining and ``sha256`` (:func:`file_digest` of the file; rows
+        pretraining and ``weights_sha256`` (:func:`weights_digest`; rows
         without pretraining are absent).
 
     Raises:
@@ -353,13 +365,14 @@ def prepare_pretrained_backbones(configs: Dict[str, str], data_root: str,
         meta = pretrained_meta(path, settings, data_root)
         if meta is not None:
             print(f'pretraining: reusing the pretrained backbone {path}', flush=True)
-            done[path] = dict(seconds=0.0, curve=meta.get('curve', []), sha256=file_digest(path))
+            done[path] = dict(seconds=0.0, curve=meta.get('curve', []),
+                              weights_sha256=weights_digest(path))
             continue
         print(f'pretraining: the backbone into {path} ({settings["iters"]} iterations of '
               'shape counting)', flush=True)
         result = pretrain_backbone(cfg, data_root, num_threads=num_threads, **settings)
         print(f'pretraining: {path} in {result["seconds"]:.0f} s', flush=True)
         done[path] = dict(seconds=result['seconds'], curve=result['curve'],
-                          sha256=file_digest(path))
+                          weights_sha256=weights_digest(path))
     return {name: dict(settings, **done[settings['checkpoint']])
             for name, settings in by_row.items()}

@@ -62,8 +62,8 @@ def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
     assert 'ablations: 2 runs trained, 0 read back; wall time' in out
     assert 'Times: ablations: 2 runs trained' in text
     # the report names the backbone by its bytes (another machine's pretraining differs)
-    digest = pretraining.file_digest(str(pretrained / 'backbone_r18-half_counting-256.pth'))
-    assert f'`backbone_r18-half_counting-256.pth` (sha256 {digest})' in text
+    digest = pretraining.weights_digest(str(pretrained / 'backbone_r18-half_counting-256.pth'))
+    assert f'`backbone_r18-half_counting-256.pth` (weights sha256 {digest})' in text
     saved = json.loads((work_dir / 'results.json').read_text())
     assert saved['budget']['max_iters'] == 2 and saved['budget']['synthetic_data']['num_val'] == 4
     image = cv2.imread(str(work_dir / 'curves.png'))

@@ -147,10 +147,10 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     assert {s['checkpoint'] for s in saved['pretrained_backbones'].values()} == {backbone}
     assert set(saved['pretrained_backbones']) == set(convergence.DEFAULT_ROWS)
     assert torch.load(backbone, weights_only=True)['meta']['iters'] == 2
-    digest = pretraining.file_digest(backbone)
-    assert len(digest) == 16 and {s['sha256'] for s in saved['pretrained_backbones'].values()
+    digest = pretraining.weights_digest(backbone)
+    assert len(digest) == 16 and {s['weights_sha256'] for s in saved['pretrained_backbones'].values()
                                   } == {digest}
-    assert f'(sha256 {digest})' in (work_dir / 'convergence.md').read_text()
+    assert f'(weights sha256 {digest})' in (work_dir / 'convergence.md').read_text()
     for run in result['runs']:
         log = next(Path(run['log_dir']).glob('*.log')).read_text()
         assert f'ResNet: loaded 100 tensors from {backbone}' in log

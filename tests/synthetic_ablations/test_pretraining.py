@@ -100,3 +100,28 @@ def test_settings_must_match_the_backbone_init_cfg():
     cfg.backbone_pretraining = dict(settings, epochs=3)
     with pytest.raises(KeyError, match=r"unknown keys \['epochs'\]"):
         pretraining.pretraining_settings(cfg)
+
+
+def test_weights_digest_names_the_weights_not_the_file(tmp_path):
+    weights = {'conv.weight': torch.arange(6.).reshape(2, 3), 'bn.num_batches': torch.tensor(3),
+               'flag': torch.tensor([True, False])}
+    first, second = tmp_path / 'first.pth', tmp_path / 'second.pth'
+    # the same weights saved twice with another meta (pretraining seconds) are one backbone
+    torch.save(dict(state_dict=weights, meta=dict(seconds=1.0)), first)
+    torch.save(dict(state_dict=dict(reversed(list(weights.items()))), meta=dict(seconds=2.0)),
+               second)
+    assert first.read_bytes() != second.read_bytes()
+    digest = pretraining.weights_digest(str(first))
+    assert len(digest) == 16 and digest == pretraining.weights_digest(str(second))
+    # one value, a dtype, a shape or a name changed is another backbone
+    for name, tensor in [('conv.weight', torch.arange(6.).reshape(2, 3) + 1e-6),
+                         ('conv.weight', torch.arange(6., dtype=torch.float64).reshape(2, 3)),
+                         ('conv.weight', torch.arange(6.).reshape(3, 2))]:
+        torch.save(dict(state_dict=dict(weights, **{name: tensor})), second)
+        assert pretraining.weights_digest(str(second)) != digest
+    renamed = {('conv.w' if k == 'conv.weight' else k): v for k, v in weights.items()}
+    torch.save(dict(state_dict=renamed), second)
+    assert pretraining.weights_digest(str(second)) != digest
+    torch.save(dict(state_dict=dict(weights, extra=[1, 2])), second)
+    with pytest.raises(ValueError, match=r"second.pth: state_dict\['extra'\] is a list"):
+        pretraining.weights_digest(str(second))
