@@ -148,8 +148,8 @@ def test_tool_end_to_end(tmp_path, monkeypatch):
     assert set(saved['pretrained_backbones']) == set(convergence.DEFAULT_ROWS)
     assert torch.load(backbone, weights_only=True)['meta']['iters'] == 2
     digest = pretraining.weights_digest(backbone)
-    assert len(digest) == 16 and {s['weights_sha256'] for s in saved['pretrained_backbones'].values()
-                                  } == {digest}
+    recorded = {s['weights_sha256'] for s in saved['pretrained_backbones'].values()}
+    assert len(digest) == 16 and recorded == {digest}
     assert f'(weights sha256 {digest})' in (work_dir / 'convergence.md').read_text()
     for run in result['runs']:
         log = next(Path(run['log_dir']).glob('*.log')).read_text()
