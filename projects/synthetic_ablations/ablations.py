@@ -130,8 +130,13 @@ def _print_times(runs: Sequence[dict], pretrained: Dict[str, dict], data_seconds
                  wall_seconds: float) -> str:
     """The measured times in one line (printed and written to the report)."""
     trained = [r for r in runs if not r.get('reused')]
+    reused = [r for r in runs if r.get('reused')]
     pretrain = {s['checkpoint']: s['seconds'] for s in pretrained.values()}
-    line = (f'ablations: {len(trained)} runs trained, {len(runs) - len(trained)} read back; '
+    # a read-back run's time is the one it took when it was trained (on whatever machine, beside
+    # whatever else): process time, not this call's wall time
+    earlier = (f' (they took {sum(r["total_seconds"] for r in reused) / 60:.1f} process-min '
+               'when trained)' if reused else '')
+    line = (f'ablations: {len(trained)} runs trained, {len(reused)} read back{earlier}; '
             f'wall time {wall_seconds / 60:.1f} min for the runs, data {data_seconds:.0f} s, '
             f'backbone pretraining {sum(pretrain.values()):.0f} s (0 when reused)')
     print(line, flush=True)

@@ -61,7 +61,7 @@ def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
     assert 'not run (deformable-detr_ms-inputs-k1 missing)' in text
     assert 'ablations: 2 runs trained, 0 read back; wall time' in out
     assert 'Times: ablations: 2 runs trained' in text
-    # the report names the backbone by its bytes (another machine's pretraining differs)
+    # the report names the backbone by its weights (another CPU's pretraining differs)
     digest = pretraining.weights_digest(str(pretrained / 'backbone_r18-half_counting-256.pth'))
     assert f'`backbone_r18-half_counting-256.pth` (weights sha256 {digest})' in text
     saved = json.loads((work_dir / 'results.json').read_text())
@@ -79,7 +79,9 @@ def test_run_ablations_end_to_end(tmp_path, capsys, monkeypatch):
                                     pretrained_dir=str(pretrained), pretrain_iters=2)
     assert [r['metrics'] for r in again['runs']] == [r['metrics'] for r in result['runs']]
     assert all(r['reused'] for r in again['runs'])
-    assert 'ablations: 0 runs trained, 2 read back' in again['times']
+    assert 'ablations: 0 runs trained, 2 read back (they took ' in again['times']
+    minutes = sum(run['total_seconds'] for run in result['runs']) / 60
+    assert f'read back (they took {minutes:.1f} process-min when trained)' in again['times']
 
 
 def test_jobs_must_be_positive(tmp_path):
