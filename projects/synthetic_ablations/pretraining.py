@@ -286,8 +286,10 @@ def weights_digest(path: str) -> str:
     CPU gives other weights (and other results), while the file's own bytes also hold the
     pretraining's ``meta`` (its seconds among them), so the same weights saved twice differ
     as files but not here."""
-    state_dict = load_weights_only(path, map_location='cpu')
-    state_dict = state_dict.get('state_dict', state_dict)
+    checkpoint = load_weights_only(path, map_location='cpu')
+    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f'{path}: holds a {type(checkpoint).__name__}, not a state dict')
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name]

@@ -125,3 +125,6 @@ def test_weights_digest_names_the_weights_not_the_file(tmp_path):
     torch.save(dict(state_dict=dict(weights, extra=[1, 2])), second)
     with pytest.raises(ValueError, match=r"second.pth: state_dict\['extra'\] is a list"):
         pretraining.weights_digest(str(second))
+    torch.save(torch.zeros(3), second)
+    with pytest.raises(ValueError, match='second.pth: holds a Tensor, not a state dict'):
+        pretraining.weights_digest(str(second))
