@@ -32,6 +32,13 @@ from mmdeform.registry import MODELS
 DEFAULT_MAX_BYTES = 3 * 2**30  # 3 GiB per process
 
 
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's exact bytes in row-major order (b'' when empty), for hashing: the image keys
+    here, the pretrained backbone's weights digest (``pretraining.weights_digest``)."""
+    data = tensor.detach().cpu().contiguous().view(-1)
+    return data.view(torch.uint8).numpy().tobytes() if data.numel() else b''
+
+
 @MODELS.register_module()
 class FeatureCachedBackbone(BaseModule):
     """A frozen backbone with a per-image cache of its output maps.
@@ -106,9 +113,8 @@ class FeatureCachedBackbone(BaseModule):
     @staticmethod
     def image_key(image: torch.Tensor) -> str:
         """Hash of one image's exact bytes, shape and dtype."""
-        data = image.detach().contiguous().cpu()
-        digest = hashlib.blake2b(str((tuple(data.shape), data.dtype)).encode(), digest_size=20)
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b'')
+        digest = hashlib.blake2b(str((tuple(image.shape), image.dtype)).encode(), digest_size=20)
+        digest.update(tensor_bytes(image))
         return digest.hexdigest()
 
     def _store(self, key: str, feats: Tuple[torch.Tensor, ...]) -> None:

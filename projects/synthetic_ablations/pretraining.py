@@ -47,6 +47,7 @@ from torch import nn
 
 from mmdeform.fileio import load_weights_only, torch_save_atomic
 from mmdeform.registry import MODELS
+from projects.synthetic_ablations.feature_cache import tensor_bytes
 
 PRETRAINING_KEYS = ('checkpoint', 'iters', 'batch_size', 'lr', 'weight_decay', 'seed')
 WRAPPER = 'FeatureCachedBackbone'
@@ -296,10 +297,8 @@ def weights_digest(path: str) -> str:
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f'{path}: state_dict[{name!r}] is a {type(tensor).__name__}, '
                              'not a tensor')
-        tensor = tensor.detach().cpu().contiguous()
         digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes()
-                      if tensor.numel() else b'')
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()[:16]
 
 
