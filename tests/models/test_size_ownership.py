@@ -50,6 +50,13 @@ def flat_model_keys(path: Path) -> dict:
     return flatten(Config.fromfile(path).to_dict()['model'], 'model')
 
 
+def changed_model_keys(path: Path, base: Path) -> set:
+    """The flat model keys whose values differ between two configs (absent counts as a value)."""
+    mine, theirs = flat_model_keys(path), flat_model_keys(base)
+    return {key for key in mine.keys() | theirs.keys()
+            if mine.get(key, '<absent>') != theirs.get(key, '<absent>')}
+
+
 def test_every_component_gets_its_sizes_from_earlier_stages():
     model = MODELS.build(tiny())
     assert model.neck.in_channels == list(model.backbone.out_channels) == [128, 256, 512]
@@ -126,9 +133,7 @@ def test_a_component_that_is_not_a_config_is_named():
 @pytest.mark.parametrize('path', DERIVED, ids=lambda p: p.name)
 def test_every_variant_is_one_or_two_model_keys(path):
     base = single_base(path)
-    mine, theirs = flat_model_keys(path), flat_model_keys(base)
-    changed = {key for key in mine.keys() | theirs.keys()
-               if mine.get(key, '<absent>') != theirs.get(key, '<absent>')}
+    changed = changed_model_keys(path, base)
     assert len(changed) <= 2, f'{path.name} changes {sorted(changed)} of {base.name}'
 
 
@@ -162,8 +167,6 @@ def test_configs_readme_lists_every_variant_with_its_base_and_keys():
                                         f'{sorted(p.name for p in derived - listed - demo)}'
     for path, (base, count, keys) in table.items():
         assert base == single_base(path), f'{path.name}: README says it inherits {base.name}'
-        mine, theirs = flat_model_keys(path), flat_model_keys(base)
-        changed = {key for key in mine.keys() | theirs.keys()
-                   if mine.get(key, '<absent>') != theirs.get(key, '<absent>')}
+        changed = changed_model_keys(path, base)
         assert count == len(changed), f'{path.name}: README says {count} keys, {sorted(changed)}'
         assert keys == changed, f'{path.name}: README names {sorted(keys)}, {sorted(changed)}'
